@@ -49,6 +49,7 @@ fn go_duration(s: &str) -> Result<Duration, String> {
 #[derive(Parser, Debug, Default, Clone)]
 #[command(
     name = "outrigger-init",
+    args_override_self = true,
     version,
     about = "Installs the iptables rules that capture a pod's traffic for its Istio sidecar (drop-in for istio-iptables)",
     after_help = "Exit codes: 0 success (also: rules already in place), 1 bad input or apply failure, 126 --run-validation failed.\n\nEnv-only settings: ISTIO_OUTBOUND_OWNER_GROUPS (default '*'), ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE, ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR (default 127.0.0.1/32), ENVOY_USER (default istio-proxy), DRY_RUN_FILE_PATH."

@@ -10,7 +10,6 @@ use outrigger_init::exec::{Executor, RealExecutor, StubExecutor};
 use outrigger_init::flags::{self, Cli, Invocation, ProcessEnv, Settings};
 use outrigger_init::host::RealHost;
 use outrigger_init::run::{self, Options};
-use outrigger_init::validation::Probe;
 use tracing_subscriber::EnvFilter;
 
 /// The level of the `default` scope of Istio's `--log_output_level` (`default:info,ads:debug`).
@@ -87,20 +86,7 @@ fn main() -> ExitCode {
     let cfg = built.config;
     tracing::info!(config = ?cfg, dry_run = settings.dry_run, "running with config");
 
-    let opts = Options {
-        reconcile: settings.reconcile,
-        cleanup_only: settings.cleanup_only,
-        force_apply: settings.force_apply,
-        skip_rule_apply: settings.skip_rule_apply,
-        run_validation: settings.run_validation,
-        probe: Some(Probe {
-            envoy_port: cfg.envoy_port,
-            inbound_port: cfg.inbound_capture_port,
-            probe_port: settings.probe_port,
-            timeout: settings.probe_timeout,
-            ipv6: cfg.host_ip.is_ipv6(),
-        }),
-    };
+    let opts = Options::from_settings(&settings, &cfg);
 
     let mut stub = StubExecutor::default();
     let mut real = RealExecutor::default();

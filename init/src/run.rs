@@ -22,6 +22,26 @@ pub struct Options {
     pub probe: Option<Probe>,
 }
 
+impl Options {
+    /// The run options of the settings (the probe listens where the config says the proxy is).
+    pub fn from_settings(s: &crate::flags::Settings, cfg: &Config) -> Options {
+        Options {
+            reconcile: s.reconcile,
+            cleanup_only: s.cleanup_only,
+            force_apply: s.force_apply,
+            skip_rule_apply: s.skip_rule_apply,
+            run_validation: s.run_validation,
+            probe: Some(Probe {
+                envoy_port: cfg.envoy_port,
+                inbound_port: cfg.inbound_capture_port,
+                probe_port: s.probe_port,
+                timeout: s.probe_timeout,
+                ipv6: cfg.host_ip.is_ipv6(),
+            }),
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum RunError {
     #[error(transparent)]
