@@ -606,3 +606,217 @@ mod tests {
         assert_eq!(detect_ip(&[lo, ll], true), None);
     }
 }
+
+#[cfg(test)]
+mod build_tests {
+    //! Validation of settings into a config (quirks and bad input).
+    use std::collections::HashMap;
+    use std::io;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::flags::{Cli, Settings};
+
+    struct Pod {
+        addrs: Vec<IpAddr>,
+        resolv: Option<&'static str>,
+        istio_proxy_uid: Option<u32>,
+    }
+
+    impl Host for Pod {
+        fn interface_addrs(&self) -> io::Result<Vec<IpAddr>> {
+            Ok(self.addrs.clone())
+        }
+        fn resolv_conf(&self) -> io::Result<String> {
+            self.resolv
+                .map(String::from)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no resolv.conf"))
+        }
+        fn lookup_uid(&self, user: &str) -> Option<u32> {
+            if user == "istio-proxy" {
+                self.istio_proxy_uid
+            } else {
+                None
+            }
+        }
+    }
+
+    fn v4_pod() -> Pod {
+        Pod {
+            addrs: vec!["127.0.0.1".parse().unwrap(), "10.1.1.1".parse().unwrap()],
+            resolv: Some("nameserver 10.96.0.10\n"),
+            istio_proxy_uid: None,
+        }
+    }
+
+    fn build(args: &[&str], env: &[(&str, &str)], pod: &Pod) -> Result<Built, ConfigError> {
+        let cli = Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).unwrap();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::build(&Settings::resolve(cli, &env), pod)
+    }
+
+    fn err(args: &[&str], env: &[(&str, &str)]) -> String {
+        build(args, env, &v4_pod())
+            .expect_err("must be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn uid_defaults_to_istio_proxy_user_then_1337_and_gid_follows() {
+        let c = build(&[], &[], &v4_pod()).unwrap().config;
+        assert_eq!(
+            (c.proxy_uids.clone(), c.proxy_gids.clone()),
+            (vec!["1337".to_string()], vec!["1337".to_string()])
+        );
+        let pod = Pod {
+            istio_proxy_uid: Some(1234),
+            ..v4_pod()
+        };
+        let c = build(&[], &[], &pod).unwrap().config;
+        assert_eq!(c.proxy_gids, vec!["1234".to_string()]);
+        let c = build(&["-u", "5,6"], &[], &v4_pod()).unwrap().config;
+        assert_eq!(
+            c.proxy_gids,
+            vec!["5".to_string(), "6".to_string()],
+            "-g defaults to the -u string"
+        );
+    }
+
+    #[test]
+    fn interception_mode_is_case_sensitive() {
+        assert_eq!(
+            build(&["-m", "TPROXY"], &[], &v4_pod())
+                .unwrap()
+                .config
+                .mode,
+            InterceptionMode::Tproxy
+        );
+        let b = build(&["-m", "tproxy"], &[], &v4_pod()).unwrap();
+        assert_eq!(b.config.mode, InterceptionMode::Redirect);
+        assert!(
+            b.warnings[0].contains("tproxy"),
+            "an unknown mode is reported: {:?}",
+            b.warnings
+        );
+    }
+
+    #[test]
+    fn local_exclude_ports_apply_only_to_wildcard() {
+        let c = build(&["-b", "*", "-d", "15090,15021"], &[], &v4_pod())
+            .unwrap()
+            .config;
+        assert_eq!(
+            c.inbound_ports,
+            InboundPorts::All {
+                exclude: vec![15090, 15021]
+            }
+        );
+        let c = build(&["-b", "80", "-d", "15090"], &[], &v4_pod())
+            .unwrap()
+            .config;
+        assert_eq!(c.inbound_ports, InboundPorts::List(vec![80]));
+    }
+
+    #[test]
+    fn dns_capture_reads_resolv_conf_and_is_dropped_without_servers() {
+        let c = build(&["--redirect-dns"], &[], &v4_pod()).unwrap().config;
+        assert_eq!(
+            c.dns,
+            DnsCapture::Servers {
+                v4: vec!["10.96.0.10".into()],
+                v6: vec![]
+            }
+        );
+        let pod = Pod {
+            resolv: Some("search x\n"),
+            ..v4_pod()
+        };
+        let b = build(&["--redirect-dns"], &[], &pod).unwrap();
+        assert_eq!(b.config.dns, DnsCapture::Off);
+        assert!(!b.warnings.is_empty());
+        let c = build(&["--redirect-dns", "--capture-all-dns"], &[], &pod)
+            .unwrap()
+            .config;
+        assert_eq!(c.dns, DnsCapture::All);
+        let pod = Pod {
+            resolv: None,
+            ..v4_pod()
+        };
+        assert!(matches!(
+            build(&["--redirect-dns"], &[], &pod),
+            Err(ConfigError::ResolvConf(_))
+        ));
+    }
+
+    #[test]
+    fn no_usable_address_is_an_error() {
+        let pod = Pod {
+            addrs: vec!["127.0.0.1".parse().unwrap(), "fe80::1".parse().unwrap()],
+            ..v4_pod()
+        };
+        assert!(matches!(build(&[], &[], &pod), Err(ConfigError::NoLocalIp)));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_and_value() {
+        let e = err(&["-x", "*"], &[]);
+        assert!(
+            e.contains("--istio-service-exclude-cidr") && e.contains("'*'"),
+            "{e}"
+        );
+        let e = err(&["-i", "10.0.0.0/8,banana"], &[]);
+        assert!(
+            e.contains("--istio-service-cidr (-i, env ISTIO_SERVICE_CIDR)") && e.contains("banana"),
+            "{e}"
+        );
+        let e = err(&["-b", "80,70000"], &[]);
+        assert!(
+            e.contains("--istio-inbound-ports") && e.contains("70000"),
+            "{e}"
+        );
+        let e = err(&["-q", "http"], &[]);
+        assert!(
+            e.contains("--istio-outbound-ports") && e.contains("http"),
+            "{e}"
+        );
+        let e = err(&["-p", "0x"], &[]);
+        assert!(e.contains("--envoy-port"), "{e}");
+        let e = err(&["-c", "an-interface-name-too-long"], &[]);
+        assert!(e.contains("--istio-exclude-interfaces"), "{e}");
+        let e = err(&["--force-iptables-binary", "nftables"], &[]);
+        assert!(
+            e.contains("--force-iptables-binary") && e.contains("nftables"),
+            "{e}"
+        );
+        let e = err(&["-t", "mark"], &[]);
+        assert!(e.contains("--istio-inbound-tproxy-mark"), "{e}");
+        let e = err(&[], &[("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "10.0.0.0/8")]);
+        assert!(
+            e.contains("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR") && e.contains("loopback"),
+            "{e}"
+        );
+        let groups = (0..65).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        let e = err(&[], &[("ISTIO_OUTBOUND_OWNER_GROUPS", &groups)]);
+        assert!(e.contains("65 groups"), "{e}");
+        let e = err(&["--native-nftables"], &[]);
+        assert!(e.contains("--native-nftables"), "{e}");
+    }
+
+    #[test]
+    fn ipv6_cidrs_are_canonicalised() {
+        let c = build(&["-i", "2001:DB8::0/32,10.0.0.0/8"], &[], &v4_pod())
+            .unwrap()
+            .config;
+        let OutboundInclude::Cidrs(cidrs) = c.outbound_include else {
+            panic!()
+        };
+        assert_eq!(
+            cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            vec!["2001:db8::/32", "10.0.0.0/8"]
+        );
+    }
+}
