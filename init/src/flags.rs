@@ -56,60 +56,128 @@ fn go_duration(s: &str) -> Result<Duration, String> {
 )]
 pub struct Cli {
     /// Port outbound traffic is redirected to (no env fallback) [default: 15001]
-    #[arg(short = 'p', long = "envoy-port", value_name = "PORT")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'p',
+        long = "envoy-port",
+        value_name = "PORT"
+    )]
     pub envoy_port: Option<String>,
     /// Port inbound traffic is redirected to [env: INBOUND_CAPTURE_PORT] [default: 15006]
-    #[arg(short = 'z', long = "inbound-capture-port", value_name = "PORT")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'z',
+        long = "inbound-capture-port",
+        value_name = "PORT"
+    )]
     pub inbound_capture_port: Option<String>,
     /// HBONE tunnel port, never captured [env: INBOUND_TUNNEL_PORT] [default: 15008]
-    #[arg(short = 'e', long = "inbound-tunnel-port", value_name = "PORT")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'e',
+        long = "inbound-tunnel-port",
+        value_name = "PORT"
+    )]
     pub inbound_tunnel_port: Option<String>,
     /// Comma list of UIDs whose traffic is not captured [env: PROXY_UID] [default: uid of $ENVOY_USER, else 1337]
-    #[arg(short = 'u', long = "proxy-uid", value_name = "UIDS")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'u',
+        long = "proxy-uid",
+        value_name = "UIDS"
+    )]
     pub proxy_uid: Option<String>,
     /// Comma list of GIDs whose traffic is not captured [env: PROXY_GID] [default: the --proxy-uid value]
-    #[arg(short = 'g', long = "proxy-gid", value_name = "GIDS")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'g',
+        long = "proxy-gid",
+        value_name = "GIDS"
+    )]
     pub proxy_gid: Option<String>,
     /// Inbound interception mode: TPROXY, or REDIRECT (any other value) [env: ISTIO_INBOUND_INTERCEPTION_MODE]
     #[arg(
+        allow_hyphen_values = true,
         short = 'm',
         long = "istio-inbound-interception-mode",
         value_name = "MODE"
     )]
     pub inbound_interception_mode: Option<String>,
     /// Inbound ports to capture: comma list, '*' for all, empty for none [env: ISTIO_INBOUND_PORTS]
-    #[arg(short = 'b', long = "istio-inbound-ports", value_name = "PORTS")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'b',
+        long = "istio-inbound-ports",
+        value_name = "PORTS"
+    )]
     pub inbound_ports: Option<String>,
     /// Inbound ports not captured when --istio-inbound-ports is '*' [env: ISTIO_LOCAL_EXCLUDE_PORTS]
-    #[arg(short = 'd', long = "istio-local-exclude-ports", value_name = "PORTS")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'd',
+        long = "istio-local-exclude-ports",
+        value_name = "PORTS"
+    )]
     pub local_exclude_ports: Option<String>,
     /// Interfaces on which nothing is captured [env: ISTIO_EXCLUDE_INTERFACES]
-    #[arg(short = 'c', long = "istio-exclude-interfaces", value_name = "IFACES")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'c',
+        long = "istio-exclude-interfaces",
+        value_name = "IFACES"
+    )]
     pub exclude_interfaces: Option<String>,
     /// Outbound CIDRs to capture: comma list, '*' for all, empty for none [env: ISTIO_SERVICE_CIDR]
-    #[arg(short = 'i', long = "istio-service-cidr", value_name = "CIDRS")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'i',
+        long = "istio-service-cidr",
+        value_name = "CIDRS"
+    )]
     pub service_cidr: Option<String>,
     /// Outbound CIDRs never captured [env: ISTIO_SERVICE_EXCLUDE_CIDR]
-    #[arg(short = 'x', long = "istio-service-exclude-cidr", value_name = "CIDRS")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'x',
+        long = "istio-service-exclude-cidr",
+        value_name = "CIDRS"
+    )]
     pub service_exclude_cidr: Option<String>,
     /// Outbound TCP ports always captured [env: ISTIO_OUTBOUND_PORTS]
-    #[arg(short = 'q', long = "istio-outbound-ports", value_name = "PORTS")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'q',
+        long = "istio-outbound-ports",
+        value_name = "PORTS"
+    )]
     pub outbound_ports: Option<String>,
     /// Outbound ports never captured [env: ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE]
     #[arg(
+        allow_hyphen_values = true,
         short = 'o',
         long = "istio-local-outbound-ports-exclude",
         value_name = "PORTS"
     )]
     pub local_outbound_ports_exclude: Option<String>,
     /// Interfaces whose inbound traffic is treated as outbound [env: KUBE_VIRT_INTERFACES]
-    #[arg(short = 'k', long = "kube-virt-interfaces", value_name = "IFACES")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 'k',
+        long = "kube-virt-interfaces",
+        value_name = "IFACES"
+    )]
     pub kube_virt_interfaces: Option<String>,
     /// TPROXY fwmark [env: ISTIO_INBOUND_TPROXY_MARK] [default: 1337]
-    #[arg(short = 't', long = "istio-inbound-tproxy-mark", value_name = "MARK")]
+    #[arg(
+        allow_hyphen_values = true,
+        short = 't',
+        long = "istio-inbound-tproxy-mark",
+        value_name = "MARK"
+    )]
     pub tproxy_mark: Option<String>,
     /// TPROXY policy routing table [env: ISTIO_INBOUND_TPROXY_ROUTE_TABLE] [default: 133]
     #[arg(
+        allow_hyphen_values = true,
         short = 'r',
         long = "istio-inbound-tproxy-route-table",
         value_name = "TABLE"
@@ -119,10 +187,14 @@ pub struct Cli {
     #[arg(short = 'n', long = "dry-run", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool, value_name = "BOOL")]
     pub dry_run: Option<bool>,
     /// Original-destination port of the validation probe [env: IPTABLES_PROBE_PORT] [default: 15002]
-    #[arg(long = "iptables-probe-port", value_name = "PORT")]
+    #[arg(
+        allow_hyphen_values = true,
+        long = "iptables-probe-port",
+        value_name = "PORT"
+    )]
     pub probe_port: Option<u16>,
     /// Validation timeout, Go syntax [env: PROBE_TIMEOUT] [default: 5s]
-    #[arg(long = "probe-timeout", value_parser = go_duration, value_name = "DURATION")]
+    #[arg(allow_hyphen_values = true, long = "probe-timeout", value_parser = go_duration, value_name = "DURATION")]
     pub probe_timeout: Option<Duration>,
     /// Install nothing (use with --run-validation) [env: SKIP_RULE_APPLY]
     #[arg(long = "skip-rule-apply", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool, value_name = "BOOL")]
@@ -143,7 +215,11 @@ pub struct Cli {
     #[arg(long = "dual-stack", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool, value_name = "BOOL")]
     pub dual_stack: Option<bool>,
     /// Network namespace path (used for the pod-scoped xtables lock in --cni-mode) [env: NETWORK_NAMESPACE]
-    #[arg(long = "network-namespace", value_name = "PATH")]
+    #[arg(
+        allow_hyphen_values = true,
+        long = "network-namespace",
+        value_name = "PATH"
+    )]
     pub network_namespace: Option<String>,
     /// Running from a CNI plugin: use a pod-scoped xtables lock [env: CNI_MODE]
     #[arg(long = "cni-mode", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool, value_name = "BOOL")]
@@ -161,11 +237,16 @@ pub struct Cli {
     #[arg(long = "native-nftables", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool, value_name = "BOOL")]
     pub native_nftables: Option<bool>,
     /// Force the iptables backend: legacy or nft [env: FORCE_IPTABLES_BINARY]
-    #[arg(long = "force-iptables-binary", value_name = "legacy|nft")]
+    #[arg(
+        allow_hyphen_values = true,
+        long = "force-iptables-binary",
+        value_name = "legacy|nft"
+    )]
     pub force_iptables_binary: Option<String>,
 
     /// Istio log levels, e.g. default:info (scope names other than 'default' are ignored)
     #[arg(
+        allow_hyphen_values = true,
         long = "log_output_level",
         value_name = "LEVELS",
         help_heading = "Logging"
@@ -175,23 +256,40 @@ pub struct Cli {
     #[arg(long = "log_as_json", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool, value_name = "BOOL", help_heading = "Logging")]
     pub log_as_json: Option<bool>,
     /// Accepted for compatibility; logs always go to stderr (stdout carries --dry-run output)
-    #[arg(long = "log_target", value_name = "TARGET", help_heading = "Logging")]
+    #[arg(
+        allow_hyphen_values = true,
+        long = "log_target",
+        value_name = "TARGET",
+        help_heading = "Logging"
+    )]
     pub log_target: Vec<String>,
     /// Accepted for compatibility
-    #[arg(long = "log_caller", value_name = "SCOPES", help_heading = "Logging")]
+    #[arg(
+        allow_hyphen_values = true,
+        long = "log_caller",
+        value_name = "SCOPES",
+        help_heading = "Logging"
+    )]
     pub log_caller: Option<String>,
     /// Accepted for compatibility
     #[arg(
+        allow_hyphen_values = true,
         long = "log_stacktrace_level",
         value_name = "LEVELS",
         help_heading = "Logging"
     )]
     pub log_stacktrace_level: Option<String>,
     /// Accepted for compatibility
-    #[arg(long = "log_rotate", value_name = "PATH", help_heading = "Logging")]
+    #[arg(
+        allow_hyphen_values = true,
+        long = "log_rotate",
+        value_name = "PATH",
+        help_heading = "Logging"
+    )]
     pub log_rotate: Option<String>,
     /// Accepted for compatibility
     #[arg(
+        allow_hyphen_values = true,
         long = "log_rotate_max_age",
         value_name = "DAYS",
         help_heading = "Logging"
@@ -199,6 +297,7 @@ pub struct Cli {
     pub log_rotate_max_age: Option<u32>,
     /// Accepted for compatibility
     #[arg(
+        allow_hyphen_values = true,
         long = "log_rotate_max_backups",
         value_name = "N",
         help_heading = "Logging"
@@ -206,13 +305,19 @@ pub struct Cli {
     pub log_rotate_max_backups: Option<u32>,
     /// Accepted for compatibility
     #[arg(
+        allow_hyphen_values = true,
         long = "log_rotate_max_size",
         value_name = "MB",
         help_heading = "Logging"
     )]
     pub log_rotate_max_size: Option<u32>,
     /// Accepted for compatibility
-    #[arg(long = "vklog", value_name = "LEVEL", help_heading = "Logging")]
+    #[arg(
+        allow_hyphen_values = true,
+        long = "vklog",
+        value_name = "LEVEL",
+        help_heading = "Logging"
+    )]
     pub vklog: Option<i32>,
 }
 

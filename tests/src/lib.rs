@@ -1,1 +1,41 @@
+//! Test topologies in throw-away network namespaces, and helpers to run Outrigger's binaries in
+//! them. Every namespace is deleted when its guard drops, also when a test fails.
+#![forbid(unsafe_code)]
 
+pub mod netns;
+pub mod probe;
+pub mod topology;
+
+use std::path::PathBuf;
+
+/// Path of a workspace binary (`outrigger-init`, `outrigger-probe`, …): `OUTRIGGER_BIN_DIR` if
+/// set, else the cargo target directory the running test or program was built into.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("OUTRIGGER_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("current exe");
+            let dir = exe.parent().expect("exe dir").to_path_buf();
+            // Test binaries live in target/<profile>/deps.
+            if dir.ends_with("deps") {
+                dir.parent().expect("profile dir").to_path_buf()
+            } else {
+                dir
+            }
+        });
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` (cargo xtask test does)",
+        path.display()
+    );
+    path
+}
+
+/// Panics unless running as root: namespace tests must not pass by being skipped.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test creates network namespaces and iptables rules: run it as root (cargo xtask test does)"
+    );
+}

@@ -250,3 +250,8 @@ fn invocation_forms() {
         Invocation::UnsupportedPilotAgentCommand("proxy".into())
     );
 }
+
+#[test]
+fn values_may_start_with_a_dash_as_in_pflag() {
+    assert_eq!(settings(&["-z", "-1"], &[]).inbound_capture_port, "-1");
+}

@@ -1,1 +1,149 @@
-fn main() {}
+//! `outrigger-probe`: tiny TCP servers and clients for the namespace tests and the demo.
+//!
+//! `serve` answers every connection with one JSON line saying which server took it, on which
+//! port, and the connection's original destination (SO_ORIGINAL_DST after a REDIRECT, or the
+//! local address after TPROXY). `connect` prints that line.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::thread;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use outrigger_testkit::probe::{Answer, original_dst};
+use socket2::{Domain, Socket, Type};
+
+#[derive(Parser)]
+#[command(about = "Test servers and clients that report where a TCP connection landed")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Listen on the given addresses and answer each connection with a JSON line.
+    Serve {
+        /// Name reported in the answers.
+        #[arg(long)]
+        name: String,
+        /// Set IP_TRANSPARENT (TPROXY listeners).
+        #[arg(long)]
+        transparent: bool,
+        /// Addresses to listen on, e.g. 0.0.0.0:15001 [::]:15001.
+        #[arg(required = true)]
+        listen: Vec<SocketAddr>,
+    },
+    /// Connect, print the server's answer line.
+    Connect {
+        target: SocketAddr,
+        /// Local address to bind before connecting.
+        #[arg(long)]
+        bind: Option<IpAddr>,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
+}
+
+fn listener(addr: SocketAddr, transparent: bool) -> std::io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    if transparent {
+        if addr.is_ipv6() {
+            s.set_ip_transparent_v6(true)?;
+        } else {
+            s.set_ip_transparent_v4(true)?;
+        }
+    }
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    Ok(s.into())
+}
+
+fn serve(name: String, transparent: bool, addrs: Vec<SocketAddr>) -> std::io::Result<()> {
+    let listeners = addrs
+        .iter()
+        .map(|a| listener(*a, transparent))
+        .collect::<Result<Vec<_>, _>>()?;
+    println!("ready");
+    let mut handles = Vec::new();
+    for l in listeners {
+        let name = name.clone();
+        handles.push(thread::spawn(move || {
+            for mut stream in l.incoming().flatten() {
+                let answer = Answer {
+                    server: name.clone(),
+                    listen_port: l.local_addr().map(|a| a.port()).unwrap_or(0),
+                    local: stream.local_addr().ok(),
+                    peer: stream.peer_addr().ok(),
+                    // Without NAT the kernel answers with the local address: report NAT only.
+                    original_dst: original_dst(&stream)
+                        .filter(|d| Some(*d) != stream.local_addr().ok()),
+                };
+                let _ = writeln!(
+                    stream,
+                    "{}",
+                    serde_json::to_string(&answer).unwrap_or_default()
+                );
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+fn connect(target: SocketAddr, bind: Option<IpAddr>, timeout: Duration) -> std::io::Result<String> {
+    let s = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
+    if let Some(ip) = bind {
+        s.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    s.connect_timeout(&target.into(), timeout)?;
+    let stream: TcpStream = s.into();
+    stream.set_read_timeout(Some(timeout))?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed without an answer",
+        ));
+    }
+    Ok(line)
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().cmd {
+        Cmd::Serve {
+            name,
+            transparent,
+            listen,
+        } => match serve(name, transparent, listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("outrigger-probe serve: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Connect {
+            target,
+            bind,
+            timeout_ms,
+        } => match connect(target, bind, Duration::from_millis(timeout_ms)) {
+            Ok(line) => {
+                print!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("outrigger-probe connect {target}: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
