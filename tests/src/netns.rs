@@ -3,9 +3,20 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Deletes every namespace this process created and has not deleted yet (for a Ctrl-C handler).
+pub fn delete_all() {
+    let names = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
+    for name in names {
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&name));
+    }
+}
 
 /// `ip netns add` on creation, `ip netns del` (and removal of `/etc/netns/NAME`) on drop.
 #[derive(Debug)]
@@ -32,6 +43,9 @@ impl Netns {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("or-{tag}-{}-{n}", std::process::id());
         run_ok(Command::new("ip").args(["netns", "add", &name]));
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.clone());
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
