@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::route::RouteType;
+use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 use thiserror::Error;
@@ -130,6 +130,7 @@ fn local_default_route(v6: bool, table: u32) -> rtnetlink::packet_route::route::
             .output_interface(LOOPBACK_INDEX)
             .table_id(table)
             .kind(RouteType::Local)
+            .scope(RouteScope::Host)
             .build()
     } else {
         RouteMessageBuilder::<Ipv4Addr>::new()
@@ -137,6 +138,7 @@ fn local_default_route(v6: bool, table: u32) -> rtnetlink::packet_route::route::
             .output_interface(LOOPBACK_INDEX)
             .table_id(table)
             .kind(RouteType::Local)
+            .scope(RouteScope::Host)
             .build()
     }
 }

@@ -212,14 +212,15 @@ pub fn program(cfg: &Config, opts: &Options, exec: &mut dyn Executor) -> Result<
         tracing::info!("--skip-rule-apply: no rules or routes are installed");
     } else {
         let plan = plan::plan(cfg);
+        let routes = RoutePlan::of(cfg);
+        // Routes go in before the rules (upstream: after) so that a routing failure leaves no
+        // rules behind; both are idempotent, so a re-run completes either order.
+        if !exec.is_stub() && !opts.cleanup_only {
+            routes::configure(routes)?;
+        }
         report = apply_plan(cfg, &plan, opts, exec)?;
-        if !exec.is_stub() {
-            let routes = RoutePlan::of(cfg);
-            if opts.cleanup_only {
-                routes::remove(routes)?;
-            } else {
-                routes::configure(routes)?;
-            }
+        if !exec.is_stub() && opts.cleanup_only {
+            routes::remove(routes)?;
         }
     }
     if opts.run_validation
@@ -281,7 +282,7 @@ fn apply_plan(
                 drift_by_family.push((f.family, verdict.drift.clone()));
             }
         }
-        if verdict.residue {
+        if verdict.residue && !f.rules.is_empty() {
             tracing::info!(
                 family = family_name(f.family),
                 residue = verdict.residue,
@@ -290,9 +291,14 @@ fn apply_plan(
             );
         }
     }
+    // Differences only matter as "drift" when a previous install left our chains behind.
     for (family, drift) in &drift_by_family {
         for d in drift {
-            tracing::warn!(family = family_name(*family), "drift: {d}");
+            if chains_exist {
+                tracing::warn!(family = family_name(*family), "drift: {d}");
+            } else {
+                tracing::debug!(family = family_name(*family), "not installed yet: {d}");
+            }
         }
     }
     let mode = state::Mode {

@@ -139,8 +139,8 @@ pub fn run() -> Result<()> {
     ];
     step("test connections");
     println!(
-        "\n  {:<36} {:<6} {:<18} {:<22} {:<20} {}",
-        "connection", "uid", "to", "landed on", "original dst", ""
+        "\n  {:<36} {:<6} {:<18} {:<22} original dst",
+        "connection", "uid", "to", "landed on"
     );
     println!("  {}", "-".repeat(108));
     let mut ok = 0;
