@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use clap::Parser;
 use outrigger_init::config::Config;
@@ -15,6 +14,7 @@ use outrigger_init::exec::StubExecutor;
 use outrigger_init::flags::{Cli, Settings};
 use outrigger_init::host::Host;
 use outrigger_init::run::{self, Options};
+use outrigger_testkit::cases::{BASE, cases, diff, golden_dir};
 
 /// Host facts of a case: the pod's address family and resolv.conf.
 struct Facts {
@@ -43,96 +43,6 @@ impl Host for Facts {
     }
 }
 
-const V4_DNS: &str = "nameserver 127.0.0.53\n";
-const V4_V6_DNS: &str = "nameserver 127.0.0.53\nnameserver ::127.0.0.53\n";
-
-struct Case {
-    name: &'static str,
-    args: &'static [&'static str],
-    env: &'static [(&'static str, &'static str)],
-    ipv6_pod: bool,
-    resolv_conf: &'static str,
-}
-
-/// The base of every case: `-p 15001 -z 15006 -e 15008 -u 1337 -g 1337 -t 1337 -r 133 -b '' -i ''`.
-const BASE: &[&str] = &[
-    "-p", "15001", "-z", "15006", "-e", "15008", "-u", "1337", "-g", "1337", "-t", "1337", "-r",
-    "133", "-b", "", "-i", "",
-];
-
-macro_rules! case {
-    ($name:literal, [$($arg:literal),*], env [$($k:literal = $v:literal),*], v6 = $v6:literal, dns = $dns:expr) => {
-        Case { name: $name, args: &[$($arg),*], env: &[$(($k, $v)),*], ipv6_pod: $v6, resolv_conf: $dns }
-    };
-}
-
-fn cases() -> Vec<Case> {
-    vec![
-        case!("ipv6-empty-inbound-ports", ["-b", ""], env [], v6 = true, dns = ""),
-        case!("ip-range", ["-x", "1.1.0.0/16", "-i", "9.9.0.0/16", "-n", "--redirect-dns", "-g", "1,2", "-u", "3,4"], env [], v6 = false, dns = V4_DNS),
-        case!("tproxy", ["-m", "TPROXY", "-b", "*", "-x", "1.1.0.0/16", "-i", "9.9.0.0/16", "-n", "--redirect-dns", "-g", "1337", "-u", "1337", "-c", "not-istio-nic"], env [], v6 = true, dns = V4_DNS),
-        case!("ipv6-inbound-ports", ["-b", "4000,5000"], env [], v6 = true, dns = ""),
-        case!("ipv6-virt-interfaces", ["-b", "4000,5000", "-k", "eth0,eth1"], env [], v6 = true, dns = ""),
-        case!("ipv6-ipnets", ["-b", "4000,5000", "-d", "6000,7000,", "-k", "eth0,eth1", "-x", "2001:db8::/32", "-i", "2001:db8::/32"], env [], v6 = true, dns = ""),
-        case!("ipv6-uid-gid", ["-b", "4000,5000", "-d", "6000,7000", "-k", "eth0,eth1", "-g", "1,2", "-u", "3,4", "-x", "2001:db8::/32", "-i", "2001:db8::/32"], env [], v6 = true, dns = ""),
-        case!("ipv6-outbound-ports", ["-b", "", "-q", "32000,31000"], env [], v6 = true, dns = ""),
-        case!("empty", [], env [], v6 = false, dns = ""),
-        case!("kube-virt-interfaces", ["-k", "eth1,eth2", "-i", "*"], env [], v6 = false, dns = ""),
-        case!("ipnets", ["-i", "10.0.0.0/8"], env [], v6 = false, dns = ""),
-        case!("ipnets-with-kube-virt-interfaces", ["-k", "eth1,eth2", "-i", "10.0.0.0/8"], env [], v6 = false, dns = ""),
-        case!("inbound-ports-include", ["-b", "32000,31000"], env [], v6 = false, dns = ""),
-        case!("inbound-ports-wildcard", ["-b", "*"], env [], v6 = false, dns = ""),
-        case!("inbound-ports-tproxy", ["-b", "32000,31000", "-m", "TPROXY"], env [], v6 = false, dns = ""),
-        case!("inbound-ports-wildcard-tproxy", ["-b", "*", "-m", "TPROXY"], env [], v6 = false, dns = ""),
-        case!("dns-uid-gid", ["--redirect-dns", "-g", "1,2", "-u", "3,4"], env [], v6 = true, dns = V4_V6_DNS),
-        case!("ipv6-dns-uid-gid", ["--redirect-dns", "-g", "1,2", "-u", "3,4"], env [], v6 = true, dns = ""),
-        case!(
-            "outbound-owner-groups",
-            [],
-            env["ISTIO_OUTBOUND_OWNER_GROUPS" = "java,202"],
-            v6 = false,
-            dns = ""
-        ),
-        case!(
-            "outbound-owner-groups-exclude",
-            [],
-            env["ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE" = "888,ftp"],
-            v6 = false,
-            dns = ""
-        ),
-        case!(
-            "ipv6-dns-outbound-owner-groups",
-            ["--redirect-dns"],
-            env["ISTIO_OUTBOUND_OWNER_GROUPS" = "java,202"],
-            v6 = true,
-            dns = ""
-        ),
-        case!(
-            "ipv6-dns-outbound-owner-groups-exclude",
-            ["--redirect-dns"],
-            env["ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE" = "888,ftp"],
-            v6 = true,
-            dns = ""
-        ),
-        case!("outbound-ports-include", ["-q", "32000,31000"], env [], v6 = false, dns = ""),
-        case!("loopback-outbound-iprange", ["-i", "127.1.2.3/32", "-n", "--redirect-dns", "-g", "1,2", "-u", "3,4"], env [], v6 = false, dns = V4_DNS),
-        case!("basic-exclude-nic", ["-c", "not-istio-nic"], env [], v6 = false, dns = ""),
-        case!("drop-invalid", ["--drop-invalid"], env [], v6 = false, dns = ""),
-        case!(
-            "host-ipv4-loopback-cidr",
-            [],
-            env["ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR" = "127.0.0.1/8"],
-            v6 = false,
-            dns = ""
-        ),
-    ]
-}
-
-fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/conformance/istio-iptables/capture")
-}
-
 /// The dry-run record of one invocation.
 fn record(args: &[&str], env: &[(&str, &str)], host: &dyn Host) -> String {
     let argv = std::iter::once("istio-iptables")
@@ -148,26 +58,6 @@ fn record(args: &[&str], env: &[(&str, &str)], host: &dyn Host) -> String {
     run::program(&cfg, &Options::from_settings(&settings, &cfg), &mut stub)
         .expect("dry run succeeds");
     stub.record.join("\n")
-}
-
-/// A line diff good enough to see what differs.
-fn diff(expected: &str, got: &str) -> String {
-    let (e, g): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), got.lines().collect());
-    let mut out = String::new();
-    for i in 0..e.len().max(g.len()) {
-        match (e.get(i), g.get(i)) {
-            (Some(a), Some(b)) if a == b => out.push_str(&format!("  {a}\n")),
-            (a, b) => {
-                if let Some(a) = a {
-                    out.push_str(&format!("- {a}\n"));
-                }
-                if let Some(b) = b {
-                    out.push_str(&format!("+ {b}\n"));
-                }
-            }
-        }
-    }
-    out
 }
 
 #[test]

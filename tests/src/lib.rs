@@ -2,6 +2,7 @@
 //! them. Every namespace is deleted when its guard drops, also when a test fails.
 #![forbid(unsafe_code)]
 
+pub mod cases;
 pub mod netns;
 pub mod probe;
 pub mod topology;
