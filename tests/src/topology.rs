@@ -51,6 +51,15 @@ impl PodPair {
         }
     }
 
+    /// Starts `outrigger-probe serve-udp --name NAME` in `ns` on `addrs`, running as `uid`.
+    pub fn serve_udp(&mut self, in_peer: bool, uid: u32, name: &str, addrs: &[String]) {
+        let ns = if in_peer { &self.peer } else { &self.pod };
+        let mut cmd = ns.command_as(uid, crate::bin("outrigger-probe"));
+        cmd.args(["serve-udp", "--name", name]).args(addrs);
+        let bg = ns.spawn(cmd, true);
+        self._servers.push(bg);
+    }
+
     /// Starts `outrigger-probe serve --name NAME` in `ns` on `addrs`; stopped with the pair.
     pub fn serve(&mut self, in_peer: bool, name: &str, transparent: bool, addrs: &[String]) {
         let ns = if in_peer { &self.peer } else { &self.pod };
@@ -81,6 +90,19 @@ impl PodPair {
         self.serve(false, "agent", false, &list(&[15020, 15021, 15090, 15008]));
         self.serve(true, "peer", false, &list(&[80, 7777]));
     }
+}
+
+/// Sends one UDP datagram from `ns` as `uid` with `outrigger-probe send-udp`; parses the answer.
+pub fn send_udp_as(ns: &Netns, uid: u32, target: &str) -> Result<Answer, String> {
+    let out = ns
+        .command_as(uid, crate::bin("outrigger-probe"))
+        .args(["send-udp", target, "--timeout-ms", "2000"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("bad answer: {e}"))
 }
 
 /// Runs `outrigger-probe connect` with `cmd` as the base command (`ns.command(..)` or

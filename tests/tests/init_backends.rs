@@ -3,31 +3,81 @@
 use outrigger_testkit::bin;
 use outrigger_testkit::topology::{PEER_V4, PodPair, connect};
 
-const ARGS: &[&str] = &["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020"];
+const ARGS: &[&str] = &[
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+];
 
 fn run(t: &PodPair, extra: &[&str]) -> (i32, String) {
-    let out = t.pod.command(bin("outrigger-init")).args(ARGS).args(extra).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = t
+        .pod
+        .command(bin("outrigger-init"))
+        .args(ARGS)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn istio_in(save: &str) -> bool {
-    save.lines().any(|l| l.contains("ISTIO_OUTPUT") && !l.starts_with('#'))
+    save.lines()
+        .any(|l| l.contains("ISTIO_OUTPUT") && !l.starts_with('#'))
 }
 
 #[test]
 fn forced_legacy_backend_is_used_and_locked() {
     let mut t = PodPair::new("legacy", false);
     t.start_servers(false, false);
-    let (code, stderr) = run(&t, &["--force-iptables-binary=legacy", "--log_output_level=default:debug"]);
+    let (code, stderr) = run(
+        &t,
+        &[
+            "--force-iptables-binary=legacy",
+            "--log_output_level=default:debug",
+        ],
+    );
     assert_eq!(code, 0, "{stderr}");
-    assert!(istio_in(&t.pod.ok("iptables-legacy-save", &[])), "rules are in the legacy backend");
-    assert!(!istio_in(&t.pod.ok("iptables-nft-save", &[])), "and not in nft");
-    assert!(stderr.contains("iptables-legacy-restore --noflush --wait=30"), "legacy writes take the xtables lock:\n{stderr}");
-    assert_eq!(connect(&t.pod, &format!("{PEER_V4}:80"), None).unwrap().server, "proxy");
+    assert!(
+        istio_in(&t.pod.ok("iptables-legacy-save", &[])),
+        "rules are in the legacy backend"
+    );
+    assert!(
+        !istio_in(&t.pod.ok("iptables-nft-save", &[])),
+        "and not in nft"
+    );
+    assert!(
+        stderr.contains("iptables-legacy-restore --noflush --wait=30"),
+        "legacy writes take the xtables lock:\n{stderr}"
+    );
+    assert_eq!(
+        connect(&t.pod, &format!("{PEER_V4}:80"), None)
+            .unwrap()
+            .server,
+        "proxy"
+    );
     // A re-run without forcing finds the rules in legacy and keeps using it.
     let (code, stderr) = run(&t, &[]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("already in place") && stderr.contains("iptables-legacy"), "{stderr}");
+    assert!(
+        stderr.contains("already in place") && stderr.contains("iptables-legacy"),
+        "{stderr}"
+    );
     let (code, stderr) = run(&t, &["--cleanup-only"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(!istio_in(&t.pod.ok("iptables-legacy-save", &[])));
@@ -43,7 +93,10 @@ fn nft_is_chosen_when_legacy_holds_no_rules() {
     // The legacy probe leaves an empty nat table behind; the re-run must still pick nft.
     let (code, stderr) = run(&t, &[]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("already in place") && stderr.contains("iptables-nft"), "{stderr}");
+    assert!(
+        stderr.contains("already in place") && stderr.contains("iptables-nft"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -60,12 +113,20 @@ fn dry_run_file_and_json_logs() {
         .unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), stdout, "the file holds the same record");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        stdout,
+        "the file holds the same record"
+    );
     let _ = std::fs::remove_file(&file);
     assert!(stdout.starts_with("iptables-save\nip6tables-save\n* nat\n"));
     for line in String::from_utf8(out.stderr).unwrap().lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
-        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{line}");
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        assert!(
+            v.get("level").is_some() && v.get("fields").is_some(),
+            "{line}"
+        );
     }
     assert!(!istio_in(&t.pod.ok("iptables-save", &[])));
 }

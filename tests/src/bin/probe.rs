@@ -36,6 +36,19 @@ enum Cmd {
         #[arg(required = true)]
         listen: Vec<SocketAddr>,
     },
+    /// Answer every UDP datagram with a JSON line (same fields; no original destination).
+    ServeUdp {
+        #[arg(long)]
+        name: String,
+        #[arg(required = true)]
+        listen: Vec<SocketAddr>,
+    },
+    /// Send one UDP datagram, print the answer line.
+    SendUdp {
+        target: SocketAddr,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
     /// Connect, print the server's answer line.
     Connect {
         target: SocketAddr,
@@ -99,6 +112,56 @@ fn serve(name: String, transparent: bool, addrs: Vec<SocketAddr>) -> std::io::Re
     Ok(())
 }
 
+fn serve_udp(name: String, addrs: Vec<SocketAddr>) -> std::io::Result<()> {
+    let sockets = addrs
+        .iter()
+        .map(std::net::UdpSocket::bind)
+        .collect::<Result<Vec<_>, _>>()?;
+    println!("ready");
+    let mut handles = Vec::new();
+    for sock in sockets {
+        let name = name.clone();
+        handles.push(thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((_, from)) = sock.recv_from(&mut buf) {
+                let local = sock.local_addr().ok();
+                let answer = Answer {
+                    server: name.clone(),
+                    listen_port: local.map(|a| a.port()).unwrap_or(0),
+                    local,
+                    peer: Some(from),
+                    original_dst: None,
+                };
+                let _ = sock.send_to(
+                    serde_json::to_string(&answer)
+                        .unwrap_or_default()
+                        .as_bytes(),
+                    from,
+                );
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+fn send_udp(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    let any: SocketAddr = if target.is_ipv6() {
+        "[::]:0".parse().expect("addr")
+    } else {
+        "0.0.0.0:0".parse().expect("addr")
+    };
+    let sock = std::net::UdpSocket::bind(any)?;
+    sock.set_read_timeout(Some(timeout))?;
+    sock.connect(target)?;
+    sock.send(b"query")?;
+    let mut buf = [0u8; 1500];
+    let n = sock.recv(&mut buf)?;
+    Ok(format!("{}\n", String::from_utf8_lossy(&buf[..n])))
+}
+
 fn connect(target: SocketAddr, bind: Option<IpAddr>, timeout: Duration) -> std::io::Result<String> {
     let s = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
     if let Some(ip) = bind {
@@ -131,6 +194,25 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::ServeUdp { name, listen } => match serve_udp(name, listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("outrigger-probe serve-udp: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::SendUdp { target, timeout_ms } => {
+            match send_udp(target, Duration::from_millis(timeout_ms)) {
+                Ok(line) => {
+                    print!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("outrigger-probe send-udp {target}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Connect {
             target,
             bind,
