@@ -315,6 +315,11 @@ fn apply_plan(
             .collect(),
     };
 
+    let dry = if exec.is_stub() {
+        "dry run, nothing executed: "
+    } else {
+        ""
+    };
     let result = (|| -> Result<(), RunError> {
         match action {
             Action::Nothing => {
@@ -338,7 +343,7 @@ fn apply_plan(
                 for f in families.iter().filter(|f| active(f)) {
                     f.apply(exec)?;
                 }
-                tracing::info!("rules applied");
+                tracing::info!("{dry}rules applied");
             }
             Action::Reconcile => {
                 tracing::info!(
@@ -360,13 +365,13 @@ fn apply_plan(
                     let _ = f.guardrails(exec, false);
                 }
                 applied?;
-                tracing::info!("rules reconciled");
+                tracing::info!("{dry}rules reconciled");
             }
             Action::Cleanup => {
                 for f in families.iter().filter(|f| active(f)) {
                     f.cleanup(exec);
                 }
-                tracing::info!("rules of this configuration removed");
+                tracing::info!("{dry}rules of this configuration removed");
             }
         }
         Ok(())
@@ -383,4 +388,113 @@ fn apply_plan(
     }
     result?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Decisions of a run against a scripted executor (the real behaviour is covered by the
+    //! namespace tests; here: what cannot be provoked there, such as a missing ip6tables).
+    use super::*;
+    use crate::config::{
+        Cidr, DnsCapture, InboundPorts, InterceptionMode, OutboundInclude, OwnerGroups,
+    };
+    use crate::exec::Output;
+
+    /// nft works for IPv4; every ip6tables command fails as on a host booted with ipv6.disable=1.
+    #[derive(Default)]
+    struct NoIpv6 {
+        ran: Vec<String>,
+    }
+
+    impl Executor for NoIpv6 {
+        fn run(&mut self, cmd: &Cmd) -> Result<Output, ExecError> {
+            self.ran.push(cmd.line());
+            if cmd.program.starts_with("ip6tables") || cmd.program.starts_with("iptables-legacy") {
+                return Err(ExecError::Failed {
+                    command: cmd.line(),
+                    code: Some(3),
+                    stderr: "Address family not supported by protocol".into(),
+                });
+            }
+            let stdout = if cmd.args.first().map(String::as_str) == Some("--version") {
+                "iptables-nft-save v1.8.9 (nf_tables)\n"
+            } else {
+                ""
+            };
+            Ok(Output {
+                stdout: stdout.into(),
+                stderr: String::new(),
+            })
+        }
+    }
+
+    fn cfg(ipv6: bool) -> Config {
+        Config {
+            envoy_port: 15001,
+            inbound_capture_port: 15006,
+            tunnel_port: 15008,
+            proxy_uids: vec!["1337".into()],
+            proxy_gids: vec!["1337".into()],
+            mode: InterceptionMode::Redirect,
+            inbound_ports: InboundPorts::All { exclude: vec![] },
+            exclude_interfaces: vec![],
+            kube_virt_interfaces: vec![],
+            outbound_include: OutboundInclude::All,
+            outbound_exclude: vec![],
+            outbound_ports_include: vec![],
+            outbound_ports_exclude: vec![],
+            tproxy_mark: 1337,
+            tproxy_route_table: 133,
+            dns: DnsCapture::Off,
+            drop_invalid: false,
+            owner_groups: OwnerGroups::AllExcept(vec![]),
+            loopback_v4: "127.0.0.1/32".parse::<Cidr>().unwrap(),
+            enable_ipv6: ipv6,
+            host_ip: if ipv6 {
+                "fd00::1".parse().unwrap()
+            } else {
+                "10.0.0.1".parse().unwrap()
+            },
+            force_binary: None,
+        }
+    }
+
+    fn opts() -> Options {
+        // Routes are not configured by `apply_plan`; validation is off.
+        Options::default()
+    }
+
+    #[test]
+    fn missing_ip6tables_is_fine_for_an_ipv4_pod() {
+        let mut exec = NoIpv6::default();
+        let report = apply_plan(&cfg(false), &plan::plan(&cfg(false)), &opts(), &mut exec)
+            .expect("IPv4 pod");
+        assert_eq!(report.action, Some(Action::Apply));
+        assert!(
+            exec.ran
+                .iter()
+                .any(|c| c == "iptables-nft-restore --noflush"),
+            "{:?}",
+            exec.ran
+        );
+        assert!(
+            !exec
+                .ran
+                .iter()
+                .any(|c| c.starts_with("ip6tables-nft-restore"))
+        );
+    }
+
+    #[test]
+    fn missing_ip6tables_is_fatal_for_an_ipv6_pod() {
+        let mut exec = NoIpv6::default();
+        let err = apply_plan(&cfg(true), &plan::plan(&cfg(true)), &opts(), &mut exec)
+            .expect_err("IPv6 pod");
+        assert!(matches!(err, RunError::Detect(_)), "{err}");
+        assert!(
+            !exec.ran.iter().any(|c| c.contains("restore")),
+            "nothing applied: {:?}",
+            exec.ran
+        );
+    }
 }
