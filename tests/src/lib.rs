@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cases;
+pub mod init;
 pub mod netns;
 pub mod probe;
 pub mod topology;

@@ -5,7 +5,6 @@
 //! - applied for real, each case then re-runs as a no-op and cleans up without leftovers
 //!   (upstream's "equivalent re-run" test in a real namespace).
 
-use outrigger_testkit::bin;
 use outrigger_testkit::cases::{Case, argv, cases, diff, golden};
 use outrigger_testkit::netns::Netns;
 
@@ -27,17 +26,8 @@ fn pod_for(case: &Case) -> Netns {
 }
 
 fn run(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = ns
-        .command(bin("outrigger-init"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run outrigger-init");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let r = outrigger_testkit::init::run(ns, args, env);
+    (r.code, r.stdout, r.stderr)
 }
 
 #[test]

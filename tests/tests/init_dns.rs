@@ -1,7 +1,7 @@
 //! DNS capture (`ISTIO_META_DNS_CAPTURE=true`): the app's DNS to the resolv.conf server lands on
 //! the agent's port 15053 over UDP and TCP; the agent's own queries (uid 1337) go out.
 
-use outrigger_testkit::bin;
+use outrigger_testkit::init::{self, DEFAULT_SIDECAR};
 use outrigger_testkit::topology::{PEER_V4, PROXY_UID, PodPair, connect, connect_as, send_udp_as};
 
 #[test]
@@ -19,34 +19,10 @@ fn dns_to_the_cluster_resolver_is_captured_by_the_agent() {
     t.serve_udp(true, 0, "resolver", &["0.0.0.0:53".into()]);
     t.serve(true, "resolver", false, &["0.0.0.0:53".into()]);
 
-    let out = t
-        .pod
-        .command(bin("outrigger-init"))
-        .args([
-            "-p",
-            "15001",
-            "-z",
-            "15006",
-            "-u",
-            "1337",
-            "-m",
-            "REDIRECT",
-            "-i",
-            "*",
-            "-x",
-            "",
-            "-b",
-            "*",
-            "-d",
-            "15090,15021,15020",
-        ])
-        .env("ISTIO_META_DNS_CAPTURE", "true")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    init::run_ok(
+        &t.pod,
+        DEFAULT_SIDECAR,
+        &[("ISTIO_META_DNS_CAPTURE", "true")],
     );
     let raw = t.pod.ok("iptables", &["-t", "raw", "-S"]);
     assert!(

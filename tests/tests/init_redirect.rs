@@ -1,30 +1,10 @@
 //! outrigger-init in REDIRECT mode, in a real pod network namespace with real iptables: the
 //! default sidecar invocation, where traffic lands, re-runs, drift, reconcile and cleanup.
 
+use outrigger_testkit::init::{self, DEFAULT_SIDECAR, InitRun, sidecar_with as with};
 use outrigger_testkit::netns::Netns;
 use outrigger_testkit::topology::{PEER_V4, POD_V4, PROXY_UID, PodPair, connect, connect_as};
 use outrigger_testkit::{bin, probe::Answer};
-
-/// What Istio's injector passes to istio-init.
-const DEFAULT_SIDECAR: &[&str] = &[
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-    "--log_output_level=default:info",
-];
 
 /// `iptables -t nat -S` after the default sidecar invocation (iptables-nft 1.8 notation).
 const DEFAULT_NAT_S: &str = "-P PREROUTING ACCEPT
@@ -55,31 +35,12 @@ const DEFAULT_NAT_S: &str = "-P PREROUTING ACCEPT
 -A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001
 ";
 
-struct Run {
-    code: i32,
-    stderr: String,
+fn init(ns: &Netns, args: &[&str]) -> InitRun {
+    init::run(ns, args, &[])
 }
 
-fn init(ns: &Netns, args: &[&str]) -> Run {
-    let out = ns
-        .command(bin("outrigger-init"))
-        .args(args)
-        .output()
-        .expect("run outrigger-init");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn init_ok(ns: &Netns, args: &[&str]) -> Run {
-    let r = init(ns, args);
-    assert_eq!(r.code, 0, "outrigger-init {args:?} failed:\n{}", r.stderr);
-    r
-}
-
-fn with(extra: &[&'static str]) -> Vec<&'static str> {
-    DEFAULT_SIDECAR.iter().chain(extra).copied().collect()
+fn init_ok(ns: &Netns, args: &[&str]) -> InitRun {
+    init::run_ok(ns, args, &[])
 }
 
 fn landed(a: &Result<Answer, String>) -> (&str, u16, Option<String>) {

@@ -1,6 +1,6 @@
 //! outrigger-init in TPROXY mode and on IPv6 / dual-stack pods, in real network namespaces.
 
-use outrigger_testkit::bin;
+use outrigger_testkit::init::{self, sidecar_with};
 use outrigger_testkit::netns::Netns;
 use outrigger_testkit::probe::Answer;
 use outrigger_testkit::topology::{
@@ -8,17 +8,7 @@ use outrigger_testkit::topology::{
 };
 
 fn init_ok(ns: &Netns, args: &[&str]) -> String {
-    let out = ns
-        .command(bin("outrigger-init"))
-        .args(args)
-        .output()
-        .expect("run outrigger-init");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "outrigger-init {args:?} failed:\n{stderr}"
-    );
-    stderr
+    init::run_ok(ns, args, &[]).stderr
 }
 
 fn landed(a: &Result<Answer, String>) -> (String, u16, Option<String>, Option<String>) {
@@ -33,30 +23,15 @@ fn landed(a: &Result<Answer, String>) -> (String, u16, Option<String>, Option<St
     )
 }
 
-const TPROXY: &[&str] = &[
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "TPROXY",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-];
+fn tproxy() -> Vec<&'static str> {
+    sidecar_with(&["-m", "TPROXY"])
+}
 
 #[test]
 fn tproxy_inbound_keeps_the_original_destination_as_local_address() {
     let mut t = PodPair::new("tproxy", false);
     t.start_servers(false, true);
-    init_ok(&t.pod, TPROXY);
+    init_ok(&t.pod, &tproxy());
 
     let mangle = t.pod.ok("iptables", &["-t", "mangle", "-S"]);
     for rule in [
@@ -104,7 +79,7 @@ fn tproxy_inbound_keeps_the_original_destination_as_local_address() {
     );
 
     // Re-run: no-op, and the ip rule is not duplicated.
-    assert!(init_ok(&t.pod, TPROXY).contains("already in place"));
+    assert!(init_ok(&t.pod, &tproxy()).contains("already in place"));
     assert_eq!(
         t.pod
             .ip(&["rule", "show"])
@@ -114,7 +89,7 @@ fn tproxy_inbound_keeps_the_original_destination_as_local_address() {
     );
 
     // Cleanup removes chains, the policy rule and the route.
-    let cleanup: Vec<&str> = TPROXY.iter().copied().chain(["--cleanup-only"]).collect();
+    let cleanup: Vec<&str> = tproxy().into_iter().chain(["--cleanup-only"]).collect();
     init_ok(&t.pod, &cleanup);
     let all = t.pod.ok("iptables-save", &[]);
     assert!(!all.contains("ISTIO"), "{all}");
@@ -126,31 +101,15 @@ fn tproxy_inbound_keeps_the_original_destination_as_local_address() {
     );
 }
 
-const DUAL: &[&str] = &[
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-    "--dual-stack",
-];
+fn dual() -> Vec<&'static str> {
+    sidecar_with(&["--dual-stack"])
+}
 
 #[test]
 fn dual_stack_pod_captures_ipv6_like_ipv4() {
     let mut t = PodPair::new("dual", true);
     t.start_servers(true, false);
-    init_ok(&t.pod, DUAL);
+    init_ok(&t.pod, &dual());
 
     let nat6 = t.pod.ok("ip6tables", &["-t", "nat", "-S"]);
     for rule in [
@@ -200,8 +159,8 @@ fn dual_stack_pod_captures_ipv6_like_ipv4() {
         "proxy"
     );
 
-    assert!(init_ok(&t.pod, DUAL).contains("already in place"));
-    let cleanup: Vec<&str> = DUAL.iter().copied().chain(["--cleanup-only"]).collect();
+    assert!(init_ok(&t.pod, &dual()).contains("already in place"));
+    let cleanup: Vec<&str> = dual().into_iter().chain(["--cleanup-only"]).collect();
     init_ok(&t.pod, &cleanup);
     let all = t.pod.ok("iptables-save", &[]) + &t.pod.ok("ip6tables-save", &[]);
     assert!(!all.contains("ISTIO"), "{all}");
@@ -210,12 +169,7 @@ fn dual_stack_pod_captures_ipv6_like_ipv4() {
 #[test]
 fn without_dual_stack_an_ipv4_first_pod_gets_no_ipv6_rules() {
     let t = PodPair::new("v4first", true);
-    let args: Vec<&str> = DUAL
-        .iter()
-        .copied()
-        .filter(|a| *a != "--dual-stack")
-        .collect();
-    init_ok(&t.pod, &args);
+    init_ok(&t.pod, init::DEFAULT_SIDECAR);
     assert!(
         t.pod
             .ok("iptables", &["-t", "nat", "-S"])
@@ -231,7 +185,7 @@ fn without_dual_stack_an_ipv4_first_pod_gets_no_ipv6_rules() {
 fn tproxy_on_ipv6() {
     let mut t = PodPair::new("tp6", true);
     t.start_servers(true, true);
-    let args: Vec<&str> = TPROXY.iter().copied().chain(["--dual-stack"]).collect();
+    let args: Vec<&str> = tproxy().into_iter().chain(["--dual-stack"]).collect();
     init_ok(&t.pod, &args);
     assert_eq!(
         t.pod
