@@ -1,0 +1,469 @@
+//! Listeners (LDS): addresses, listener filters, filter chains and their network filters.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::listener::v3 as wire;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+use envoy_types::pb::google::protobuf::Any;
+
+use super::route::{RouteConfig, Target};
+use super::{Address, Cidr, ConfigError, Ignored, duration, type_name, unpack};
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub address: Address,
+    /// `false` for Istio's per-service listeners, reached through `virtualOutbound`.
+    pub bind_to_port: bool,
+    /// Dispatch accepted connections to the listener of their original destination.
+    pub use_original_dst: bool,
+    pub listener_filters: Vec<ListenerFilter>,
+    pub filter_chains: Vec<FilterChain>,
+    pub default_filter_chain: Option<FilterChain>,
+    pub ignored: Vec<Ignored>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerFilter {
+    OriginalDst,
+    TlsInspector,
+    HttpInspector,
+    OriginalSrc,
+    ProxyProtocol,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainMatch {
+    pub destination_port: Option<u16>,
+    pub prefix_ranges: Vec<Cidr>,
+    pub source_prefix_ranges: Vec<Cidr>,
+    pub source_ports: Vec<u16>,
+    pub transport_protocol: Option<String>,
+    pub application_protocols: Vec<String>,
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FilterChain {
+    pub name: String,
+    pub matcher: ChainMatch,
+    pub filters: Vec<NetworkFilter>,
+    /// A TLS transport socket terminates TLS on this chain.
+    pub tls: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum NetworkFilter {
+    TcpProxy(TcpProxy),
+    Http(Box<HttpManager>),
+    Ignored(Ignored),
+}
+
+#[derive(Debug, Clone)]
+pub struct TcpProxy {
+    pub stat_prefix: String,
+    pub target: Target,
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub enum RouteSource {
+    Rds(String),
+    Inline(RouteConfig),
+}
+
+#[derive(Debug, Clone)]
+pub enum HttpFilter {
+    Router,
+    Ignored(Ignored),
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpManager {
+    pub stat_prefix: String,
+    pub routes: RouteSource,
+    pub http_filters: Vec<HttpFilter>,
+}
+
+/// The config of a filter: its `typed_config`, or the inner type of a `TypedStruct`.
+fn config_type(any: &Any) -> String {
+    let name = type_name(any);
+    if name == "udpa.type.v1.TypedStruct" || name == "xds.type.v3.TypedStruct" {
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct TypedStruct {
+            #[prost(string, tag = "1")]
+            type_url: String,
+        }
+        if let Ok(ts) = <TypedStruct as prost::Message>::decode(any.value.as_slice()) {
+            return ts
+                .type_url
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+    }
+    name.to_string()
+}
+
+/// Filters the proxy recognises but does not act on yet, with the reason.
+fn known_ignored(config: &str) -> Option<&'static str> {
+    Some(match config {
+        "envoy.tcp.metadataexchange.config.MetadataExchange"
+        | "io.istio.http.peer_metadata.Config"
+        | "envoy.extensions.filters.http.peer_metadata.v3.Config" => {
+            "Istio peer metadata exchange: feeds telemetry labels, not implemented yet"
+        }
+        "stats.PluginConfig" | "io.istio.stats.PluginConfig" => {
+            "Istio standard metrics: not implemented yet"
+        }
+        "io.istio.network.authn.Config" | "io.istio.http.authn.Config" => {
+            "Istio authn: peer identity for telemetry and policy, not implemented yet"
+        }
+        "io.istio.http.connect_baggage.Config" | "io.istio.http.connect_authority.Config" => {
+            "Istio CONNECT baggage: HBONE tunnelling, not implemented yet"
+        }
+        "envoy.extensions.filters.http.compressor.v3.Compressor" => {
+            "response compression: responses are sent uncompressed"
+        }
+        "istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig" => {
+            "Istio ALPN override: only matters for mTLS upstreams, not implemented yet"
+        }
+        "envoy.extensions.filters.network.rbac.v3.RBAC"
+        | "envoy.extensions.filters.http.rbac.v3.RBAC" => {
+            "authorization policy (RBAC) is not enforced yet"
+        }
+        "envoy.extensions.filters.http.fault.v3.HTTPFault" => {
+            "fault injection: not implemented yet"
+        }
+        "envoy.extensions.filters.http.cors.v3.Cors" => "CORS: not implemented yet",
+        "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig" => {
+            "gRPC stats: not implemented yet"
+        }
+        "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb" => "gRPC-Web: not implemented yet",
+        "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+        | "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz" => {
+            "external authorization: not enforced yet"
+        }
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication" => {
+            "JWT authentication: not enforced yet"
+        }
+        "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" => {
+            "local rate limit: not implemented yet"
+        }
+        "envoy.extensions.filters.http.wasm.v3.Wasm"
+        | "envoy.extensions.filters.network.wasm.v3.Wasm" => "Wasm extensions are not supported",
+        "envoy.extensions.filters.http.set_filter_state.v3.Config"
+        | "envoy.extensions.filters.network.set_filter_state.v3.Config" => {
+            "filter state: only used by ambient/waypoint tunnelling"
+        }
+        _ => return None,
+    })
+}
+
+fn typed(name: &str, any: Option<&Any>, field: &str) -> Result<(String, Any), ConfigError> {
+    let any = any.ok_or_else(|| {
+        ConfigError::new(
+            field,
+            format!("filter '{name}' has no typed_config (config discovery is not supported)"),
+        )
+    })?;
+    Ok((config_type(any), any.clone()))
+}
+
+fn network_filter(f: &wire::Filter, field: &str) -> Result<NetworkFilter, ConfigError> {
+    let any = match &f.config_type {
+        Some(wire::filter::ConfigType::TypedConfig(a)) => Some(a),
+        _ => None,
+    };
+    let (config, any) = typed(&f.name, any, field)?;
+    match config.as_str() {
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => {
+            let t: tcp::TcpProxy = unpack(&any, field)?;
+            let target = match &t.cluster_specifier {
+                Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(c)) => Target::Cluster(c.clone()),
+                Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
+                    let clusters: Vec<(String, u32)> = w
+                        .clusters
+                        .iter()
+                        .map(|c| (c.name.clone(), c.weight))
+                        .collect();
+                    if clusters.iter().map(|(_, w)| u64::from(*w)).sum::<u64>() == 0 {
+                        return Err(ConfigError::new(
+                            format!("{field}.weighted_clusters"),
+                            "the weights add up to 0",
+                        ));
+                    }
+                    Target::Weighted(clusters)
+                }
+                None => return Err(ConfigError::new(field, "tcp_proxy has no cluster")),
+            };
+            let idle_timeout = t
+                .idle_timeout
+                .as_ref()
+                .map(|d| duration(d, &format!("{field}.idle_timeout")))
+                .transpose()?;
+            Ok(NetworkFilter::TcpProxy(TcpProxy {
+                stat_prefix: t.stat_prefix,
+                target,
+                idle_timeout,
+            }))
+        }
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => {
+            let h: hcm::HttpConnectionManager = unpack(&any, field)?;
+            http_manager(&h)
+                .map(|m| NetworkFilter::Http(Box::new(m)))
+                .map_err(|e| e.at(field))
+        }
+        other => match known_ignored(other) {
+            Some(reason) => Ok(NetworkFilter::Ignored(Ignored {
+                what: format!("network filter {} ({other})", f.name),
+                reason,
+            })),
+            None => Err(ConfigError::new(
+                field,
+                format!("unsupported network filter '{}' ({other})", f.name),
+            )),
+        },
+    }
+}
+
+fn http_manager(h: &hcm::HttpConnectionManager) -> Result<HttpManager, ConfigError> {
+    use hcm::http_connection_manager::RouteSpecifier as R;
+    let routes = match &h.route_specifier {
+        Some(R::Rds(rds)) => RouteSource::Rds(rds.route_config_name.clone()),
+        Some(R::RouteConfig(rc)) => {
+            RouteSource::Inline(RouteConfig::try_from(rc).map_err(|e| e.at("route_config"))?)
+        }
+        Some(R::ScopedRoutes(_)) => {
+            return Err(ConfigError::new(
+                "scoped_routes",
+                "scoped routes are not supported",
+            ));
+        }
+        None => return Err(ConfigError::new("route_specifier", "missing")),
+    };
+    let mut http_filters = Vec::new();
+    for (i, f) in h.http_filters.iter().enumerate() {
+        let field = format!("http_filters[{i}]");
+        let any = match &f.config_type {
+            Some(hcm::http_filter::ConfigType::TypedConfig(a)) => Some(a),
+            _ => None,
+        };
+        let (config, _) = typed(&f.name, any, &field)?;
+        let filter = if config == "envoy.extensions.filters.http.router.v3.Router" {
+            HttpFilter::Router
+        } else if let Some(reason) = known_ignored(&config) {
+            HttpFilter::Ignored(Ignored {
+                what: format!("http filter {} ({config})", f.name),
+                reason,
+            })
+        } else if f.is_optional {
+            HttpFilter::Ignored(Ignored {
+                what: format!("http filter {} ({config})", f.name),
+                reason: "optional and not supported",
+            })
+        } else {
+            return Err(ConfigError::new(
+                field,
+                format!("unsupported http filter '{}' ({config})", f.name),
+            ));
+        };
+        http_filters.push(filter);
+    }
+    if !matches!(http_filters.last(), Some(HttpFilter::Router)) {
+        return Err(ConfigError::new(
+            "http_filters",
+            "the last http filter must be the router",
+        ));
+    }
+    Ok(HttpManager {
+        stat_prefix: h.stat_prefix.clone(),
+        routes,
+        http_filters,
+    })
+}
+
+fn ports(values: &[u32], field: &str) -> Result<Vec<u16>, ConfigError> {
+    values
+        .iter()
+        .map(|p| {
+            u16::try_from(*p).map_err(|_| ConfigError::new(field, format!("{p} is not a port")))
+        })
+        .collect()
+}
+
+fn cidrs(
+    ranges: &[envoy_types::pb::envoy::config::core::v3::CidrRange],
+    field: &str,
+) -> Result<Vec<Cidr>, ConfigError> {
+    ranges
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Cidr::try_from(r).map_err(|e| e.at(format!("{field}[{i}]"))))
+        .collect()
+}
+
+impl TryFrom<&wire::FilterChainMatch> for ChainMatch {
+    type Error = ConfigError;
+    fn try_from(m: &wire::FilterChainMatch) -> Result<ChainMatch, ConfigError> {
+        let destination_port = m
+            .destination_port
+            .map(|p| {
+                u16::try_from(p.value).map_err(|_| {
+                    ConfigError::new("destination_port", format!("{} is not a port", p.value))
+                })
+            })
+            .transpose()?;
+        Ok(ChainMatch {
+            destination_port,
+            prefix_ranges: cidrs(&m.prefix_ranges, "prefix_ranges")?,
+            source_prefix_ranges: cidrs(&m.source_prefix_ranges, "source_prefix_ranges")?,
+            source_ports: ports(&m.source_ports, "source_ports")?,
+            transport_protocol: Some(m.transport_protocol.clone()).filter(|t| !t.is_empty()),
+            application_protocols: m.application_protocols.clone(),
+            server_names: m
+                .server_names
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
+        })
+    }
+}
+
+fn filter_chain(c: &wire::FilterChain) -> Result<FilterChain, ConfigError> {
+    let matcher = c
+        .filter_chain_match
+        .as_ref()
+        .map(ChainMatch::try_from)
+        .transpose()
+        .map_err(|e| e.at("filter_chain_match"))?
+        .unwrap_or_default();
+    let filters = c
+        .filters
+        .iter()
+        .enumerate()
+        .map(|(i, f)| network_filter(f, &format!("filters[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !filters
+        .iter()
+        .any(|f| matches!(f, NetworkFilter::TcpProxy(_) | NetworkFilter::Http(_)))
+    {
+        return Err(ConfigError::new(
+            "filters",
+            "no terminal filter (tcp_proxy or http_connection_manager)",
+        ));
+    }
+    Ok(FilterChain {
+        name: c.name.clone(),
+        matcher,
+        filters,
+        tls: c.transport_socket.is_some(),
+    })
+}
+
+fn listener_filter(f: &wire::ListenerFilter, ignored: &mut Vec<Ignored>) -> Option<ListenerFilter> {
+    let config = match &f.config_type {
+        Some(wire::listener_filter::ConfigType::TypedConfig(a)) => config_type(a),
+        _ => f.name.clone(),
+    };
+    Some(match config.as_str() {
+        "envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+        | "envoy.filters.listener.original_dst" => ListenerFilter::OriginalDst,
+        "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+        | "envoy.filters.listener.tls_inspector" => ListenerFilter::TlsInspector,
+        "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
+        | "envoy.filters.listener.http_inspector" => ListenerFilter::HttpInspector,
+        "envoy.extensions.filters.listener.original_src.v3.OriginalSrc" => {
+            ListenerFilter::OriginalSrc
+        }
+        "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol" => {
+            ListenerFilter::ProxyProtocol
+        }
+        other => {
+            ignored.push(Ignored {
+                what: format!("listener filter {} ({other})", f.name),
+                reason: "not supported",
+            });
+            return None;
+        }
+    })
+}
+
+impl TryFrom<&wire::Listener> for Listener {
+    type Error = ConfigError;
+    fn try_from(l: &wire::Listener) -> Result<Listener, ConfigError> {
+        let internal = matches!(
+            l.listener_specifier,
+            Some(wire::listener::ListenerSpecifier::InternalListener(_))
+        );
+        let address = match &l.address {
+            Some(a) => Address::try_from(a).map_err(|e| e.at("address"))?,
+            // Internal listeners (waypoints, HBONE) are addressed by name.
+            None if internal => Address::Internal(l.name.clone()),
+            None => {
+                return Err(ConfigError::new(
+                    "address",
+                    "missing (and not an internal listener)",
+                ));
+            }
+        };
+        let mut ignored = Vec::new();
+        let listener_filters = l
+            .listener_filters
+            .iter()
+            .filter_map(|f| listener_filter(f, &mut ignored))
+            .collect();
+        let filter_chains = l
+            .filter_chains
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let at = if c.name.is_empty() {
+                    format!("filter_chains[{i}]")
+                } else {
+                    format!("filter_chains[{i}]({})", c.name)
+                };
+                filter_chain(c).map_err(|e| e.at(at))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let default_filter_chain = l
+            .default_filter_chain
+            .as_ref()
+            .map(filter_chain)
+            .transpose()
+            .map_err(|e| e.at("default_filter_chain"))?;
+        if l.filter_chain_matcher.is_some() {
+            ignored.push(Ignored {
+                what: "filter_chain_matcher".into(),
+                reason: "the matcher API is not supported; filter_chain_match is used",
+            });
+        }
+        for chain in filter_chains.iter().chain(default_filter_chain.iter()) {
+            for f in &chain.filters {
+                if let NetworkFilter::Ignored(i) = f {
+                    ignored.push(i.clone());
+                }
+                if let NetworkFilter::Http(h) = f {
+                    ignored.extend(h.http_filters.iter().filter_map(|f| match f {
+                        HttpFilter::Ignored(i) => Some(i.clone()),
+                        HttpFilter::Router => None,
+                    }));
+                }
+            }
+        }
+        ignored.sort_by(|a, b| a.what.cmp(&b.what));
+        ignored.dedup();
+        Ok(Listener {
+            name: l.name.clone(),
+            address,
+            bind_to_port: l.bind_to_port.map(|b| b.value).unwrap_or(true),
+            use_original_dst: l.use_original_dst.map(|b| b.value).unwrap_or(false),
+            listener_filters,
+            filter_chains,
+            default_filter_chain,
+            ignored,
+        })
+    }
+}

@@ -1,0 +1,9 @@
+//! `outrigger-proxy`: an Envoy-compatible sidecar proxy configured over xDS.
+//!
+//! So far: reading Envoy configuration (config dumps, bootstraps) into Envoy's wire types
+//! ([`dump`]) and converting those into the proxy's own validated domain types ([`config`]).
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod dump;
+pub mod validate;
