@@ -6,4 +6,7 @@
 
 pub mod config;
 pub mod dump;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod validate;
+pub mod xds;

@@ -1,0 +1,162 @@
+//! Builders of Envoy wire resources for tests (behind the `testing` feature).
+
+use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as ep;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
+
+pub fn pack<M: Message + Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+pub fn socket(ip: &str, port: u32) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: ip.into(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+fn filter(name: &str, config: Any) -> listener::Filter {
+    listener::Filter {
+        name: name.into(),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(config)),
+    }
+}
+
+/// A listener on `port` whose only chain proxies TCP to `cluster`.
+pub fn tcp_listener(name: &str, port: u32, cluster: &str) -> listener::Listener {
+    let t = tcp::TcpProxy {
+        stat_prefix: cluster.into(),
+        cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+        ..Default::default()
+    };
+    listener::Listener {
+        name: name.into(),
+        address: Some(socket("0.0.0.0", port)),
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![filter("envoy.filters.network.tcp_proxy", pack(&t))],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A listener on `port` with an HTTP connection manager using RDS `route_config`.
+pub fn http_listener(name: &str, port: u32, route_config: &str) -> listener::Listener {
+    let h = hcm::HttpConnectionManager {
+        stat_prefix: name.into(),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                route_config_name: route_config.into(),
+                config_source: None,
+            },
+        )),
+        http_filters: vec![hcm::HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(
+                &Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    listener::Listener {
+        name: name.into(),
+        address: Some(socket("0.0.0.0", port)),
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![filter(
+                "envoy.filters.network.http_connection_manager",
+                pack(&h),
+            )],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A listener the proxy must reject (its only filter is of an unknown type).
+pub fn bad_listener(name: &str, port: u32) -> listener::Listener {
+    let mut l = tcp_listener(name, port, "none");
+    l.filter_chains[0].filters[0] = filter(
+        "mystery",
+        Any {
+            type_url: "type.googleapis.com/example.Mystery".into(),
+            value: vec![],
+        },
+    );
+    l
+}
+
+pub fn eds_cluster(name: &str) -> cluster::Cluster {
+    cluster::Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::cluster::EdsClusterConfig {
+            service_name: name.into(),
+            eds_config: None,
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn load_assignment(cluster: &str, endpoints: &[(&str, u32)]) -> ep::ClusterLoadAssignment {
+    ep::ClusterLoadAssignment {
+        cluster_name: cluster.into(),
+        endpoints: vec![ep::LocalityLbEndpoints {
+            lb_endpoints: endpoints
+                .iter()
+                .map(|(ip, port)| ep::LbEndpoint {
+                    host_identifier: Some(ep::lb_endpoint::HostIdentifier::Endpoint(
+                        ep::Endpoint {
+                            address: Some(socket(ip, *port)),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A route configuration sending everything to `cluster`.
+pub fn route_config(name: &str, cluster: &str) -> route::RouteConfiguration {
+    route::RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![route::VirtualHost {
+            name: "all".into(),
+            domains: vec!["*".into()],
+            routes: vec![route::Route {
+                r#match: Some(route::RouteMatch {
+                    path_specifier: Some(route::route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(route::route::Action::Route(route::RouteAction {
+                    cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(
+                        cluster.into(),
+                    )),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
