@@ -1,0 +1,466 @@
+//! The ADS client against a real gRPC xDS server (tonic, envoy-types' service): initial sync with
+//! ACKs and warming requests, NACK with the last good config kept, reconnect after a server
+//! restart, and Delta over a Unix socket.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use envoy_types::pb::google::protobuf::Any;
+use outrigger_proxy::testing::*;
+use outrigger_proxy::xds::client::{self, ClientConfig, Handle, XdsAddress};
+use outrigger_proxy::xds::node::Identity;
+use outrigger_proxy::xds::store::{ResourceType, Snapshot};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// What a request said, for assertions.
+#[derive(Debug, Clone)]
+struct Seen {
+    ty: ResourceType,
+    version: String,
+    nonce: String,
+    names: Vec<String>,
+    error: Option<String>,
+    node_id: Option<String>,
+}
+
+/// The resources the server serves: per type, (name, resource), and a version.
+#[derive(Default)]
+struct Config {
+    version: u32,
+    resources: BTreeMap<ResourceType, Vec<(String, Any)>>,
+}
+
+#[derive(Clone)]
+struct Server {
+    config: Arc<Mutex<Config>>,
+    seen: mpsc::UnboundedSender<Seen>,
+    /// `Some(type)`: push that type now; `None`: end every stream (a restart).
+    push: broadcast::Sender<Option<ResourceType>>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl Server {
+    fn sotw_response(&self, ty: ResourceType, names: &[String], nonce: u32) -> DiscoveryResponse {
+        let c = self.config.lock().unwrap();
+        let resources = c.resources.get(&ty).cloned().unwrap_or_default();
+        let resources = resources
+            .into_iter()
+            .filter(|(n, _)| ty.wildcard() || names.contains(n))
+            .map(|(_, a)| a)
+            .collect();
+        DiscoveryResponse {
+            version_info: format!("v{}", c.version),
+            resources,
+            type_url: ty.type_url().into(),
+            nonce: nonce.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn delta_response(
+        &self,
+        ty: ResourceType,
+        names: &[String],
+        removed: Vec<String>,
+        nonce: u32,
+    ) -> DeltaDiscoveryResponse {
+        let c = self.config.lock().unwrap();
+        let resources = c.resources.get(&ty).cloned().unwrap_or_default();
+        let resources = resources
+            .into_iter()
+            .filter(|(n, _)| ty.wildcard() || names.contains(n))
+            .map(|(name, a)| Resource {
+                name,
+                version: format!("v{}", c.version),
+                resource: Some(a),
+                ..Default::default()
+            })
+            .collect();
+        DeltaDiscoveryResponse {
+            system_version_info: format!("v{}", c.version),
+            resources,
+            type_url: ty.type_url().into(),
+            removed_resources: removed,
+            nonce: nonce.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Server {
+    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        req: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let mut incoming = req.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let server = self.clone();
+        let mut pushes = self.push.subscribe();
+        tokio::spawn(async move {
+            let mut nonce = 0;
+            let mut subs: BTreeMap<ResourceType, Vec<String>> = BTreeMap::new();
+            loop {
+                tokio::select! {
+                    msg = incoming.next() => {
+                        let Some(Ok(r)) = msg else { return };
+                        let ty = ResourceType::from_url(&r.type_url).unwrap();
+                        let _ = server.seen.send(Seen { ty, version: r.version_info.clone(), nonce: r.response_nonce.clone(), names: r.resource_names.clone(), error: r.error_detail.as_ref().map(|e| e.message.clone()), node_id: r.node.as_ref().map(|n| n.id.clone()) });
+                        // Respond to new subscriptions, not to ACKs/NACKs of what we sent.
+                        let changed = subs.get(&ty) != Some(&r.resource_names);
+                        if r.response_nonce.is_empty() || changed {
+                            subs.insert(ty, r.resource_names.clone());
+                            nonce += 1;
+                            if tx.send(Ok(server.sotw_response(ty, &r.resource_names, nonce))).await.is_err() { return }
+                        }
+                    }
+                    ty = pushes.recv() => {
+                        let Ok(Some(ty)) = ty else { return };
+                        nonce += 1;
+                        let names = subs.get(&ty).cloned().unwrap_or_default();
+                        if tx.send(Ok(server.sotw_response(ty, &names, nonce))).await.is_err() { return }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        req: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let mut incoming = req.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let server = self.clone();
+        let mut pushes = self.push.subscribe();
+        tokio::spawn(async move {
+            let mut nonce = 0;
+            let mut subs: BTreeMap<ResourceType, Vec<String>> = BTreeMap::new();
+            let mut sent: BTreeMap<ResourceType, Vec<String>> = BTreeMap::new();
+            loop {
+                tokio::select! {
+                    msg = incoming.next() => {
+                        let Some(Ok(r)) = msg else { return };
+                        let ty = ResourceType::from_url(&r.type_url).unwrap();
+                        let _ = server.seen.send(Seen { ty, version: String::new(), nonce: r.response_nonce.clone(), names: r.resource_names_subscribe.clone(), error: r.error_detail.as_ref().map(|e| e.message.clone()), node_id: r.node.as_ref().map(|n| n.id.clone()) });
+                        if r.response_nonce.is_empty() {
+                            let s = subs.entry(ty).or_default();
+                            s.extend(r.resource_names_subscribe.iter().cloned());
+                            s.retain(|n| !r.resource_names_unsubscribe.contains(n));
+                            let names = s.clone();
+                            nonce += 1;
+                            let resp = server.delta_response(ty, &names, vec![], nonce);
+                            sent.insert(ty, resp.resources.iter().map(|r| r.name.clone()).collect());
+                            if tx.send(Ok(resp)).await.is_err() { return }
+                        }
+                    }
+                    ty = pushes.recv() => {
+                        let Ok(Some(ty)) = ty else { return };
+                        nonce += 1;
+                        let names = subs.get(&ty).cloned().unwrap_or_default();
+                        let mut resp = server.delta_response(ty, &names, vec![], nonce);
+                        let now: Vec<String> = resp.resources.iter().map(|r| r.name.clone()).collect();
+                        resp.removed_resources = sent.get(&ty).cloned().unwrap_or_default().into_iter().filter(|n| !now.contains(n)).collect();
+                        sent.insert(ty, now);
+                        if tx.send(Ok(resp)).await.is_err() { return }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn mesh_config() -> Config {
+    let mut c = Config {
+        version: 1,
+        ..Config::default()
+    };
+    c.resources.insert(
+        ResourceType::Cluster,
+        vec![("svc".into(), pack(&eds_cluster("svc")))],
+    );
+    c.resources.insert(
+        ResourceType::Endpoints,
+        vec![(
+            "svc".into(),
+            pack(&load_assignment(
+                "svc",
+                &[("10.0.0.1", 8080), ("10.0.0.2", 8080)],
+            )),
+        )],
+    );
+    c.resources.insert(
+        ResourceType::Listener,
+        vec![
+            ("http".into(), pack(&http_listener("http", 8080, "r1"))),
+            ("tcp".into(), pack(&tcp_listener("tcp", 9000, "svc"))),
+        ],
+    );
+    c.resources.insert(
+        ResourceType::Route,
+        vec![("r1".into(), pack(&route_config("r1", "svc")))],
+    );
+    c
+}
+
+struct Running {
+    server: Server,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn new_server(config: Arc<Mutex<Config>>) -> (Server, mpsc::UnboundedReceiver<Seen>) {
+    let (seen_tx, seen) = mpsc::unbounded_channel();
+    let (push, _) = broadcast::channel(16);
+    (
+        Server {
+            config,
+            seen: seen_tx,
+            push,
+        },
+        seen,
+    )
+}
+
+async fn serve_tcp(config: Arc<Mutex<Config>>, listener: tokio::net::TcpListener) -> Running {
+    let (server, seen) = new_server(config);
+    let svc = AggregatedDiscoveryServiceServer::new(server.clone());
+    let task = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await;
+    });
+    Running { server, seen, task }
+}
+
+fn client(address: XdsAddress, delta: bool) -> Handle {
+    let env = [
+        ("POD_NAME", "app-7d9f-x1"),
+        ("POD_NAMESPACE", "test"),
+        ("INSTANCE_IP", "10.1.1.1"),
+    ];
+    let node = Identity::from_env(env.iter().map(|(k, v)| (k.to_string(), v.to_string()))).node();
+    client::spawn(ClientConfig {
+        address,
+        delta,
+        node,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(400),
+    })
+}
+
+async fn until(handle: &mut Handle, what: &str, pred: impl Fn(&Snapshot) -> bool) -> Arc<Snapshot> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let snap = handle.snapshot.borrow_and_update().clone();
+            if pred(&snap) {
+                return snap;
+            }
+            handle.snapshot.changed().await.expect("client alive");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+async fn next_seen(
+    seen: &mut mpsc::UnboundedReceiver<Seen>,
+    what: &str,
+    pred: impl Fn(&Seen) -> bool,
+) -> Seen {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let s = seen.recv().await.expect("server alive");
+            if pred(&s) {
+                return s;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+fn complete(s: &Snapshot) -> bool {
+    s.listeners.len() == 2
+        && s.clusters.contains_key("svc")
+        && s.endpoints.contains_key("svc")
+        && s.routes.contains_key("r1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_sync_nack_and_reconnect() {
+    let config = Arc::new(Mutex::new(mesh_config()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut running = serve_tcp(config.clone(), listener).await;
+    let mut handle = client(XdsAddress::Tcp(addr.to_string()), false);
+
+    // Initial sync: node on the first request, ACKs, and warming requests for EDS and RDS.
+    let first = next_seen(&mut running.seen, "first request", |_| true).await;
+    assert_eq!(
+        first.node_id.as_deref(),
+        Some("sidecar~10.1.1.1~app-7d9f-x1.test~test.svc.cluster.local")
+    );
+    let snap = until(&mut handle, "the full config", complete).await;
+    assert_eq!(snap.endpoints["svc"].localities[0].endpoints.len(), 2);
+    tokio::time::timeout(WAIT, handle.ready.wait_for(|r| *r))
+        .await
+        .unwrap()
+        .unwrap();
+    next_seen(&mut running.seen, "EDS request for svc", |s| {
+        s.ty == ResourceType::Endpoints && s.names == ["svc"]
+    })
+    .await;
+    next_seen(&mut running.seen, "RDS ACK", |s| {
+        s.ty == ResourceType::Route && s.version == "v1" && !s.nonce.is_empty() && s.error.is_none()
+    })
+    .await;
+
+    // A bad listener: NACK naming it, the previous version stays in force, the good change applies.
+    {
+        let mut c = config.lock().unwrap();
+        c.version = 2;
+        c.resources.insert(
+            ResourceType::Listener,
+            vec![
+                ("http".into(), pack(&bad_listener("http", 8080))),
+                ("tcp".into(), pack(&tcp_listener("tcp", 9100, "svc"))),
+            ],
+        );
+    }
+    running
+        .server
+        .push
+        .send(Some(ResourceType::Listener))
+        .unwrap();
+    let nack = next_seen(&mut running.seen, "LDS NACK", |s| {
+        s.ty == ResourceType::Listener && s.error.is_some()
+    })
+    .await;
+    assert_eq!(
+        nack.version, "v1",
+        "a NACK carries the last accepted version"
+    );
+    assert!(
+        nack.error
+            .as_deref()
+            .unwrap()
+            .contains("http: filter_chains[0].filters[0]: unsupported network filter 'mystery'"),
+        "{nack:?}"
+    );
+    let snap = until(&mut handle, "the tcp listener update", |s| {
+        s.listeners
+            .get("tcp")
+            .is_some_and(|l| l.address.to_string() == "0.0.0.0:9100")
+    })
+    .await;
+    assert!(
+        snap.listeners.contains_key("http"),
+        "the last good http listener keeps serving"
+    );
+    assert_eq!(snap.routes.len(), 1);
+
+    // The server goes away and comes back on the same port: the client reconnects and resyncs.
+    let Running { task, server, .. } = running;
+    server.push.send(None).unwrap();
+    task.abort();
+    let _ = task.await;
+    *config.lock().unwrap() = mesh_config();
+    config.lock().unwrap().version = 3;
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let mut running = serve_tcp(config.clone(), listener).await;
+    let again = next_seen(&mut running.seen, "a new stream", |s| s.node_id.is_some()).await;
+    assert_eq!(again.ty, ResourceType::Cluster);
+    until(&mut handle, "the resynced listener", |s| {
+        s.listeners
+            .get("tcp")
+            .is_some_and(|l| l.address.to_string() == "0.0.0.0:9000")
+            && complete(s)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_over_a_unix_socket_with_removal() {
+    let dir = std::env::temp_dir().join(format!("outrigger-ads-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("XDS");
+    let config = Arc::new(Mutex::new(mesh_config()));
+    let (server, mut seen) = new_server(config.clone());
+    let svc = AggregatedDiscoveryServiceServer::new(server.clone());
+    let uds = tokio::net::UnixListener::bind(&path).unwrap();
+    let task = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(UnixListenerStream::new(uds))
+            .await;
+    });
+    let mut handle = client(format!("unix:{}", path.display()).parse().unwrap(), true);
+
+    until(&mut handle, "the full config over delta", complete).await;
+    next_seen(&mut seen, "EDS subscription", |s| {
+        s.ty == ResourceType::Endpoints && s.names == ["svc"]
+    })
+    .await;
+
+    // Remove the tcp listener and add a cluster: delta removal and addition.
+    {
+        let mut c = config.lock().unwrap();
+        c.version = 2;
+        c.resources.insert(
+            ResourceType::Listener,
+            vec![("http".into(), pack(&http_listener("http", 8080, "r1")))],
+        );
+        c.resources
+            .get_mut(&ResourceType::Cluster)
+            .unwrap()
+            .push(("extra".into(), pack(&eds_cluster("extra"))));
+    }
+    server.push.send(Some(ResourceType::Listener)).unwrap();
+    server.push.send(Some(ResourceType::Cluster)).unwrap();
+    let snap = until(&mut handle, "removal and addition", |s| {
+        !s.listeners.contains_key("tcp") && s.clusters.contains_key("extra")
+    })
+    .await;
+    assert!(snap.listeners.contains_key("http"));
+    next_seen(&mut seen, "EDS subscription to the new cluster", |s| {
+        s.ty == ResourceType::Endpoints && s.names == ["extra"]
+    })
+    .await;
+
+    // A NACK in delta names the resource.
+    config.lock().unwrap().resources.insert(
+        ResourceType::Listener,
+        vec![("http".into(), pack(&bad_listener("http", 8080)))],
+    );
+    server.push.send(Some(ResourceType::Listener)).unwrap();
+    let nack = next_seen(&mut seen, "delta NACK", |s| s.error.is_some()).await;
+    assert!(nack.error.unwrap().contains("http:"));
+    assert!(
+        handle.snapshot.borrow().listeners.contains_key("http"),
+        "last good kept"
+    );
+    task.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
