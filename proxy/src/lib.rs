@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod dataplane;
 pub mod dump;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
