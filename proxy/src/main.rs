@@ -1,12 +1,14 @@
-//! `outrigger-proxy`: for now, offline validation of Envoy configuration
-//! (`outrigger-proxy validate FILE`, or Envoy's `--mode validate -c FILE`).
+//! `outrigger-proxy`: `run` connects to istiod (or pilot-agent) over ADS and serves the listeners
+//! it sends; `validate` checks Envoy configuration offline (also as Envoy's `--mode validate`).
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use outrigger_proxy::{dump, validate};
+use outrigger_proxy::xds::client::{self, ClientConfig, XdsAddress};
+use outrigger_proxy::xds::node::Identity;
+use outrigger_proxy::{dataplane, dump, validate};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +30,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Connect to the control plane and serve the listeners it sends. The proxy's identity comes
+    /// from the same environment pilot-agent gives Envoy (POD_NAME, POD_NAMESPACE, INSTANCE_IP,
+    /// SERVICE_ACCOUNT, ISTIO_META_*, ISTIO_METAJSON_*); flags override it. Run it as uid 1337 so
+    /// that its own connections are not captured.
+    Run(RunArgs),
     /// Load a config dump (admin /config_dump output) or a bootstrap, JSON or YAML, and report
     /// which resources would be accepted, rejected (with the reason) or partly ignored.
     /// Exit 0 if nothing is rejected, 1 if something is, 2 if the file cannot be read.
@@ -37,6 +44,113 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// ADS server: host:port, or unix:/path as pilot-agent serves it.
+    #[arg(
+        long,
+        env = "OUTRIGGER_XDS_ADDRESS",
+        default_value = "unix:./etc/istio/proxy/XDS"
+    )]
+    xds_address: String,
+    /// Use state-of-the-world xDS instead of Delta (Istio's default).
+    #[arg(long)]
+    sotw: bool,
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
+    /// Comma-separated pod IPs.
+    #[arg(long, env = "INSTANCE_IP")]
+    instance_ip: Option<String>,
+    #[arg(long, env = "SERVICE_ACCOUNT")]
+    service_account: Option<String>,
+    /// Log level filter (e.g. info, debug, outrigger_proxy=debug).
+    #[arg(long, env = "OUTRIGGER_LOG", default_value = "info")]
+    log: String,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn run_proxy(args: RunArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if args.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let address: XdsAddress = match args.xds_address.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("outrigger-proxy: error: invalid value for --xds-address: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    for (k, v) in [
+        ("POD_NAME", args.pod_name),
+        ("POD_NAMESPACE", args.pod_namespace),
+        ("INSTANCE_IP", args.instance_ip),
+        ("SERVICE_ACCOUNT", args.service_account),
+    ] {
+        if let Some(v) = v {
+            env.push((k.to_string(), v));
+        }
+    }
+    let identity = Identity::from_env(env);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("outrigger-proxy: error: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        tracing::info!(node = %identity.node_id(), xds = ?address, delta = !args.sotw, "starting");
+        let config = ClientConfig {
+            address,
+            delta: !args.sotw,
+            node: identity.node(),
+            initial_backoff: std::time::Duration::from_millis(500),
+            max_backoff: std::time::Duration::from_secs(30),
+        };
+        let mut handle = client::spawn(config);
+        tokio::select! {
+            _ = async {
+                // Serve nothing until the first listeners and clusters are in.
+                let _ = handle.ready.wait_for(|r| *r).await;
+                dataplane::server::serve(handle.snapshot.clone()).await;
+            } => {}
+            _ = shutdown() => tracing::info!("shutting down"),
+        }
+    });
+    ExitCode::SUCCESS
+}
+
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }
 
 fn run_validate(file: &std::path::Path, json: bool) -> ExitCode {
@@ -67,6 +181,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match (cli.cmd, cli.mode.as_deref(), cli.config_path) {
         (Some(Cmd::Validate { file, json }), _, _) => run_validate(&file, json),
+        (Some(Cmd::Run(args)), _, _) => run_proxy(args),
         (None, Some("validate"), Some(file)) => run_validate(&file, false),
         (None, Some("validate"), None) => {
             eprintln!("outrigger-proxy: error: --mode validate needs -c FILE");

@@ -43,6 +43,9 @@ pub struct Cluster {
     /// Inline endpoints (STATIC / DNS clusters).
     pub load_assignment: Option<LoadAssignment>,
     pub tls: bool,
+    /// Source address for upstream connections (`upstream_bind_config`; Istio's inbound
+    /// passthrough uses 127.0.0.6 so that its traffic is not captured again).
+    pub bind_source: Option<std::net::IpAddr>,
     pub ignored: Vec<Ignored>,
 }
 
@@ -260,6 +263,19 @@ impl TryFrom<&wire::Cluster> for Cluster {
                 reason: "active health checking is not supported",
             });
         }
+        let bind_source = match c
+            .upstream_bind_config
+            .as_ref()
+            .and_then(|b| b.source_address.as_ref())
+        {
+            Some(a) => Some(a.address.parse().map_err(|_| {
+                ConfigError::new(
+                    "upstream_bind_config.source_address",
+                    format!("'{}' is not an IP address", a.address),
+                )
+            })?),
+            None => None,
+        };
         Ok(Cluster {
             name: c.name.clone(),
             discovery,
@@ -267,6 +283,7 @@ impl TryFrom<&wire::Cluster> for Cluster {
             connect_timeout,
             load_assignment,
             tls: c.transport_socket.is_some(),
+            bind_source,
             ignored,
         })
     }

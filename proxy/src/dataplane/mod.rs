@@ -1,3 +1,7 @@
 //! The data path: accepting connections, choosing listener and filter chain, forwarding.
 
+pub mod relay;
 pub mod select;
+pub mod server;
+pub mod sniff;
+pub mod upstream;

@@ -1,4 +1,7 @@
-//! Builders of Envoy wire resources for tests (behind the `testing` feature).
+//! Test helpers (behind the `testing` feature): builders of Envoy wire resources, and a scripted
+//! ADS server.
+
+pub mod ads;
 
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;

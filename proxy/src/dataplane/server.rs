@@ -1,0 +1,307 @@
+//! Binding the listeners of the current snapshot and handling accepted connections.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use socket2::{Domain, Socket, Type};
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::relay::relay;
+use super::select::{ConnMeta, filter_chain, listener_for};
+use super::sniff::{MAX_PEEK, Sniffed, sniff};
+use super::upstream::{cluster_of, endpoint};
+use crate::config::Address;
+use crate::config::listener::{Listener, ListenerFilter, NetworkFilter, TcpProxy};
+use crate::xds::store::Snapshot;
+
+/// How long the inspectors wait for a client's first bytes before treating it as opaque TCP
+/// (a server-first protocol sends nothing).
+const SNIFF_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Error)]
+pub enum ConnError {
+    #[error("no filter chain matches {0}")]
+    NoChain(SocketAddr),
+    #[error("HTTP filter chains are not served yet")]
+    HttpNotYet,
+    #[error("cluster '{0}' is not known")]
+    UnknownCluster(String),
+    #[error("no healthy upstream in '{0}'")]
+    NoHealthyUpstream(String),
+    #[error("connecting to {addr} (cluster {cluster}): {source}")]
+    Connect {
+        cluster: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connecting to {addr} (cluster {cluster}): timed out")]
+    ConnectTimeout { cluster: String, addr: SocketAddr },
+}
+
+/// The original destination of a redirected connection (SO_ORIGINAL_DST), else its local address
+/// (TPROXY, or no capture at all).
+pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    let local = stream.local_addr().ok()?;
+    let nat = match local {
+        SocketAddr::V4(_) => getsockopt(stream, sockopt::OriginalDst).ok().map(|a| {
+            SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))),
+                u16::from_be(a.sin_port),
+            )
+        }),
+        SocketAddr::V6(_) => getsockopt(stream, sockopt::Ip6tOriginalDst).ok().map(|a| {
+            SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)),
+                u16::from_be(a.sin6_port),
+            )
+        }),
+    };
+    Some(nat.unwrap_or(local))
+}
+
+async fn sniffed(stream: &TcpStream) -> Sniffed {
+    let mut buf = vec![0u8; MAX_PEEK];
+    let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return Sniffed::Opaque,
+        };
+        match sniff(&buf[..n]) {
+            Sniffed::NeedMore if n > 0 && n < MAX_PEEK => {
+                // Wait for more bytes to arrive before peeking again.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if tokio::time::Instant::now() >= deadline {
+                    return Sniffed::Opaque;
+                }
+            }
+            Sniffed::NeedMore if n == 0 => return Sniffed::Opaque,
+            other => return other,
+        }
+    }
+}
+
+/// Shared per-proxy counters for round robin and random choices.
+#[derive(Debug, Default)]
+pub struct Counters {
+    rr: AtomicU64,
+}
+
+async fn connect(
+    cluster: &str,
+    addr: SocketAddr,
+    bind: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, ConnError> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|source| ConnError::Connect {
+        cluster: cluster.into(),
+        addr,
+        source,
+    })?;
+    if let Some(ip) = bind {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|source| ConnError::Connect {
+                cluster: cluster.into(),
+                addr,
+                source,
+            })?;
+    }
+    match tokio::time::timeout(timeout, socket.connect(addr)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(source)) => Err(ConnError::Connect {
+            cluster: cluster.into(),
+            addr,
+            source,
+        }),
+        Err(_) => Err(ConnError::ConnectTimeout {
+            cluster: cluster.into(),
+            addr,
+        }),
+    }
+}
+
+async fn tcp_proxy(
+    snap: &Snapshot,
+    t: &TcpProxy,
+    downstream: TcpStream,
+    dst: SocketAddr,
+    counters: &Counters,
+) -> Result<(), ConnError> {
+    let name = cluster_of(&t.target, fastrand::u64(..), None)
+        .unwrap_or_default()
+        .to_string();
+    let cluster = snap
+        .clusters
+        .get(&name)
+        .ok_or_else(|| ConnError::UnknownCluster(name.clone()))?;
+    let addr = endpoint(
+        snap,
+        cluster,
+        dst,
+        counters.rr.fetch_add(1, Ordering::Relaxed),
+        fastrand::u64(..),
+    )
+    .map_err(|_| ConnError::NoHealthyUpstream(name.clone()))?;
+    let upstream = connect(&name, addr, cluster.bind_source, cluster.connect_timeout).await?;
+    let _ = downstream.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let moved = relay(downstream, upstream, t.idle_timeout).await;
+    tracing::debug!(cluster = %name, upstream = %addr, sent = moved.downstream_to_upstream, received = moved.upstream_to_downstream, idle_timeout = moved.idle_timeout, "tcp connection closed");
+    Ok(())
+}
+
+/// Handles one accepted connection with the snapshot current at accept time.
+pub async fn handle(
+    snap: Arc<Snapshot>,
+    accepting: Arc<Listener>,
+    stream: TcpStream,
+    counters: Arc<Counters>,
+) -> Result<(), ConnError> {
+    let src = stream.peer_addr().map_err(|source| ConnError::Connect {
+        cluster: String::new(),
+        addr: "0.0.0.0:0".parse().expect("addr"),
+        source,
+    })?;
+    let dst = original_dst(&stream).unwrap_or(src);
+    let listener = listener_for(&snap, &accepting, dst);
+    let inspect = accepting
+        .listener_filters
+        .iter()
+        .chain(listener.listener_filters.iter())
+        .any(|f| {
+            matches!(
+                f,
+                ListenerFilter::HttpInspector | ListenerFilter::TlsInspector
+            )
+        });
+    let detected = if inspect {
+        sniffed(&stream).await
+    } else {
+        Sniffed::Opaque
+    };
+    let (transport, app_protocols) = detected.protocols();
+    let meta = ConnMeta {
+        dst,
+        src,
+        transport,
+        app_protocols,
+        sni: None,
+    };
+    let chain = filter_chain(listener, &meta).ok_or(ConnError::NoChain(dst))?;
+    for filter in &chain.filters {
+        match filter {
+            NetworkFilter::TcpProxy(t) => return tcp_proxy(&snap, t, stream, dst, &counters).await,
+            NetworkFilter::Http(_) => return Err(ConnError::HttpNotYet),
+            NetworkFilter::Ignored(_) => {}
+        }
+    }
+    Err(ConnError::NoChain(dst))
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
+}
+
+struct Bound {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+/// Keeps one accept loop per bound listener of the current snapshot: binds new ones, closes
+/// removed ones, and hands every connection the snapshot of its accept time.
+pub async fn serve(mut snapshots: watch::Receiver<Arc<Snapshot>>) {
+    let counters = Arc::new(Counters::default());
+    let mut bound: BTreeMap<String, Bound> = BTreeMap::new();
+    loop {
+        let snap = snapshots.borrow_and_update().clone();
+        let wanted: BTreeMap<String, SocketAddr> = snap
+            .listeners
+            .values()
+            .filter(|l| l.bind_to_port)
+            .filter_map(|l| match l.address {
+                Address::Socket(a) => Some((l.name.clone(), a)),
+                _ => None,
+            })
+            .collect();
+        bound.retain(|name, b| {
+            let keep = wanted.get(name) == Some(&b.addr);
+            if !keep {
+                tracing::info!(listener = %name, address = %b.addr, "listener removed");
+                b.task.abort();
+            }
+            keep
+        });
+        for (name, addr) in wanted {
+            if bound.contains_key(&name) {
+                continue;
+            }
+            match bind(addr) {
+                Ok(listener) => {
+                    tracing::info!(listener = %name, address = %addr, "listening");
+                    let task = tokio::spawn(accept_loop(
+                        name.clone(),
+                        listener,
+                        snapshots.clone(),
+                        counters.clone(),
+                    ));
+                    bound.insert(name, Bound { addr, task });
+                }
+                Err(e) => {
+                    tracing::error!(listener = %name, address = %addr, error = %e, "cannot bind listener")
+                }
+            }
+        }
+        if snapshots.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn accept_loop(
+    name: String,
+    listener: TcpListener,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    counters: Arc<Counters>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let snap = snapshots.borrow().clone();
+        let Some(accepting) = snap.listeners.get(&name).cloned() else {
+            continue;
+        };
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(snap, accepting, stream, counters).await {
+                tracing::info!(%peer, error = %e, "connection closed");
+            }
+        });
+    }
+}

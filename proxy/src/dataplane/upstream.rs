@@ -1,0 +1,194 @@
+//! Choosing the upstream address of a connection: cluster from the route target, endpoint from the
+//! cluster (pure).
+
+use std::net::SocketAddr;
+
+use crate::config::Address;
+use crate::config::cluster::{Cluster, Discovery, LbPolicy, LocalityEndpoints};
+use crate::config::route::Target;
+use crate::xds::store::Snapshot;
+
+/// A weighted choice; `roll` is uniform in `0..total weight`.
+pub fn weighted<'a>(items: &'a [(String, u32)], roll: u64) -> Option<&'a str> {
+    let mut acc = 0u64;
+    for (name, w) in items {
+        acc += u64::from(*w);
+        if roll < acc {
+            return Some(name);
+        }
+    }
+    None
+}
+
+/// The cluster name a target picks (`roll` for weighted targets; `header` for header targets).
+pub fn cluster_of<'a>(target: &'a Target, roll: u64, header: Option<&'a str>) -> Option<&'a str> {
+    match target {
+        Target::Cluster(c) => Some(c),
+        Target::Weighted(items) => {
+            let total: u64 = items.iter().map(|(_, w)| u64::from(*w)).sum();
+            weighted(items, roll % total.max(1))
+        }
+        Target::Header(_) => header,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoUpstream {
+    /// The cluster is not known (Envoy: 503 NC / tcp_proxy close).
+    UnknownCluster(String),
+    /// No healthy endpoint (Envoy: 503 UH).
+    NoHealthyEndpoint(String),
+}
+
+/// The healthy endpoints of the best priority, flattened with their weights.
+fn candidates(localities: &[LocalityEndpoints]) -> Vec<(SocketAddr, u32)> {
+    let mut priorities: Vec<u32> = localities.iter().map(|l| l.priority).collect();
+    priorities.sort_unstable();
+    priorities.dedup();
+    for p in priorities {
+        let list: Vec<(SocketAddr, u32)> = localities
+            .iter()
+            .filter(|l| l.priority == p)
+            .flat_map(|l| l.endpoints.iter())
+            .filter(|e| e.health.routable())
+            .filter_map(|e| match e.address {
+                Address::Socket(s) => Some((s, e.weight)),
+                _ => None,
+            })
+            .collect();
+        if !list.is_empty() {
+            return list;
+        }
+    }
+    Vec::new()
+}
+
+/// The endpoint to connect to. `counter` advances round robin; `roll` drives random choices.
+pub fn endpoint(
+    snap: &Snapshot,
+    cluster: &Cluster,
+    original_dst: SocketAddr,
+    counter: u64,
+    roll: u64,
+) -> Result<SocketAddr, NoUpstream> {
+    let localities: &[LocalityEndpoints] = match &cluster.discovery {
+        Discovery::OriginalDst => return Ok(original_dst),
+        Discovery::Eds { service_name } => snap
+            .endpoints
+            .get(service_name)
+            .map(|a| a.localities.as_slice())
+            .unwrap_or(&[]),
+        Discovery::Static | Discovery::StrictDns | Discovery::LogicalDns => cluster
+            .load_assignment
+            .as_ref()
+            .map(|a| a.localities.as_slice())
+            .unwrap_or(&[]),
+    };
+    let list = candidates(localities);
+    let total: u64 = list.iter().map(|(_, w)| u64::from(*w)).sum();
+    if total == 0 {
+        return Err(NoUpstream::NoHealthyEndpoint(cluster.name.clone()));
+    }
+    // Weighted round robin (and, for now, the other policies) as a position in the weight space.
+    let pos = match cluster.lb_policy {
+        LbPolicy::Random => roll % total,
+        _ => counter % total,
+    };
+    let mut acc = 0;
+    for (addr, w) in &list {
+        acc += u64::from(*w);
+        if pos < acc {
+            return Ok(*addr);
+        }
+    }
+    Err(NoUpstream::NoHealthyEndpoint(cluster.name.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::cluster::{Endpoint, Health, LoadAssignment, Locality};
+    use std::sync::Arc;
+
+    fn cluster(discovery: Discovery) -> Cluster {
+        Cluster {
+            name: "c".into(),
+            discovery,
+            lb_policy: LbPolicy::RoundRobin,
+            connect_timeout: std::time::Duration::from_secs(1),
+            load_assignment: None,
+            tls: false,
+            bind_source: None,
+            ignored: vec![],
+        }
+    }
+
+    fn ep(addr: &str, health: Health, weight: u32) -> Endpoint {
+        Endpoint {
+            address: Address::Socket(addr.parse().unwrap()),
+            health,
+            weight,
+        }
+    }
+
+    #[test]
+    fn eds_round_robin_skips_unhealthy_and_prefers_priority_zero() {
+        let mut snap = Snapshot::default();
+        snap.endpoints.insert(
+            "svc".into(),
+            Arc::new(LoadAssignment {
+                cluster_name: "svc".into(),
+                localities: vec![
+                    LocalityEndpoints {
+                        locality: Locality::default(),
+                        priority: 0,
+                        weight: None,
+                        endpoints: vec![
+                            ep("10.0.0.1:80", Health::Healthy, 1),
+                            ep("10.0.0.2:80", Health::Unhealthy, 1),
+                            ep("10.0.0.3:80", Health::Unknown, 1),
+                        ],
+                    },
+                    LocalityEndpoints {
+                        locality: Locality::default(),
+                        priority: 1,
+                        weight: None,
+                        endpoints: vec![ep("10.0.1.1:80", Health::Healthy, 1)],
+                    },
+                ],
+            }),
+        );
+        let c = cluster(Discovery::Eds {
+            service_name: "svc".into(),
+        });
+        let dst = "1.1.1.1:1".parse().unwrap();
+        let picks: Vec<String> = (0..4)
+            .map(|i| endpoint(&snap, &c, dst, i, 0).unwrap().to_string())
+            .collect();
+        assert_eq!(
+            picks,
+            ["10.0.0.1:80", "10.0.0.3:80", "10.0.0.1:80", "10.0.0.3:80"]
+        );
+        let missing = cluster(Discovery::Eds {
+            service_name: "nope".into(),
+        });
+        assert_eq!(
+            endpoint(&snap, &missing, dst, 0, 0),
+            Err(NoUpstream::NoHealthyEndpoint("c".into()))
+        );
+        assert_eq!(
+            endpoint(&snap, &cluster(Discovery::OriginalDst), dst, 0, 0),
+            Ok(dst)
+        );
+    }
+
+    #[test]
+    fn weights_split_traffic() {
+        let items = vec![("v1".to_string(), 90), ("v2".to_string(), 10)];
+        let t = Target::Weighted(items);
+        let v2 = (0..100)
+            .filter(|r| cluster_of(&t, *r, None) == Some("v2"))
+            .count();
+        assert_eq!(v2, 10);
+    }
+}
