@@ -55,10 +55,10 @@ fn server_name_matches(pattern: &str, sni: &str) -> bool {
 
 /// Narrows `candidates` by one criterion: keep the most specific matches (score > 0, highest
 /// wins), else the chains that do not constrain this criterion (score 0), else nothing.
-fn narrow<'a>(
-    candidates: Vec<&'a FilterChain>,
+fn narrow(
+    candidates: Vec<&FilterChain>,
     score: impl Fn(&ChainMatch) -> Option<u32>,
-) -> Vec<&'a FilterChain> {
+) -> Vec<&FilterChain> {
     let scored: Vec<(Option<u32>, &FilterChain)> = candidates
         .into_iter()
         .map(|c| (score(&c.matcher), c))

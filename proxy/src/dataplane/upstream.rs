@@ -9,7 +9,7 @@ use crate::config::route::Target;
 use crate::xds::store::Snapshot;
 
 /// A weighted choice; `roll` is uniform in `0..total weight`.
-pub fn weighted<'a>(items: &'a [(String, u32)], roll: u64) -> Option<&'a str> {
+pub fn weighted(items: &[(String, u32)], roll: u64) -> Option<&str> {
     let mut acc = 0u64;
     for (name, w) in items {
         acc += u64::from(*w);
