@@ -51,6 +51,15 @@ impl PodPair {
         }
     }
 
+    /// Starts an echoing `outrigger-probe serve --echo --name NAME` in `ns` on `addrs`.
+    pub fn serve_echo(&mut self, in_peer: bool, name: &str, addrs: &[String]) {
+        let ns = if in_peer { &self.peer } else { &self.pod };
+        let mut cmd = ns.command(crate::bin("outrigger-probe"));
+        cmd.args(["serve", "--echo", "--name", name]).args(addrs);
+        let bg = ns.spawn(cmd, true);
+        self._servers.push(bg);
+    }
+
     /// Starts `outrigger-probe serve-udp --name NAME` in `ns` on `addrs`, running as `uid`.
     pub fn serve_udp(&mut self, in_peer: bool, uid: u32, name: &str, addrs: &[String]) {
         let ns = if in_peer { &self.peer } else { &self.pod };
@@ -122,6 +131,41 @@ pub fn connect_with(
     }
     serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("bad answer {:?}: {e}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Connects from `ns` as `uid`, sends `bytes` to an echo server, half-closes, and checks they
+/// all come back. Returns the answer and the number of bytes echoed.
+pub fn connect_send_as(
+    ns: &Netns,
+    uid: u32,
+    target: &str,
+    bytes: usize,
+) -> Result<(Answer, usize), String> {
+    let out = ns
+        .command_as(uid, crate::bin("outrigger-probe"))
+        .args([
+            "connect",
+            target,
+            "--timeout-ms",
+            "10000",
+            "--send",
+            &bytes.to_string(),
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let answer: Answer = serde_json::from_str(lines.next().unwrap_or_default())
+        .map_err(|e| format!("bad answer: {e}"))?;
+    let echoed = lines
+        .next()
+        .and_then(|l| l.strip_prefix("echoed "))
+        .and_then(|n| n.parse().ok())
+        .ok_or("no echo count")?;
+    Ok((answer, echoed))
 }
 
 /// Connects from `ns` as root.

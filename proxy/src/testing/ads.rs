@@ -153,12 +153,14 @@ impl AggregatedDiscoveryService for Server {
             let mut nonce = 0;
             let mut subs: BTreeMap<ResourceType, Vec<String>> = BTreeMap::new();
             let mut sent: BTreeMap<ResourceType, Vec<String>> = BTreeMap::new();
+            // Which version each nonce carried, so an ACK can be reported with its version.
+            let mut nonce_versions: BTreeMap<String, String> = BTreeMap::new();
             loop {
                 tokio::select! {
                     msg = incoming.next() => {
                         let Some(Ok(r)) = msg else { return };
                         let ty = ResourceType::from_url(&r.type_url).unwrap();
-                        let _ = server.seen.send(Seen { ty, version: String::new(), nonce: r.response_nonce.clone(), names: r.resource_names_subscribe.clone(), error: r.error_detail.as_ref().map(|e| e.message.clone()), node_id: r.node.as_ref().map(|n| n.id.clone()) });
+                        let _ = server.seen.send(Seen { ty, version: nonce_versions.get(&r.response_nonce).cloned().unwrap_or_default(), nonce: r.response_nonce.clone(), names: r.resource_names_subscribe.clone(), error: r.error_detail.as_ref().map(|e| e.message.clone()), node_id: r.node.as_ref().map(|n| n.id.clone()) });
                         if r.response_nonce.is_empty() {
                             let s = subs.entry(ty).or_default();
                             s.extend(r.resource_names_subscribe.iter().cloned());
@@ -166,6 +168,7 @@ impl AggregatedDiscoveryService for Server {
                             let names = s.clone();
                             nonce += 1;
                             let resp = server.delta_response(ty, &names, vec![], nonce);
+                            nonce_versions.insert(resp.nonce.clone(), resp.system_version_info.clone());
                             sent.insert(ty, resp.resources.iter().map(|r| r.name.clone()).collect());
                             if tx.send(Ok(resp)).await.is_err() { return }
                         }
@@ -176,6 +179,7 @@ impl AggregatedDiscoveryService for Server {
                         let names = subs.get(&ty).cloned().unwrap_or_default();
                         let mut resp = server.delta_response(ty, &names, vec![], nonce);
                         let now: Vec<String> = resp.resources.iter().map(|r| r.name.clone()).collect();
+                        nonce_versions.insert(resp.nonce.clone(), resp.system_version_info.clone());
                         resp.removed_resources = sent.get(&ty).cloned().unwrap_or_default().into_iter().filter(|n| !now.contains(n)).collect();
                         sent.insert(ty, now);
                         if tx.send(Ok(resp)).await.is_err() { return }

@@ -102,6 +102,42 @@ pub fn bad_listener(name: &str, port: u32) -> listener::Listener {
     l
 }
 
+/// Istio's PassthroughCluster / InboundPassthroughCluster shape: ORIGINAL_DST, optionally bound
+/// to a source address (127.0.0.6 for inbound).
+pub fn original_dst_cluster(name: &str, bind: Option<&str>) -> cluster::Cluster {
+    cluster::Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: cluster::cluster::LbPolicy::ClusterProvided as i32,
+        upstream_bind_config: bind.map(|ip| core::BindConfig {
+            source_address: Some(core::SocketAddress {
+                address: ip.into(),
+                port_specifier: Some(core::socket_address::PortSpecifier::PortValue(0)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A virtual listener (`use_original_dst`) bound on `port`, passing through to `cluster`.
+pub fn virtual_listener(name: &str, port: u32, cluster: &str) -> listener::Listener {
+    let mut l = tcp_listener(name, port, cluster);
+    l.use_original_dst = Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
+    l
+}
+
+/// A per-service TCP listener on `ip:port`, reached through the virtual listener only.
+pub fn service_listener(ip: &str, port: u32, cluster: &str) -> listener::Listener {
+    let mut l = tcp_listener(&format!("{ip}_{port}"), port, cluster);
+    l.address = Some(socket(ip, port));
+    l.bind_to_port = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
+    l
+}
+
 pub fn eds_cluster(name: &str) -> cluster::Cluster {
     cluster::Cluster {
         name: name.into(),

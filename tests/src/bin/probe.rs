@@ -32,6 +32,9 @@ enum Cmd {
         /// Set IP_TRANSPARENT (TPROXY listeners).
         #[arg(long)]
         transparent: bool,
+        /// After the answer line, echo everything received until the client half-closes.
+        #[arg(long)]
+        echo: bool,
         /// Addresses to listen on, e.g. 0.0.0.0:15001 [::]:15001.
         #[arg(required = true)]
         listen: Vec<SocketAddr>,
@@ -55,6 +58,10 @@ enum Cmd {
         /// Local address to bind before connecting.
         #[arg(long)]
         bind: Option<IpAddr>,
+        /// After the answer, send this many bytes, half-close, and check they all come back
+        /// (against an `--echo` server); prints `echoed N` on a second line.
+        #[arg(long)]
+        send: Option<usize>,
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
     },
@@ -78,7 +85,12 @@ fn listener(addr: SocketAddr, transparent: bool) -> std::io::Result<TcpListener>
     Ok(s.into())
 }
 
-fn serve(name: String, transparent: bool, addrs: Vec<SocketAddr>) -> std::io::Result<()> {
+fn serve(
+    name: String,
+    transparent: bool,
+    echo: bool,
+    addrs: Vec<SocketAddr>,
+) -> std::io::Result<()> {
     let listeners = addrs
         .iter()
         .map(|a| listener(*a, transparent))
@@ -103,6 +115,14 @@ fn serve(name: String, transparent: bool, addrs: Vec<SocketAddr>) -> std::io::Re
                     "{}",
                     serde_json::to_string(&answer).unwrap_or_default()
                 );
+                if echo {
+                    thread::spawn(move || {
+                        if let Ok(mut reader) = stream.try_clone() {
+                            let _ = std::io::copy(&mut reader, &mut stream);
+                        }
+                        let _ = stream.shutdown(std::net::Shutdown::Write);
+                    });
+                }
             }
         }));
     }
@@ -162,7 +182,12 @@ fn send_udp(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
     Ok(format!("{}\n", String::from_utf8_lossy(&buf[..n])))
 }
 
-fn connect(target: SocketAddr, bind: Option<IpAddr>, timeout: Duration) -> std::io::Result<String> {
+fn connect(
+    target: SocketAddr,
+    bind: Option<IpAddr>,
+    send: Option<usize>,
+    timeout: Duration,
+) -> std::io::Result<String> {
     let s = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
     if let Some(ip) = bind {
         s.bind(&SocketAddr::new(ip, 0).into())?;
@@ -170,13 +195,36 @@ fn connect(target: SocketAddr, bind: Option<IpAddr>, timeout: Duration) -> std::
     s.connect_timeout(&target.into(), timeout)?;
     let stream: TcpStream = s.into();
     stream.set_read_timeout(Some(timeout))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line)?;
+    reader.read_line(&mut line)?;
     if line.is_empty() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "connection closed without an answer",
         ));
+    }
+    if let Some(n) = send {
+        // Write in a thread while reading here, so that large transfers do not deadlock.
+        let mut writer = stream.try_clone()?;
+        let pattern: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+        let expected = pattern.clone();
+        let sender = thread::spawn(move || -> std::io::Result<()> {
+            writer.write_all(&pattern)?;
+            writer.shutdown(std::net::Shutdown::Write)
+        });
+        let mut back = Vec::with_capacity(n);
+        std::io::Read::read_to_end(&mut reader, &mut back)?;
+        sender
+            .join()
+            .map_err(|_| std::io::Error::other("sender panicked"))??;
+        if back != expected {
+            return Err(std::io::Error::other(format!(
+                "echo mismatch: sent {n} bytes, got {} back",
+                back.len()
+            )));
+        }
+        line.push_str(&format!("echoed {}\n", back.len()));
     }
     Ok(line)
 }
@@ -186,8 +234,9 @@ fn main() -> ExitCode {
         Cmd::Serve {
             name,
             transparent,
+            echo,
             listen,
-        } => match serve(name, transparent, listen) {
+        } => match serve(name, transparent, echo, listen) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("outrigger-probe serve: {e}");
@@ -216,8 +265,9 @@ fn main() -> ExitCode {
         Cmd::Connect {
             target,
             bind,
+            send,
             timeout_ms,
-        } => match connect(target, bind, Duration::from_millis(timeout_ms)) {
+        } => match connect(target, bind, send, Duration::from_millis(timeout_ms)) {
             Ok(line) => {
                 print!("{line}");
                 ExitCode::SUCCESS
