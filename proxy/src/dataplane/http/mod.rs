@@ -1,0 +1,3 @@
+//! HTTP: routing of requests by a route configuration, and the connection manager.
+
+pub mod routing;

@@ -1,0 +1,172 @@
+//! Choosing the virtual host and route of a request (pure).
+
+use crate::config::route::{
+    Domain, HeaderCondition, HeaderMatch, PathMatch, Route, RouteConfig, RouteMatch, StringMatch,
+    VirtualHost,
+};
+
+/// The parts of a request routing looks at.
+#[derive(Debug, Clone, Default)]
+pub struct RequestHead {
+    /// The Host / :authority value, lower-cased.
+    pub host: String,
+    /// Path without the query string.
+    pub path: String,
+    pub query: Option<String>,
+    /// Header names lower-cased; repeated headers appear once per value.
+    pub headers: Vec<(String, String)>,
+    pub method: String,
+}
+
+impl RequestHead {
+    fn header(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        // Envoy matches repeated headers as their comma-joined value.
+        (!values.is_empty()).then(|| values.join(","))
+    }
+
+    fn query_param(&self, name: &str) -> Option<String> {
+        self.query.as_deref()?.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == name).then(|| v.to_string())
+        })
+    }
+}
+
+/// Envoy's virtual host search: exact domain, then the longest `*suffix`, then the longest
+/// `prefix*`, then `*`.
+pub fn virtual_host<'a>(rc: &'a RouteConfig, host: &str) -> Option<&'a VirtualHost> {
+    let host = host.to_ascii_lowercase();
+    let hosts = rc.virtual_hosts.iter();
+    let exact = hosts.clone().find(|v| {
+        v.domains
+            .iter()
+            .any(|d| matches!(d, Domain::Exact(e) if *e == host))
+    });
+    let suffix = || {
+        hosts
+            .clone()
+            .filter_map(|v| {
+                v.domains
+                    .iter()
+                    .filter_map(|d| match d {
+                        Domain::Suffix(s) if host.ends_with(s.as_str()) && host.len() > s.len() => {
+                            Some(s.len())
+                        }
+                        _ => None,
+                    })
+                    .max()
+                    .map(|len| (len, v))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, v)| v)
+    };
+    let prefix = || {
+        hosts
+            .clone()
+            .filter_map(|v| {
+                v.domains
+                    .iter()
+                    .filter_map(|d| match d {
+                        Domain::Prefix(p)
+                            if host.starts_with(p.as_str()) && host.len() > p.len() =>
+                        {
+                            Some(p.len())
+                        }
+                        _ => None,
+                    })
+                    .max()
+                    .map(|len| (len, v))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, v)| v)
+    };
+    let any = || hosts.clone().find(|v| v.domains.contains(&Domain::Any));
+    exact.or_else(suffix).or_else(prefix).or_else(any)
+}
+
+fn string_matches(m: &StringMatch, value: &str) -> bool {
+    let fold = |s: &str, ic: bool| {
+        if ic {
+            s.to_ascii_lowercase()
+        } else {
+            s.to_string()
+        }
+    };
+    match m {
+        StringMatch::Exact(e, ic) => fold(value, *ic) == fold(e, *ic),
+        StringMatch::Prefix(p, ic) => fold(value, *ic).starts_with(&fold(p, *ic)),
+        StringMatch::Suffix(p, ic) => fold(value, *ic).ends_with(&fold(p, *ic)),
+        StringMatch::Contains(p, ic) => fold(value, *ic).contains(&fold(p, *ic)),
+        StringMatch::Regex(r) => r.is_match(value),
+    }
+}
+
+fn header_matches(h: &HeaderMatch, req: &RequestHead) -> bool {
+    let value = req.header(&h.name);
+    let matched = match (&h.condition, value.as_deref()) {
+        (HeaderCondition::Present(want), v) => v.is_some() == *want,
+        (_, None) => false,
+        (HeaderCondition::String(m), Some(v)) => string_matches(m, v),
+        (HeaderCondition::Range(start, end), Some(v)) => {
+            v.parse::<i64>().is_ok_and(|n| n >= *start && n < *end)
+        }
+    };
+    matched != h.invert
+}
+
+fn path_matches(m: &RouteMatch, path: &str) -> bool {
+    let (p, case) = (path, m.case_sensitive);
+    let eq = |a: &str, b: &str| {
+        if case {
+            a == b
+        } else {
+            a.eq_ignore_ascii_case(b)
+        }
+    };
+    let starts = |a: &str, b: &str| {
+        if case {
+            a.starts_with(b)
+        } else {
+            a.to_ascii_lowercase().starts_with(&b.to_ascii_lowercase())
+        }
+    };
+    match &m.path {
+        PathMatch::Prefix(prefix) => starts(p, prefix),
+        PathMatch::Exact(exact) => eq(p, exact),
+        PathMatch::Regex(r) => r.is_match(p),
+        PathMatch::PathSeparatedPrefix(prefix) => {
+            starts(p, prefix) && (p.len() == prefix.len() || p.as_bytes()[prefix.len()] == b'/')
+        }
+        PathMatch::Connect => false,
+    }
+}
+
+/// The first route of `vh` whose match accepts `req`.
+pub fn route<'a>(vh: &'a VirtualHost, req: &RequestHead) -> Option<&'a Route> {
+    vh.routes.iter().find(|r| {
+        let connect = req.method == "CONNECT";
+        let path_ok = match r.matcher.path {
+            PathMatch::Connect => connect,
+            _ => !connect && path_matches(&r.matcher, &req.path),
+        };
+        path_ok
+            && r.matcher.headers.iter().all(|h| header_matches(h, req))
+            && r.matcher
+                .query
+                .iter()
+                .all(|q| match (req.query_param(&q.name), &q.value) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(v), Some(m)) => string_matches(m, &v),
+                })
+    })
+}
+
+#[cfg(test)]
+mod tests;

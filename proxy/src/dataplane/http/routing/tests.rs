@@ -1,0 +1,181 @@
+use super::*;
+use crate::config::route::{Action, Forward, QueryMatch, Target};
+
+fn vh(name: &str, domains: &[&str], routes: Vec<Route>) -> VirtualHost {
+    VirtualHost {
+        name: name.into(),
+        domains: domains
+            .iter()
+            .map(|d| match *d {
+                "*" => Domain::Any,
+                d if d.starts_with('*') => Domain::Suffix(d[1..].into()),
+                d if d.ends_with('*') => Domain::Prefix(d[..d.len() - 1].into()),
+                d => Domain::Exact(d.into()),
+            })
+            .collect(),
+        routes,
+    }
+}
+
+fn r(name: &str, path: PathMatch, headers: Vec<HeaderMatch>, query: Vec<QueryMatch>) -> Route {
+    Route {
+        name: name.into(),
+        matcher: RouteMatch {
+            path,
+            case_sensitive: true,
+            headers,
+            query,
+        },
+        action: Action::Forward(Forward {
+            target: Target::Cluster(name.into()),
+            timeout: None,
+            prefix_rewrite: None,
+        }),
+    }
+}
+
+fn req(host: &str, path: &str, headers: &[(&str, &str)]) -> RequestHead {
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (path.to_string(), None),
+    };
+    RequestHead {
+        host: host.into(),
+        path,
+        query,
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        method: "GET".into(),
+    }
+}
+
+#[test]
+fn virtual_host_search_order() {
+    let rc = RouteConfig {
+        name: "80".into(),
+        virtual_hosts: vec![
+            vh("any", &["*"], vec![]),
+            vh("prefix", &["reviews*"], vec![]),
+            vh("suffix", &["*.svc.cluster.local"], vec![]),
+            vh("longer-suffix", &["*.default.svc.cluster.local"], vec![]),
+            vh(
+                "exact",
+                &[
+                    "reviews.default.svc.cluster.local",
+                    "reviews.default.svc.cluster.local:9080",
+                    "reviews",
+                    "reviews:9080",
+                ],
+                vec![],
+            ),
+        ],
+        ignored: vec![],
+    };
+    let pick = |h: &str| virtual_host(&rc, h).map(|v| v.name.as_str());
+    assert_eq!(pick("reviews:9080"), Some("exact"));
+    assert_eq!(
+        pick("Reviews.Default.svc.cluster.local"),
+        Some("exact"),
+        "case-insensitive"
+    );
+    assert_eq!(
+        pick("ratings.default.svc.cluster.local"),
+        Some("longer-suffix")
+    );
+    assert_eq!(pick("ratings.other.svc.cluster.local"), Some("suffix"));
+    assert_eq!(pick("reviewsx"), Some("prefix"));
+    assert_eq!(pick("example.com"), Some("any"));
+}
+
+#[test]
+fn routes_match_in_order_with_headers_and_query() {
+    let exact_user = HeaderMatch {
+        name: "end-user".into(),
+        invert: false,
+        condition: HeaderCondition::String(StringMatch::Exact("jason".into(), false)),
+    };
+    let no_debug = HeaderMatch {
+        name: "x-debug".into(),
+        invert: true,
+        condition: HeaderCondition::Present(true),
+    };
+    let regex_ua = HeaderMatch {
+        name: "user-agent".into(),
+        invert: false,
+        condition: HeaderCondition::String(StringMatch::Regex(
+            regex::Regex::new("^(?:.*Firefox.*)$").unwrap(),
+        )),
+    };
+    let v = vh(
+        "v",
+        &["*"],
+        vec![
+            r(
+                "jason",
+                PathMatch::Prefix("/".into()),
+                vec![exact_user],
+                vec![],
+            ),
+            r(
+                "exact",
+                PathMatch::Exact("/productpage".into()),
+                vec![],
+                vec![],
+            ),
+            r(
+                "firefox",
+                PathMatch::Prefix("/ff".into()),
+                vec![regex_ua, no_debug],
+                vec![],
+            ),
+            r(
+                "sep",
+                PathMatch::PathSeparatedPrefix("/api".into()),
+                vec![],
+                vec![],
+            ),
+            r(
+                "query",
+                PathMatch::Prefix("/q".into()),
+                vec![],
+                vec![QueryMatch {
+                    name: "v".into(),
+                    value: Some(StringMatch::Exact("2".into(), false)),
+                }],
+            ),
+            r(
+                "regex",
+                PathMatch::Regex(regex::Regex::new("^(?:/items/[0-9]+)$").unwrap()),
+                vec![],
+                vec![],
+            ),
+            r("catchall", PathMatch::Prefix("/".into()), vec![], vec![]),
+        ],
+    );
+    let pick =
+        |path: &str, h: &[(&str, &str)]| route(&v, &req("x", path, h)).map(|r| r.name.as_str());
+    assert_eq!(pick("/reviews", &[("end-user", "jason")]), Some("jason"));
+    assert_eq!(pick("/productpage", &[]), Some("exact"));
+    assert_eq!(pick("/productpage/x", &[]), Some("catchall"));
+    assert_eq!(
+        pick("/ff", &[("user-agent", "Mozilla Firefox 120")]),
+        Some("firefox")
+    );
+    assert_eq!(
+        pick(
+            "/ff",
+            &[("user-agent", "Mozilla Firefox 120"), ("x-debug", "1")]
+        ),
+        Some("catchall"),
+        "inverted match"
+    );
+    assert_eq!(pick("/api", &[]), Some("sep"));
+    assert_eq!(pick("/api/v1", &[]), Some("sep"));
+    assert_eq!(pick("/apix", &[]), Some("catchall"));
+    assert_eq!(pick("/q?a=1&v=2", &[]), Some("query"));
+    assert_eq!(pick("/q?v=3", &[]), Some("catchall"));
+    assert_eq!(pick("/items/42", &[]), Some("regex"));
+    assert_eq!(pick("/items/42/x", &[]), Some("catchall"));
+}
