@@ -13,6 +13,7 @@ pub const TEST: Needs = &[
     ("ip6tables", "iptables"),
     ("ip", "iproute2"),
     ("setpriv", "util-linux"),
+    ("curl", "curl"),
 ];
 
 fn have(cmd: &str) -> bool {

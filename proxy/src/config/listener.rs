@@ -56,7 +56,7 @@ pub struct FilterChain {
 #[derive(Debug, Clone)]
 pub enum NetworkFilter {
     TcpProxy(TcpProxy),
-    Http(Box<HttpManager>),
+    Http(std::sync::Arc<HttpManager>),
     Ignored(Ignored),
 }
 
@@ -213,7 +213,7 @@ fn network_filter(f: &wire::Filter, field: &str) -> Result<NetworkFilter, Config
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => {
             let h: hcm::HttpConnectionManager = unpack(&any, field)?;
             http_manager(&h)
-                .map(|m| NetworkFilter::Http(Box::new(m)))
+                .map(|m| NetworkFilter::Http(std::sync::Arc::new(m)))
                 .map_err(|e| e.at(field))
         }
         other => match known_ignored(other) {

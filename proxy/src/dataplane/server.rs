@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::http::manager::{ConnContext, Upstreams, serve_connection};
 use super::relay::relay;
 use super::select::{ConnMeta, filter_chain, listener_for};
 use super::sniff::{MAX_PEEK, Sniffed, sniff};
@@ -28,8 +29,6 @@ const SNIFF_TIMEOUT: Duration = Duration::from_millis(500);
 pub enum ConnError {
     #[error("no filter chain matches {0}")]
     NoChain(SocketAddr),
-    #[error("HTTP filter chains are not served yet")]
-    HttpNotYet,
     #[error("cluster '{0}' is not known")]
     UnknownCluster(String),
     #[error("no healthy upstream in '{0}'")]
@@ -92,6 +91,7 @@ async fn sniffed(stream: &TcpStream) -> Sniffed {
 #[derive(Debug, Default)]
 pub struct Counters {
     rr: AtomicU64,
+    http: Arc<AtomicU64>,
 }
 
 async fn connect(
@@ -169,6 +169,7 @@ pub async fn handle(
     accepting: Arc<Listener>,
     stream: TcpStream,
     counters: Arc<Counters>,
+    upstreams: Arc<Upstreams>,
 ) -> Result<(), ConnError> {
     let src = stream.peer_addr().map_err(|source| ConnError::Connect {
         cluster: String::new(),
@@ -204,7 +205,18 @@ pub async fn handle(
     for filter in &chain.filters {
         match filter {
             NetworkFilter::TcpProxy(t) => return tcp_proxy(&snap, t, stream, dst, &counters).await,
-            NetworkFilter::Http(_) => return Err(ConnError::HttpNotYet),
+            NetworkFilter::Http(manager) => {
+                let ctx = ConnContext {
+                    snap: snap.clone(),
+                    manager: manager.clone(),
+                    original_dst: dst,
+                    downstream: src,
+                    upstreams: upstreams.clone(),
+                    counter: counters.http.clone(),
+                };
+                serve_connection(ctx, stream).await;
+                return Ok(());
+            }
             NetworkFilter::Ignored(_) => {}
         }
     }
@@ -232,6 +244,7 @@ struct Bound {
 /// removed ones, and hands every connection the snapshot of its accept time.
 pub async fn serve(mut snapshots: watch::Receiver<Arc<Snapshot>>) {
     let counters = Arc::new(Counters::default());
+    let upstreams = Arc::new(Upstreams::default());
     let mut bound: BTreeMap<String, Bound> = BTreeMap::new();
     loop {
         let snap = snapshots.borrow_and_update().clone();
@@ -264,6 +277,7 @@ pub async fn serve(mut snapshots: watch::Receiver<Arc<Snapshot>>) {
                         listener,
                         snapshots.clone(),
                         counters.clone(),
+                        upstreams.clone(),
                     ));
                     bound.insert(name, Bound { addr, task });
                 }
@@ -283,6 +297,7 @@ async fn accept_loop(
     listener: TcpListener,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     counters: Arc<Counters>,
+    upstreams: Arc<Upstreams>,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -297,9 +312,9 @@ async fn accept_loop(
         let Some(accepting) = snap.listeners.get(&name).cloned() else {
             continue;
         };
-        let counters = counters.clone();
+        let (counters, upstreams) = (counters.clone(), upstreams.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle(snap, accepting, stream, counters).await {
+            if let Err(e) = handle(snap, accepting, stream, counters, upstreams).await {
                 tracing::info!(%peer, error = %e, "connection closed");
             }
         });

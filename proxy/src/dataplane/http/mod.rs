@@ -1,3 +1,4 @@
 //! HTTP: routing of requests by a route configuration, and the connection manager.
 
+pub mod manager;
 pub mod routing;

@@ -1,0 +1,351 @@
+//! The HTTP connection manager: serves HTTP/1.1 and h2c downstream, routes every request by the
+//! route configuration, and forwards it over a pooled upstream client, with Envoy's error
+//! responses and response flags.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use super::routing::{RequestHead, route, virtual_host};
+use crate::config::listener::{HttpManager, RouteSource};
+use crate::config::route::{Action, Forward, PathMatch};
+use crate::dataplane::upstream::{NoUpstream, cluster_of, endpoint};
+use crate::xds::store::Snapshot;
+
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Envoy's response flags, as access logs and metrics report them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFlag {
+    /// No route.
+    NR,
+    /// No such cluster.
+    NC,
+    /// No healthy upstream.
+    UH,
+    /// Upstream connection failure.
+    UF,
+    /// Upstream request timeout.
+    UT,
+}
+
+impl ResponseFlag {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseFlag::NR => "NR",
+            ResponseFlag::NC => "NC",
+            ResponseFlag::UH => "UH",
+            ResponseFlag::UF => "UF",
+            ResponseFlag::UT => "UT",
+        }
+    }
+}
+
+type UpstreamClient = Client<HttpConnector, Body>;
+
+/// Upstream clients, pooled per (source address, connect timeout).
+#[derive(Default)]
+pub struct Upstreams {
+    clients: Mutex<HashMap<(Option<IpAddr>, Duration), UpstreamClient>>,
+}
+
+impl Upstreams {
+    fn client(
+        &self,
+        bind: Option<IpAddr>,
+        connect_timeout: Duration,
+    ) -> Client<HttpConnector, Body> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry((bind, connect_timeout))
+            .or_insert_with(|| {
+                let mut c = HttpConnector::new();
+                c.set_connect_timeout(Some(connect_timeout));
+                c.set_nodelay(true);
+                c.set_local_address(bind);
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .build(c)
+            })
+            .clone()
+    }
+}
+
+fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+fn local_reply(status: StatusCode, flag: ResponseFlag, body: &str) -> Response<Body> {
+    let mut r = full(status, body.to_string());
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.extensions_mut().insert(flag);
+    r
+}
+
+/// Headers that belong to one connection and are never forwarded.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+fn request_id() -> String {
+    let b: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!(
+        "{}-{}-4{}-{:x}{}-{}",
+        h(0..4),
+        h(4..6),
+        &h(6..8)[1..],
+        8 | (b[8] & 3),
+        &h(8..10)[1..],
+        h(10..16)
+    )
+}
+
+/// Everything a request needs from its connection.
+#[derive(Clone)]
+pub struct ConnContext {
+    pub snap: Arc<Snapshot>,
+    pub manager: Arc<HttpManager>,
+    pub original_dst: SocketAddr,
+    pub downstream: SocketAddr,
+    pub upstreams: Arc<Upstreams>,
+    pub counter: Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn head_of(req: &Request<Incoming>) -> RequestHead {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(String::from)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    RequestHead {
+        host,
+        path: req.uri().path().to_string(),
+        query: req.uri().query().map(String::from),
+        headers: req
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (k.as_str().to_string(), v.to_string()))
+            })
+            .collect(),
+        method: req.method().as_str().to_string(),
+    }
+}
+
+async fn forward(
+    ctx: &ConnContext,
+    mut req: Request<Incoming>,
+    f: &Forward,
+    matched: &PathMatch,
+    head: &RequestHead,
+) -> Response<Body> {
+    let header_value = match &f.target {
+        crate::config::route::Target::Header(h) => head
+            .headers
+            .iter()
+            .find(|(n, _)| n == h)
+            .map(|(_, v)| v.as_str()),
+        _ => None,
+    };
+    let Some(cluster_name) = cluster_of(&f.target, fastrand::u64(..), header_value) else {
+        return local_reply(StatusCode::SERVICE_UNAVAILABLE, ResponseFlag::NC, "");
+    };
+    let Some(cluster) = ctx.snap.clusters.get(cluster_name) else {
+        return local_reply(StatusCode::SERVICE_UNAVAILABLE, ResponseFlag::NC, "");
+    };
+    let n = ctx
+        .counter
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let addr = match endpoint(&ctx.snap, cluster, ctx.original_dst, n, fastrand::u64(..)) {
+        Ok(a) => a,
+        Err(NoUpstream::UnknownCluster(_)) => {
+            return local_reply(StatusCode::SERVICE_UNAVAILABLE, ResponseFlag::NC, "");
+        }
+        Err(NoUpstream::NoHealthyEndpoint(_)) => {
+            return local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlag::UH,
+                "no healthy upstream",
+            );
+        }
+    };
+    // The upstream URI: the endpoint, and the (possibly rewritten) path and query.
+    let mut path = head.path.clone();
+    if let (Some(rewrite), PathMatch::Prefix(prefix) | PathMatch::PathSeparatedPrefix(prefix)) =
+        (&f.prefix_rewrite, matched)
+        && let Some(rest) = path.strip_prefix(prefix.as_str())
+    {
+        path = format!("{rewrite}{rest}");
+    }
+    let pq = match &head.query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let uri: Uri = match format!("http://{addr}{pq}").parse() {
+        Ok(u) => u,
+        Err(_) => {
+            return local_reply(
+                StatusCode::BAD_REQUEST,
+                ResponseFlag::NR,
+                "bad request path",
+            );
+        }
+    };
+    *req.uri_mut() = uri;
+    *req.version_mut() = http::Version::HTTP_11;
+    let headers = req.headers_mut();
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    // h2 requests carry :authority instead of Host; HTTP/1.1 upstreams need Host.
+    if !headers.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(&head.host)
+        && !head.host.is_empty()
+    {
+        headers.insert(header::HOST, v);
+    }
+    if !headers.contains_key("x-request-id")
+        && let Ok(v) = HeaderValue::from_str(&request_id())
+    {
+        headers.insert(HeaderName::from_static("x-request-id"), v);
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+    }
+    let req = req.map(|b| {
+        b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            .boxed()
+    });
+    let client = ctx
+        .upstreams
+        .client(cluster.bind_source, cluster.connect_timeout);
+    let started = Instant::now();
+    let sent = client.request(req);
+    let result = match f.timeout {
+        Some(t) => match tokio::time::timeout(t, sent).await {
+            Ok(r) => r,
+            Err(_) => {
+                return local_reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    ResponseFlag::UT,
+                    "upstream request timeout",
+                );
+            }
+        },
+        None => sent.await,
+    };
+    match result {
+        Ok(resp) => {
+            let elapsed = started.elapsed().as_millis().to_string();
+            let mut resp = resp.map(|b| {
+                b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                    .boxed()
+            });
+            for h in HOP_BY_HOP {
+                resp.headers_mut().remove(h);
+            }
+            if let Ok(v) = HeaderValue::from_str(&elapsed) {
+                resp.headers_mut()
+                    .insert(HeaderName::from_static("x-envoy-upstream-service-time"), v);
+            }
+            resp
+        }
+        Err(e) => {
+            tracing::debug!(cluster = %cluster_name, upstream = %addr, error = %e, "upstream request failed");
+            local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlag::UF,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            )
+        }
+    }
+}
+
+/// Routes and answers one request.
+pub async fn handle(
+    ctx: ConnContext,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let head = head_of(&req);
+    let rc = match &ctx.manager.routes {
+        RouteSource::Inline(rc) => Some(rc),
+        RouteSource::Rds(name) => ctx.snap.routes.get(name).map(|r| r.as_ref()),
+    };
+    let Some(route) = rc
+        .and_then(|rc| virtual_host(rc, &head.host))
+        .and_then(|vh| route(vh, &head))
+    else {
+        return Ok(local_reply(StatusCode::NOT_FOUND, ResponseFlag::NR, ""));
+    };
+    let resp = match &route.action {
+        Action::Direct { status, body } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            full(status, body.clone().unwrap_or_default())
+        }
+        Action::Redirect { host, path, status } => {
+            let host = host.clone().unwrap_or_else(|| head.host.clone());
+            let path = path.clone().unwrap_or_else(|| head.path.clone());
+            let mut r = full(
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+                Bytes::new(),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("http://{host}{path}")) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        Action::NonForwarding => local_reply(StatusCode::NOT_FOUND, ResponseFlag::NR, ""),
+        Action::Forward(f) => forward(&ctx, req, f, &route.matcher.path, &head).await,
+    };
+    if let Some(flag) = resp.extensions().get::<ResponseFlag>() {
+        tracing::info!(host = %head.host, path = %head.path, status = resp.status().as_u16(), response_flags = flag.as_str(), "local reply");
+    }
+    Ok(resp)
+}
+
+/// Serves one downstream connection (HTTP/1.1, or h2c with prior knowledge).
+pub async fn serve_connection(ctx: ConnContext, stream: TcpStream) {
+    let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
+    }
+}

@@ -1,0 +1,329 @@
+//! The HTTP connection manager with real clients (curl, HTTP/1.1 and h2c) and real upstream
+//! servers: routing by header and path, prefix rewrite, direct responses, redirects, and Envoy's
+//! local replies (404 NR, 503 NC/UH/UF, 504 UT), request ids and upstream service time.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use outrigger_proxy::config::Address;
+use outrigger_proxy::config::cluster::{
+    Cluster, Discovery, Endpoint, Health, LbPolicy, LoadAssignment, Locality, LocalityEndpoints,
+};
+use outrigger_proxy::config::listener::Listener;
+use outrigger_proxy::config::route::{
+    Action, Domain, Forward, HeaderCondition, HeaderMatch, PathMatch, Route, RouteConfig,
+    RouteMatch, StringMatch, Target, VirtualHost,
+};
+use outrigger_proxy::dataplane::server;
+use outrigger_proxy::testing::http_listener;
+use outrigger_proxy::xds::store::Snapshot;
+
+/// An upstream that answers with what it saw; `/slow…` waits two seconds first.
+async fn upstream(name: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                    if req.uri().path().starts_with("/slow") {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    let h = |n: &str| {
+                        req.headers()
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string()
+                    };
+                    let body = serde_json::json!({"server": name, "path": req.uri().to_string(), "host": h("host"), "request_id": h("x-request-id"), "proto": h("x-forwarded-proto")});
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                        body.to_string(),
+                    ))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
+    Cluster {
+        name: name.into(),
+        discovery: Discovery::Static,
+        lb_policy: LbPolicy::RoundRobin,
+        connect_timeout: Duration::from_secs(1),
+        load_assignment: Some(LoadAssignment {
+            cluster_name: name.into(),
+            localities: vec![LocalityEndpoints {
+                locality: Locality::default(),
+                priority: 0,
+                weight: None,
+                endpoints: addrs
+                    .iter()
+                    .map(|a| Endpoint {
+                        address: Address::Socket(*a),
+                        health: Health::Healthy,
+                        weight: 1,
+                    })
+                    .collect(),
+            }],
+        }),
+        tls: false,
+        bind_source: None,
+        ignored: vec![],
+    }
+}
+
+fn route(path: PathMatch, headers: Vec<HeaderMatch>, action: Action) -> Route {
+    Route {
+        name: String::new(),
+        matcher: RouteMatch {
+            path,
+            case_sensitive: true,
+            headers,
+            query: vec![],
+        },
+        action,
+    }
+}
+
+fn to(cluster: &str) -> Action {
+    Action::Forward(Forward {
+        target: Target::Cluster(cluster.into()),
+        timeout: Some(Duration::from_secs(15)),
+        prefix_rewrite: None,
+    })
+}
+
+fn curl(args: &[&str]) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-S",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "-D",
+            "-",
+        ])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (rest, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    let (headers, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
+    (
+        code.trim().parse().unwrap_or(0),
+        headers.to_ascii_lowercase(),
+        body.to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_routing_and_local_replies() {
+    let v1 = upstream("v1").await;
+    let v2 = upstream("v2").await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+
+    let mut wire = http_listener("http", u32::from(port), "80");
+    wire.address = Some(outrigger_proxy::testing::socket(
+        "127.0.0.1",
+        u32::from(port),
+    ));
+    let listener = Listener::try_from(&wire).unwrap();
+    let jason = HeaderMatch {
+        name: "end-user".into(),
+        invert: false,
+        condition: HeaderCondition::String(StringMatch::Exact("jason".into(), false)),
+    };
+    let rc = RouteConfig {
+        name: "80".into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "reviews".into(),
+            domains: vec![Domain::Any],
+            routes: vec![
+                route(PathMatch::Prefix("/".into()), vec![jason], to("v2")),
+                route(
+                    PathMatch::Prefix("/api/".into()),
+                    vec![],
+                    Action::Forward(Forward {
+                        target: Target::Cluster("v1".into()),
+                        timeout: None,
+                        prefix_rewrite: Some("/".into()),
+                    }),
+                ),
+                route(
+                    PathMatch::Exact("/teapot".into()),
+                    vec![],
+                    Action::Direct {
+                        status: 418,
+                        body: Some("short and stout".into()),
+                    },
+                ),
+                route(
+                    PathMatch::Exact("/old".into()),
+                    vec![],
+                    Action::Redirect {
+                        host: None,
+                        path: Some("/new".into()),
+                        status: 301,
+                    },
+                ),
+                route(PathMatch::Prefix("/down".into()), vec![], to("down")),
+                route(PathMatch::Prefix("/empty".into()), vec![], to("empty")),
+                route(
+                    PathMatch::Prefix("/nocluster".into()),
+                    vec![],
+                    to("missing"),
+                ),
+                route(
+                    PathMatch::Prefix("/slow".into()),
+                    vec![],
+                    Action::Forward(Forward {
+                        target: Target::Cluster("v1".into()),
+                        timeout: Some(Duration::from_millis(500)),
+                        prefix_rewrite: None,
+                    }),
+                ),
+                route(PathMatch::Prefix("/v1".into()), vec![], to("v1")),
+            ],
+        }],
+        ignored: vec![],
+    };
+    let mut snap = Snapshot::default();
+    snap.listeners.insert("http".into(), Arc::new(listener));
+    snap.routes.insert("80".into(), Arc::new(rc));
+    for c in [
+        static_cluster("v1", &[v1]),
+        static_cluster("v2", &[v2]),
+        static_cluster("down", &[closed]),
+    ] {
+        snap.clusters.insert(c.name.clone(), Arc::new(c));
+    }
+    snap.clusters.insert(
+        "empty".into(),
+        Arc::new(Cluster {
+            discovery: Discovery::Eds {
+                service_name: "empty".into(),
+            },
+            ..static_cluster("empty", &[])
+        }),
+    );
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(snap));
+    tokio::spawn(server::serve(rx));
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The rest blocks on curl; the proxy runs on the runtime's workers.
+    let (code, headers, body) = curl(&[
+        &format!("{base}/v1/reviews?x=1"),
+        "-H",
+        "Host: reviews:9080",
+    ]);
+    assert_eq!(code, 200, "{headers}{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["server"], "v1");
+    assert_eq!(seen["path"], "/v1/reviews?x=1");
+    assert_eq!(seen["host"], "reviews:9080", "the Host header is kept");
+    assert_eq!(
+        seen["request_id"].as_str().unwrap().len(),
+        36,
+        "an x-request-id is generated"
+    );
+    assert_eq!(seen["proto"], "http");
+    assert!(
+        headers.contains("x-envoy-upstream-service-time:"),
+        "{headers}"
+    );
+
+    let (_, _, body) = curl(&[&format!("{base}/anything"), "-H", "end-user: jason"]);
+    assert!(body.contains("\"server\":\"v2\""), "{body}");
+    let (_, _, body) = curl(&[
+        &format!("{base}/api/ratings/1"),
+        "-H",
+        "x-request-id: given-id",
+    ]);
+    assert!(
+        body.contains("\"path\":\"/ratings/1\"") && body.contains("\"request_id\":\"given-id\""),
+        "{body}"
+    );
+    assert_eq!(curl(&[&format!("{base}/teapot")]).0, 418);
+    assert_eq!(curl(&[&format!("{base}/teapot")]).2, "short and stout");
+    let (code, headers, _) = curl(&[&format!("{base}/old"), "-H", "Host: shop"]);
+    assert_eq!(code, 301);
+    assert!(headers.contains("location: http://shop/new"), "{headers}");
+
+    // Envoy's local replies.
+    assert_eq!(curl(&[&format!("{base}/nothing")]).0, 404, "no route: NR");
+    assert_eq!(
+        curl(&[&format!("{base}/nocluster")]).0,
+        503,
+        "unknown cluster: NC"
+    );
+    let (code, _, body) = curl(&[&format!("{base}/empty")]);
+    assert_eq!((code, body.as_str()), (503, "no healthy upstream"), "UH");
+    let (code, _, body) = curl(&[&format!("{base}/down")]);
+    assert_eq!(code, 503, "UF");
+    assert!(
+        body.starts_with("upstream connect error or disconnect/reset before headers"),
+        "{body}"
+    );
+    let (code, _, body) = curl(&[&format!("{base}/slow")]);
+    assert_eq!(
+        (code, body.as_str()),
+        (504, "upstream request timeout"),
+        "UT"
+    );
+
+    // h2c with prior knowledge downstream, HTTP/1.1 upstream.
+    let (code, headers, body) = curl(&["--http2-prior-knowledge", &format!("{base}/v1/h2")]);
+    assert_eq!(code, 200, "{headers}{body}");
+    assert!(headers.starts_with("http/2 200"), "{headers}");
+    assert!(body.contains("\"server\":\"v1\""));
+
+    // Keep-alive: several requests on one downstream connection.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-v",
+            &format!("{base}/v1/a"),
+            &format!("{base}/v1/b"),
+            &format!("{base}/v1/c"),
+        ])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        log.matches("Connected to").count(),
+        1,
+        "one connection for three requests:\n{log}"
+    );
+}
