@@ -14,6 +14,7 @@ pub const TEST: Needs = &[
     ("ip", "iproute2"),
     ("setpriv", "util-linux"),
     ("curl", "curl"),
+    ("python3", "python3"),
 ];
 
 fn have(cmd: &str) -> bool {

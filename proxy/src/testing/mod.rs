@@ -199,3 +199,65 @@ pub fn route_config(name: &str, cluster: &str) -> route::RouteConfiguration {
         ..Default::default()
     }
 }
+
+/// A route configuration: requests with header `header: value` go to `special`, the rest to
+/// `default`; domains as Istio lists them for a service.
+pub fn header_route_config(
+    name: &str,
+    domains: &[&str],
+    header: (&str, &str),
+    special: &str,
+    default: &str,
+) -> route::RouteConfiguration {
+    let to = |cluster: &str| {
+        Some(route::route::Action::Route(route::RouteAction {
+            cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(
+                cluster.into(),
+            )),
+            ..Default::default()
+        }))
+    };
+    let prefix = || Some(route::route_match::PathSpecifier::Prefix("/".into()));
+    let matcher = route::HeaderMatcher {
+        name: header.0.into(),
+        header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::StringMatch(envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
+            match_pattern: Some(envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Exact(header.1.into())),
+            ignore_case: false,
+        })),
+        ..Default::default()
+    };
+    route::RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![route::VirtualHost {
+            name: domains.first().copied().unwrap_or("all").into(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            routes: vec![
+                route::Route {
+                    r#match: Some(route::RouteMatch {
+                        path_specifier: prefix(),
+                        headers: vec![matcher],
+                        ..Default::default()
+                    }),
+                    action: to(special),
+                    ..Default::default()
+                },
+                route::Route {
+                    r#match: Some(route::RouteMatch {
+                        path_specifier: prefix(),
+                        ..Default::default()
+                    }),
+                    action: to(default),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The same listener, reached only through a virtual listener (`bind_to_port: false`).
+pub fn not_bound(mut l: listener::Listener) -> listener::Listener {
+    l.bind_to_port = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
+    l
+}
