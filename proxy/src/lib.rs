@@ -4,6 +4,7 @@
 //! ([`dump`]) and converting those into the proxy's own validated domain types ([`config`]).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod dataplane;
 pub mod dump;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use outrigger_proxy::admin::{self, AdminState, Role};
 use outrigger_proxy::xds::client::{self, ClientConfig, XdsAddress};
 use outrigger_proxy::xds::node::Identity;
 use outrigger_proxy::{dataplane, dump, validate};
@@ -67,6 +68,15 @@ struct RunArgs {
     instance_ip: Option<String>,
     #[arg(long, env = "SERVICE_ACCOUNT")]
     service_account: Option<String>,
+    /// Admin API address (Envoy's /config_dump, /clusters, /ready, …); "off" disables it.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_address: String,
+    /// Readiness port (/healthz/ready); 0 disables it.
+    #[arg(long, default_value_t = 15021)]
+    status_port: u16,
+    /// Prometheus port (/stats/prometheus); 0 disables it.
+    #[arg(long, default_value_t = 15090)]
+    prometheus_port: u16,
     /// Log level filter (e.g. info, debug, outrigger_proxy=debug).
     #[arg(long, env = "OUTRIGGER_LOG", default_value = "info")]
     log: String,
@@ -106,6 +116,27 @@ fn run_proxy(args: RunArgs) -> ExitCode {
         }
     }
     let identity = Identity::from_env(env);
+    let mut admin_ports: Vec<(std::net::SocketAddr, Role)> = Vec::new();
+    if args.admin_address != "off" {
+        match args.admin_address.parse() {
+            Ok(a) => admin_ports.push((a, Role::Admin)),
+            Err(_) => {
+                eprintln!(
+                    "outrigger-proxy: error: invalid value '{}' for --admin-address: expected ip:port or off",
+                    args.admin_address
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    for port in [args.status_port, args.prometheus_port] {
+        if port != 0 {
+            admin_ports.push((
+                std::net::SocketAddr::from(([0, 0, 0, 0], port)),
+                Role::Status,
+            ));
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -126,7 +157,25 @@ fn run_proxy(args: RunArgs) -> ExitCode {
             max_backoff: std::time::Duration::from_secs(30),
         };
         let mut handle = client::spawn(config);
+        let (quit_tx, mut quit_rx) = tokio::sync::watch::channel(false);
+        let state = std::sync::Arc::new(AdminState {
+            snapshot: handle.snapshot.clone(),
+            ready: handle.ready.clone(),
+            failing: std::sync::atomic::AtomicBool::new(false),
+            started: std::time::Instant::now(),
+            node_id: identity.node_id(),
+            quit: quit_tx,
+        });
+        for (addr, role) in admin_ports {
+            let state = state.clone();
+            tokio::spawn(async move {
+                if let Err(e) = admin::serve(addr, role, state).await {
+                    tracing::error!(%addr, error = %e, "admin port failed");
+                }
+            });
+        }
         tokio::select! {
+            _ = quit_rx.wait_for(|q| *q) => tracing::info!("/quitquitquit: exiting"),
             _ = async {
                 // Serve nothing until the first listeners and clusters are in.
                 let _ = handle.ready.wait_for(|r| *r).await;

@@ -269,7 +269,9 @@ async fn run_sotw(config: &ClientConfig, s: &mut Session<'_>) -> Result<(), XdsE
             continue;
         };
         let st = s.types.entry(ty).or_default();
-        let rejected = s.store.apply_sotw(ty, &resources, &st.subscribed);
+        let rejected = s
+            .store
+            .apply_sotw(ty, &resources, &st.subscribed, &version_info);
         st.nonce = nonce;
         st.received = true;
         let error = if rejected.is_empty() {
@@ -350,7 +352,9 @@ async fn run_delta(config: &ClientConfig, s: &mut Session<'_>) -> Result<(), Xds
             .iter()
             .filter_map(|r| r.resource.clone().map(|a| (r.name.clone(), a)))
             .collect();
-        let rejected = s.store.apply_delta(ty, &items, &removed_resources);
+        let rejected = s
+            .store
+            .apply_delta(ty, &items, &removed_resources, &system_version_info);
         let st = s.types.entry(ty).or_default();
         st.received = true;
         for r in &resources {

@@ -75,11 +75,20 @@ impl ResourceType {
 /// One immutable view of the whole configuration; a connection reads one snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
+    /// Every accepted resource as it arrived, with the version it came with (for `/config_dump`).
+    pub raw: BTreeMap<(ResourceType, String), Raw>,
     pub listeners: BTreeMap<String, Arc<Listener>>,
     pub routes: BTreeMap<String, Arc<RouteConfig>>,
     pub clusters: BTreeMap<String, Arc<Cluster>>,
     pub endpoints: BTreeMap<String, Arc<LoadAssignment>>,
     pub secrets: BTreeSet<String>,
+}
+
+/// An accepted resource in wire form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Raw {
+    pub version: String,
+    pub any: Any,
 }
 
 /// A resource that was not accepted.
@@ -169,6 +178,7 @@ impl Store {
 
     fn remove(&mut self, ty: ResourceType, name: &str) {
         let s = &mut self.snapshot;
+        s.raw.remove(&(ty, name.to_string()));
         match ty {
             ResourceType::Listener => drop(s.listeners.remove(name)),
             ResourceType::Route => drop(s.routes.remove(name)),
@@ -178,8 +188,9 @@ impl Store {
         }
     }
 
-    fn insert(&mut self, name: String, c: Converted) {
+    fn insert(&mut self, ty: ResourceType, name: String, c: Converted, raw: Raw) {
         let s = &mut self.snapshot;
+        s.raw.insert((ty, name.clone()), raw);
         match c {
             Converted::Listener(l) => drop(s.listeners.insert(name, Arc::new(l))),
             Converted::Route(r) => drop(s.routes.insert(name, Arc::new(r))),
@@ -193,7 +204,7 @@ impl Store {
     fn convert_all<'a>(
         ty: ResourceType,
         resources: impl Iterator<Item = (Option<&'a str>, &'a Any)>,
-    ) -> (Vec<(String, Converted)>, Vec<Rejection>) {
+    ) -> (Vec<(String, Converted, Any)>, Vec<Rejection>) {
         let mut ok = Vec::new();
         let mut rejected = Vec::new();
         for (i, (given, any)) in resources.enumerate() {
@@ -204,7 +215,7 @@ impl Store {
                 _ => format!("{}[{i}]", ty.short()),
             };
             match result {
-                Ok(c) => ok.push((name, c)),
+                Ok(c) => ok.push((name, c, any.clone())),
                 Err(error) => rejected.push(Rejection { name, error }),
             }
         }
@@ -219,11 +230,12 @@ impl Store {
         ty: ResourceType,
         resources: &[Any],
         subscribed: &BTreeSet<String>,
+        version: &str,
     ) -> Vec<Rejection> {
         let (ok, rejected) = Self::convert_all(ty, resources.iter().map(|a| (None, a)));
         let keep: BTreeSet<String> = ok
             .iter()
-            .map(|(n, _)| n.clone())
+            .map(|(n, _, _)| n.clone())
             .chain(rejected.iter().map(|r| r.name.clone()))
             .collect();
         for name in self.names(ty) {
@@ -236,26 +248,36 @@ impl Store {
                 self.remove(ty, &name);
             }
         }
-        for (name, c) in ok {
-            self.insert(name, c);
+        for (name, c, any) in ok {
+            let raw = Raw {
+                version: version.to_string(),
+                any,
+            };
+            self.insert(ty, name, c, raw);
         }
         rejected
     }
 
     /// A delta response: `resources` (name, resource) are added or updated, `removed` deleted.
+    /// `version` is the response's system version (kept for `/config_dump`).
     pub fn apply_delta(
         &mut self,
         ty: ResourceType,
         resources: &[(String, Any)],
         removed: &[String],
+        version: &str,
     ) -> Vec<Rejection> {
         let (ok, rejected) =
             Self::convert_all(ty, resources.iter().map(|(n, a)| (Some(n.as_str()), a)));
         for name in removed {
             self.remove(ty, name);
         }
-        for (name, c) in ok {
-            self.insert(name, c);
+        for (name, c, any) in ok {
+            let raw = Raw {
+                version: version.to_string(),
+                any,
+            };
+            self.insert(ty, name, c, raw);
         }
         rejected
     }

@@ -16,6 +16,7 @@ fn sotw_listeners_replace_the_set_and_keep_the_last_good_version_of_a_rejected_o
             pack(&http_listener("b", 1002, "r1")),
         ],
         &none,
+        "v1",
     );
     assert!(r.is_empty());
     assert_eq!(names(&store.snapshot().listeners), ["a", "b"]);
@@ -29,6 +30,7 @@ fn sotw_listeners_replace_the_set_and_keep_the_last_good_version_of_a_rejected_o
             pack(&bad_listener("b", 1002)),
         ],
         &none,
+        "v1",
     );
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].name, "b");
@@ -48,6 +50,7 @@ fn sotw_listeners_replace_the_set_and_keep_the_last_good_version_of_a_rejected_o
         ResourceType::Listener,
         &[pack(&bad_listener("c", 3000))],
         &none,
+        "v1",
     );
     assert_eq!(r.len(), 1);
     assert!(store.snapshot().listeners.is_empty());
@@ -60,6 +63,7 @@ fn sotw_endpoints_update_by_name_and_drop_unsubscribed() {
         ResourceType::Cluster,
         &[pack(&eds_cluster("x")), pack(&eds_cluster("y"))],
         &BTreeSet::new(),
+        "v1",
     );
     let subs = store.eds_names();
     assert_eq!(subs, BTreeSet::from(["x".to_string(), "y".to_string()]));
@@ -67,11 +71,13 @@ fn sotw_endpoints_update_by_name_and_drop_unsubscribed() {
         ResourceType::Endpoints,
         &[pack(&load_assignment("x", &[("10.0.0.1", 80)]))],
         &subs,
+        "v1",
     );
     store.apply_sotw(
         ResourceType::Endpoints,
         &[pack(&load_assignment("y", &[("10.0.0.2", 80)]))],
         &subs,
+        "v1",
     );
     assert_eq!(
         names(&store.snapshot().endpoints),
@@ -82,12 +88,14 @@ fn sotw_endpoints_update_by_name_and_drop_unsubscribed() {
         ResourceType::Cluster,
         &[pack(&eds_cluster("y"))],
         &BTreeSet::new(),
+        "v1",
     );
     let subs = store.eds_names();
     store.apply_sotw(
         ResourceType::Endpoints,
         &[pack(&load_assignment("y", &[("10.0.0.3", 80)]))],
         &subs,
+        "v1",
     );
     assert_eq!(
         names(&store.snapshot().endpoints),
@@ -106,12 +114,14 @@ fn delta_adds_updates_and_removes() {
             ("b".into(), pack(&eds_cluster("b"))),
         ],
         &[],
+        "v1",
     );
     assert!(r.is_empty());
     let r = store.apply_delta(
         ResourceType::Cluster,
         &[("c".into(), pack(&eds_cluster("c")))],
         &["a".into()],
+        "v1",
     );
     assert!(r.is_empty());
     assert_eq!(names(&store.snapshot().clusters), ["b", "c"]);
@@ -119,7 +129,7 @@ fn delta_adds_updates_and_removes() {
         type_url: ResourceType::Route.type_url().into(),
         value: vec![],
     };
-    let r = store.apply_delta(ResourceType::Cluster, &[("d".into(), wrong)], &[]);
+    let r = store.apply_delta(ResourceType::Cluster, &[("d".into(), wrong)], &[], "v1");
     assert_eq!(r[0].name, "d");
     assert!(r[0].error.reason.contains("expected"));
 }

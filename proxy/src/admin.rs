@@ -1,0 +1,346 @@
+//! The admin side, shaped like Envoy's so that `istioctl proxy-config`, pilot-agent and kubelet
+//! can read it: admin on 127.0.0.1:15000, readiness on :15021, Prometheus on :15090.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use envoy_types::pb::google::protobuf::Any;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message;
+use prost_reflect::{DynamicMessage, SerializeOptions};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::config::Address;
+use crate::dump::pool;
+use crate::xds::store::{Raw, ResourceType, Snapshot};
+
+/// Shared state the admin endpoints read and change.
+pub struct AdminState {
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub ready: watch::Receiver<bool>,
+    /// Set by `/healthcheck/fail`: readiness reports failure (drain before shutdown).
+    pub failing: AtomicBool,
+    pub started: Instant,
+    pub node_id: String,
+    /// Signalled by `/quitquitquit`.
+    pub quit: watch::Sender<bool>,
+}
+
+/// An `Any` rendered as Envoy renders it in a config dump (`@type`, proto field names).
+pub fn any_json(any: &Any) -> Value {
+    let Some(desc) = pool().get_message_by_name("google.protobuf.Any") else {
+        return Value::Null;
+    };
+    let Ok(msg) = DynamicMessage::decode(desc, any.encode_to_vec().as_slice()) else {
+        return Value::Null;
+    };
+    let opts = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(true);
+    msg.serialize_with_options(serde_json::value::Serializer, &opts)
+        .unwrap_or(Value::Null)
+}
+
+fn section(kind: &str, fields: BTreeMap<&str, Value>) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert(
+        "@type".into(),
+        Value::String(format!("type.googleapis.com/envoy.admin.v3.{kind}")),
+    );
+    for (k, v) in fields {
+        m.insert(k.into(), v);
+    }
+    Value::Object(m)
+}
+
+fn raws(snap: &Snapshot, ty: ResourceType) -> impl Iterator<Item = (&String, &Raw)> {
+    snap.raw
+        .iter()
+        .filter(move |((t, _), _)| *t == ty)
+        .map(|((_, n), r)| (n, r))
+}
+
+/// `/config_dump`: listeners, clusters, routes (and endpoints with `include_eds`), as Envoy's
+/// admin API returns them. `resource` keeps only the entries of one field (e.g.
+/// `dynamic_listeners`), as Envoy's `?resource=` does.
+pub fn config_dump(
+    snap: &Snapshot,
+    node_id: &str,
+    include_eds: bool,
+    resource: Option<&str>,
+) -> Value {
+    let listeners: Vec<Value> = raws(snap, ResourceType::Listener)
+        .map(|(n, r)| json!({"name": n, "active_state": {"version_info": r.version, "listener": any_json(&r.any)}}))
+        .collect();
+    let clusters: Vec<Value> = raws(snap, ResourceType::Cluster)
+        .map(|(_, r)| json!({"version_info": r.version, "cluster": any_json(&r.any)}))
+        .collect();
+    let routes: Vec<Value> = raws(snap, ResourceType::Route)
+        .map(|(_, r)| json!({"version_info": r.version, "route_config": any_json(&r.any)}))
+        .collect();
+    let endpoints: Vec<Value> = raws(snap, ResourceType::Endpoints)
+        .map(|(_, r)| json!({"version_info": r.version, "endpoint_config": any_json(&r.any)}))
+        .collect();
+    let mut configs = vec![
+        section(
+            "BootstrapConfigDump",
+            BTreeMap::from([(
+                "bootstrap",
+                json!({"node": {"id": node_id, "user_agent_name": "outrigger"}}),
+            )]),
+        ),
+        section(
+            "ClustersConfigDump",
+            BTreeMap::from([("dynamic_active_clusters", Value::Array(clusters))]),
+        ),
+        section(
+            "ListenersConfigDump",
+            BTreeMap::from([("dynamic_listeners", Value::Array(listeners))]),
+        ),
+        section(
+            "RoutesConfigDump",
+            BTreeMap::from([("dynamic_route_configs", Value::Array(routes))]),
+        ),
+    ];
+    if include_eds {
+        configs.push(section(
+            "EndpointsConfigDump",
+            BTreeMap::from([("dynamic_endpoint_configs", Value::Array(endpoints))]),
+        ));
+    }
+    if let Some(field) = resource {
+        let entries: Vec<Value> = configs
+            .iter()
+            .filter_map(|c| c.get(field))
+            .filter_map(Value::as_array)
+            .flatten()
+            .cloned()
+            .collect();
+        return json!({"configs": entries});
+    }
+    json!({"configs": configs})
+}
+
+/// `/clusters` in Envoy's text form: one `cluster::host::stat::value` line per host property.
+pub fn clusters_text(snap: &Snapshot) -> String {
+    let mut out = String::new();
+    for (name, c) in &snap.clusters {
+        out.push_str(&format!("{name}::observability_name::{name}\n"));
+        let assignment = match &c.discovery {
+            crate::config::cluster::Discovery::Eds { service_name } => {
+                snap.endpoints.get(service_name).map(|a| a.as_ref())
+            }
+            _ => c.load_assignment.as_ref(),
+        };
+        for l in assignment.iter().flat_map(|a| a.localities.iter()) {
+            for e in &l.endpoints {
+                let host = e.address.to_string();
+                let health = if e.health.routable() {
+                    "healthy".to_string()
+                } else {
+                    format!("/failed_eds_health ({:?})", e.health).to_lowercase()
+                };
+                for (k, v) in [
+                    ("health_flags", health),
+                    ("weight", e.weight.to_string()),
+                    ("region", l.locality.region.clone()),
+                    ("zone", l.locality.zone.clone()),
+                    ("sub_zone", l.locality.sub_zone.clone()),
+                    ("priority", l.priority.to_string()),
+                ] {
+                    out.push_str(&format!("{name}::{host}::{k}::{v}\n"));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn listeners_text(snap: &Snapshot) -> String {
+    snap.listeners
+        .values()
+        .map(|l| format!("{}::{}\n", l.name, l.address))
+        .collect()
+}
+
+fn prometheus(snap: &Snapshot, ready: bool) -> String {
+    let active = snap
+        .listeners
+        .values()
+        .filter(|l| l.bind_to_port && matches!(l.address, Address::Socket(_)))
+        .count();
+    format!(
+        "# TYPE envoy_server_live gauge\nenvoy_server_live{{}} {}\n# TYPE envoy_cluster_manager_active_clusters gauge\nenvoy_cluster_manager_active_clusters{{}} {}\n# TYPE envoy_listener_manager_total_listeners_active gauge\nenvoy_listener_manager_total_listeners_active{{}} {}\n",
+        u8::from(ready),
+        snap.clusters.len(),
+        active
+    )
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(Full::new(body.into()))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// Routes one admin request.
+pub fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let snap = state.snapshot.borrow().clone();
+    let ready = *state.ready.borrow();
+    let q = query(req);
+    let json_format = q.get("format").is_some_and(|f| f == "json");
+    match (req.method(), req.uri().path()) {
+        (_, "/ready") if ready => reply(StatusCode::OK, "text/plain", "LIVE\n"),
+        (_, "/ready") => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "PRE_INITIALIZING\n",
+        ),
+        (_, "/server_info") => {
+            let state_name = if ready { "LIVE" } else { "PRE_INITIALIZING" };
+            let body = json!({
+                "version": format!("outrigger/{}", env!("CARGO_PKG_VERSION")),
+                "state": state_name,
+                "uptime_current_epoch": format!("{}s", state.started.elapsed().as_secs()),
+                "node": {"id": state.node_id},
+                "command_line_options": {},
+            });
+            reply(StatusCode::OK, "application/json", body.to_string())
+        }
+        (_, "/config_dump") => {
+            let dump = config_dump(
+                &snap,
+                &state.node_id,
+                q.contains_key("include_eds"),
+                q.get("resource").map(String::as_str),
+            );
+            reply(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&dump).unwrap_or_default(),
+            )
+        }
+        (_, "/clusters") if json_format => {
+            let statuses: Vec<Value> = snap.clusters.keys().map(|n| json!({"name": n})).collect();
+            reply(
+                StatusCode::OK,
+                "application/json",
+                json!({"cluster_statuses": statuses}).to_string(),
+            )
+        }
+        (_, "/clusters") => reply(StatusCode::OK, "text/plain", clusters_text(&snap)),
+        (_, "/listeners") if json_format => {
+            let statuses: Vec<Value> = snap
+                .listeners
+                .values()
+                .map(|l| json!({"name": l.name, "local_address": l.address.to_string()}))
+                .collect();
+            reply(
+                StatusCode::OK,
+                "application/json",
+                json!({"listener_statuses": statuses}).to_string(),
+            )
+        }
+        (_, "/listeners") => reply(StatusCode::OK, "text/plain", listeners_text(&snap)),
+        (_, "/stats/prometheus") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            prometheus(&snap, ready),
+        ),
+        (_, "/stats") => reply(
+            StatusCode::OK,
+            "text/plain",
+            format!(
+                "server.live: {}\ncluster_manager.active_clusters: {}\n",
+                u8::from(ready),
+                snap.clusters.len()
+            ),
+        ),
+        (&Method::POST, "/healthcheck/fail") => {
+            state.failing.store(true, Ordering::SeqCst);
+            reply(StatusCode::OK, "text/plain", "OK\n")
+        }
+        (&Method::POST, "/healthcheck/ok") => {
+            state.failing.store(false, Ordering::SeqCst);
+            reply(StatusCode::OK, "text/plain", "OK\n")
+        }
+        (&Method::POST, "/quitquitquit") => {
+            let _ = state.quit.send(true);
+            reply(StatusCode::OK, "text/plain", "OK\n")
+        }
+        (_, "/healthcheck/fail" | "/healthcheck/ok" | "/quitquitquit") => {
+            reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n")
+        }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+/// kubelet's readiness probe on :15021.
+fn status(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/healthz/ready" if *state.ready.borrow() && !state.failing.load(Ordering::SeqCst) => {
+            reply(StatusCode::OK, "text/plain", "")
+        }
+        "/healthz/ready" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", ""),
+        "/stats/prometheus" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            prometheus(&state.snapshot.borrow(), *state.ready.borrow()),
+        ),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", ""),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Role {
+    Admin,
+    Status,
+}
+
+/// Serves one of the admin ports until the process ends.
+pub async fn serve(addr: SocketAddr, role: Role, state: Arc<AdminState>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, ?role, "admin listening");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                async move {
+                    Ok::<_, Infallible>(match role {
+                        Role::Admin => admin(&state, &req),
+                        Role::Status => status(&state, &req),
+                    })
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
