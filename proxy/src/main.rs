@@ -49,6 +49,14 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// An Envoy bootstrap (JSON or YAML). Its static listeners and clusters are served; with
+    /// dynamic_resources, xDS comes from the `xds-grpc` cluster's address (pilot-agent's
+    /// bootstrap), and its static 15090/15021 listeners are served natively instead.
+    #[arg(short = 'c', long = "config-path", value_name = "FILE")]
+    config_path: Option<PathBuf>,
+    /// Worker threads (Envoy's --concurrency); default: one per core.
+    #[arg(long)]
+    concurrency: Option<usize>,
     /// ADS server: host:port, or unix:/path as pilot-agent serves it.
     #[arg(
         long,
@@ -97,12 +105,35 @@ fn run_proxy(args: RunArgs) -> ExitCode {
     } else {
         builder.init();
     }
-    let address: XdsAddress = match args.xds_address.parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("outrigger-proxy: error: invalid value for --xds-address: {e}");
+    let bootstrap = match &args.config_path {
+        None => None,
+        Some(path) => match dump::load(path) {
+            Ok(d) => d.bootstrap,
+            Err(e) => {
+                eprintln!("outrigger-proxy: error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let source = match bootstrap.as_ref().map(outrigger_proxy::bootstrap::source) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            eprintln!(
+                "outrigger-proxy: error: {}: {e}",
+                args.config_path
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
+            );
             return ExitCode::from(2);
         }
+        None => match args.xds_address.parse::<XdsAddress>() {
+            Ok(a) => outrigger_proxy::bootstrap::Source::Xds(a),
+            Err(e) => {
+                eprintln!("outrigger-proxy: error: invalid value for --xds-address: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let mut env: Vec<(String, String)> = std::env::vars().collect();
     for (k, v) in [
@@ -148,15 +179,22 @@ fn run_proxy(args: RunArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        tracing::info!(node = %identity.node_id(), xds = ?address, delta = !args.sotw, "starting");
-        let config = ClientConfig {
-            address,
-            delta: !args.sotw,
-            node: identity.node(),
-            initial_backoff: std::time::Duration::from_millis(500),
-            max_backoff: std::time::Duration::from_secs(30),
+        let mut handle = match source {
+            outrigger_proxy::bootstrap::Source::Xds(address) => {
+                tracing::info!(node = %identity.node_id(), xds = ?address, delta = !args.sotw, "starting");
+                client::spawn(ClientConfig {
+                    address,
+                    delta: !args.sotw,
+                    node: identity.node(),
+                    initial_backoff: std::time::Duration::from_millis(500),
+                    max_backoff: std::time::Duration::from_secs(30),
+                })
+            }
+            outrigger_proxy::bootstrap::Source::Static(snapshot) => {
+                tracing::info!(listeners = snapshot.listeners.len(), clusters = snapshot.clusters.len(), "starting with the bootstrap's static resources");
+                outrigger_proxy::bootstrap::fixed(snapshot)
+            }
         };
-        let mut handle = client::spawn(config);
         let (quit_tx, mut quit_rx) = tokio::sync::watch::channel(false);
         let state = std::sync::Arc::new(AdminState {
             snapshot: handle.snapshot.clone(),

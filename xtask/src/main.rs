@@ -4,7 +4,9 @@
 //!   `cargo fmt --check`, `cargo clippy -D warnings`, builds every binary and runs every test.
 //! - `cargo xtask demo`: shows outrigger-init capturing a pod's traffic in throw-away network
 //!   namespaces.
+//! - `cargo xtask bench`: HTTP/1.1 through outrigger-proxy, nginx and haproxy, side by side.
 
+mod bench;
 mod demo;
 mod deps;
 
@@ -33,6 +35,16 @@ enum Task {
     },
     /// Capture a pod's traffic with outrigger-init in throw-away network namespaces and show it.
     Demo,
+    /// Benchmark HTTP/1.1 keep-alive through no proxy, outrigger-proxy, nginx and haproxy;
+    /// writes bench/results/http1-keepalive.{md,png}.
+    Bench {
+        /// Seconds of load per target.
+        #[arg(long, default_value_t = 8)]
+        seconds: u32,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+    },
 }
 
 pub fn step(msg: &str) {
@@ -123,5 +135,9 @@ fn main() -> Result<()> {
             cargo_args,
         } => test(no_lint, &cargo_args),
         Task::Demo => demo::run(),
+        Task::Bench {
+            seconds,
+            connections,
+        } => bench::run(seconds, connections),
     }
 }

@@ -1,0 +1,401 @@
+//! `cargo xtask bench`: one HTTP/1.1 keep-alive load (wrk) against the same origin directly and
+//! through outrigger-proxy, nginx and haproxy, each configured for the same single route, run
+//! back to back on this machine. Reports latency percentiles, requests/s, and requests per CPU
+//! second of the proxy process, as a Markdown table (with ratios) and a PNG plot in bench/results/.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, deps, step};
+
+const ORIGIN: u16 = 18080;
+const OUTRIGGER: u16 = 18081;
+const NGINX: u16 = 18082;
+const HAPROXY: u16 = 18083;
+
+pub const NEEDS: deps::Needs = &[
+    ("wrk", "wrk"),
+    ("nginx", "nginx-light"),
+    ("haproxy", "haproxy"),
+    ("gnuplot", "gnuplot-nox"),
+];
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // nginx's workers outlive a killed master: stop the children first.
+        for child in children(self.0.id()) {
+            let _ = Command::new("kill")
+                .args(["-9", &child.to_string()])
+                .status();
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// (pid, ppid, utime + stime ticks) of every process.
+fn processes() -> Vec<(u32, u32, u64)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // After the command name (in parentheses): state, ppid, …, utime (12th), stime (13th).
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ppid = f.get(1)?.parse().ok()?;
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some((pid, ppid, ticks))
+        })
+        .collect()
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|(_, ppid, _)| *ppid == pid)
+        .map(|(p, _, _)| p)
+        .collect()
+}
+
+fn spawn(cmd: &mut Command) -> Result<Proc> {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    Ok(Proc(child))
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on 127.0.0.1:{port}")
+}
+
+/// CPU seconds used so far by a process and its children.
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks: u64 = processes()
+        .into_iter()
+        .filter(|(p, ppid, _)| *p == pid || *ppid == pid)
+        .map(|(_, _, t)| t)
+        .sum();
+    ticks as f64 / 100.0
+}
+
+#[derive(Debug, Default, Clone)]
+struct Result1 {
+    name: &'static str,
+    rps: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    cpu: Option<f64>,
+    requests: f64,
+}
+
+fn ms(s: &str) -> f64 {
+    let s = s.trim();
+    if let Some(v) = s.strip_suffix("us") {
+        v.parse::<f64>().unwrap_or(0.0) / 1000.0
+    } else if let Some(v) = s.strip_suffix("ms") {
+        v.parse().unwrap_or(0.0)
+    } else if let Some(v) = s.strip_suffix('s') {
+        v.parse::<f64>().unwrap_or(0.0) * 1000.0
+    } else {
+        0.0
+    }
+}
+
+fn wrk(port: u16, seconds: u32, connections: u32) -> Result<(f64, f64, f64, f64, f64)> {
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut r = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for line in text.lines().map(str::trim) {
+        let mut w = line.split_whitespace();
+        match (w.next(), w.next()) {
+            (Some("Requests/sec:"), Some(v)) => r.0 = v.parse().unwrap_or(0.0),
+            (Some("50%"), Some(v)) => r.1 = ms(v),
+            (Some("90%"), Some(v)) => r.2 = ms(v),
+            (Some("99%"), Some(v)) => r.3 = ms(v),
+            _ => {}
+        }
+        if line.contains("requests in") {
+            r.4 = line
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0.0);
+        }
+        if line.starts_with("Non-2xx") {
+            bail!("port {port}: {line}");
+        }
+    }
+    if r.0 == 0.0 {
+        bail!(
+            "wrk on port {port} reported nothing:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(r)
+}
+
+fn write_configs(dir: &Path) -> Result<()> {
+    let nginx = |name: &str, server: &str| {
+        format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/{name}.pid;\nerror_log {d}/{name}.err;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/{name}-tmp;\n  proxy_temp_path {d}/{name}-tmp;\n  fastcgi_temp_path {d}/{name}-tmp;\n  uwsgi_temp_path {d}/{name}-tmp;\n  scgi_temp_path {d}/{name}-tmp;\n{server}\n}}\n",
+            d = dir.display()
+        )
+    };
+    std::fs::write(
+        dir.join("origin.conf"),
+        nginx(
+            "origin",
+            &format!(
+                "  server {{ listen 127.0.0.1:{ORIGIN}; location / {{ return 200 \"ok\\n\"; }} }}"
+            ),
+        ),
+    )?;
+    std::fs::write(
+        dir.join("nginx.conf"),
+        nginx(
+            "proxy",
+            &format!(
+                "  upstream origin {{ server 127.0.0.1:{ORIGIN}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{NGINX}; location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
+            ),
+        ),
+    )?;
+    std::fs::write(
+        dir.join("haproxy.cfg"),
+        format!(
+            "global\n  nbthread 1\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\nfrontend fe\n  bind 127.0.0.1:{HAPROXY}\n  default_backend be\nbackend be\n  server origin 127.0.0.1:{ORIGIN}\n"
+        ),
+    )?;
+    let bootstrap = serde_json::json!({
+        "static_resources": {
+            "listeners": [{
+                "name": "bench", "address": {"socket_address": {"address": "127.0.0.1", "port_value": OUTRIGGER}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "bench",
+                    "route_config": {"name": "bench", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "origin"}}]}]},
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+                }}]}]
+            }],
+            "clusters": [{"name": "origin", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": "origin", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": ORIGIN}}}}]}]}}]
+        }
+    });
+    std::fs::write(
+        dir.join("outrigger.json"),
+        serde_json::to_string_pretty(&bootstrap)?,
+    )?;
+    Ok(())
+}
+
+pub fn run(seconds: u32, connections: u32) -> Result<()> {
+    deps::ensure(NEEDS)?;
+    step("building outrigger-proxy (release)");
+    cargo(&["build", "--release", "--quiet", "-p", "outrigger-proxy"])?;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let proxy_bin = root.join("target/release/outrigger-proxy");
+    let dir = std::env::temp_dir().join(format!("outrigger-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    write_configs(&dir)?;
+
+    step(&format!(
+        "starting the origin (nginx, 1 worker) on :{ORIGIN} and the proxies, each with one worker"
+    ));
+    let _origin = spawn(
+        Command::new("nginx")
+            .args(["-c"])
+            .arg(dir.join("origin.conf")),
+    )?;
+    let outrigger = spawn(
+        Command::new(&proxy_bin)
+            .args(["run", "-c"])
+            .arg(dir.join("outrigger.json"))
+            .args([
+                "--concurrency",
+                "1",
+                "--admin-address",
+                "off",
+                "--status-port",
+                "0",
+                "--prometheus-port",
+                "0",
+                "--log",
+                "warn",
+            ]),
+    )?;
+    let nginx = spawn(
+        Command::new("nginx")
+            .args(["-c"])
+            .arg(dir.join("nginx.conf")),
+    )?;
+    let haproxy = spawn(
+        Command::new("haproxy")
+            .args(["-f"])
+            .arg(dir.join("haproxy.cfg")),
+    )?;
+    for port in [ORIGIN, OUTRIGGER, NGINX, HAPROXY] {
+        wait_port(port)?;
+    }
+    let targets: [(&'static str, u16, Option<u32>); 4] = [
+        ("no proxy", ORIGIN, None),
+        ("outrigger-proxy", OUTRIGGER, Some(outrigger.0.id())),
+        ("nginx", NGINX, Some(nginx.0.id())),
+        ("haproxy", HAPROXY, Some(haproxy.0.id())),
+    ];
+    let mut results = Vec::new();
+    for (name, port, pid) in targets {
+        step(&format!(
+            "{name}: warm-up, then wrk -t1 -c{connections} -d{seconds}s"
+        ));
+        wrk(port, 2, connections)?;
+        let before = pid.map(cpu_seconds);
+        let (rps, p50, p90, p99, requests) = wrk(port, seconds, connections)?;
+        let cpu = pid.zip(before).map(|(p, b)| cpu_seconds(p) - b);
+        println!(
+            "  {name:<16} {rps:>10.0} req/s   p50 {p50:.3} ms   p90 {p90:.3} ms   p99 {p99:.3} ms   proxy CPU {}",
+            cpu.map(|c| format!("{c:.2} s"))
+                .unwrap_or_else(|| "-".into())
+        );
+        results.push(Result1 {
+            name,
+            rps,
+            p50,
+            p90,
+            p99,
+            cpu,
+            requests,
+        });
+    }
+    let report = report(&results, seconds, connections);
+    let out_dir = root.join("bench/results");
+    std::fs::create_dir_all(&out_dir)?;
+    std::fs::write(out_dir.join("http1-keepalive.md"), &report)?;
+    plot(&results, &dir, &out_dir.join("http1-keepalive.png"))?;
+    println!("\n{report}");
+    println!("written: bench/results/http1-keepalive.md, bench/results/http1-keepalive.png");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn report(results: &[Result1], seconds: u32, connections: u32) -> String {
+    let base = &results[0];
+    let mut s = String::new();
+    let _ = writeln!(s, "# HTTP/1.1 keep-alive, one route\n");
+    let _ = writeln!(
+        s,
+        "wrk -t1 -c{connections} -d{seconds}s against an nginx origin answering `200 ok`, directly and through each proxy (one worker each), back to back on one 2-core machine shared with wrk and the origin. Added latency is the proxy's percentile minus the direct one; requests per CPU second divide the requests served by the CPU time of the proxy's processes during the run.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| path | req/s | p50 ms | p90 ms | p99 ms | added p50 ms | added p99 ms | proxy CPU s | req per CPU s |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in results {
+        let per_cpu = r
+            .cpu
+            .filter(|c| *c > 0.0)
+            .map(|c| format!("{:.0}", r.requests / c))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
+            r.name,
+            r.rps,
+            r.p50,
+            r.p90,
+            r.p99,
+            r.p50 - base.p50,
+            r.p99 - base.p99,
+            r.cpu
+                .map(|c| format!("{c:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            per_cpu
+        );
+    }
+    let find = |n: &str| results.iter().find(|r| r.name == n);
+    if let (Some(o), Some(n), Some(h)) = (find("outrigger-proxy"), find("nginx"), find("haproxy")) {
+        let per = |r: &Result1| {
+            r.cpu
+                .filter(|c| *c > 0.0)
+                .map(|c| r.requests / c)
+                .unwrap_or(0.0)
+        };
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        let _ = writeln!(
+            s,
+            "\nRatios (outrigger-proxy / other): req/s vs nginx {:.2}, vs haproxy {:.2}; added p50 vs nginx {:.2}, vs haproxy {:.2}; req per CPU s vs nginx {:.2}, vs haproxy {:.2}.",
+            ratio(o.rps, n.rps),
+            ratio(o.rps, h.rps),
+            ratio(o.p50 - base.p50, n.p50 - base.p50),
+            ratio(o.p50 - base.p50, h.p50 - base.p50),
+            ratio(per(o), per(n)),
+            ratio(per(o), per(h))
+        );
+    }
+    s
+}
+
+fn plot(results: &[Result1], dir: &Path, png: &Path) -> Result<()> {
+    let base = &results[0];
+    let mut data = String::new();
+    for r in &results[1..] {
+        let per = r
+            .cpu
+            .filter(|c| *c > 0.0)
+            .map(|c| r.requests / c / 1000.0)
+            .unwrap_or(0.0);
+        let _ = writeln!(
+            data,
+            "\"{}\" {:.4} {:.4} {:.2}",
+            r.name,
+            r.p50 - base.p50,
+            r.p99 - base.p99,
+            per
+        );
+    }
+    let dat = dir.join("bench.dat");
+    std::fs::write(&dat, data)?;
+    let script = format!(
+        "set terminal png size 1000,420\nset output '{png}'\nset multiplot layout 1,2 title 'HTTP/1.1 keep-alive through one route (lower latency, higher throughput is better)'\nset style data histograms\nset style fill solid 0.8 border -1\nset boxwidth 0.8\nset grid ytics\nset ylabel 'added latency (ms)'\nset yrange [0:*]\nplot '{dat}' using 2:xtic(1) title 'p50', '' using 3 title 'p99'\nset ylabel 'thousand requests per CPU second'\nplot '{dat}' using 4:xtic(1) title 'req per proxy CPU s' lc rgb '#2a9d8f'\nunset multiplot\n",
+        png = png.display(),
+        dat = dat.display()
+    );
+    let script_file = dir.join("plot.gp");
+    std::fs::write(&script_file, script)?;
+    let status = Command::new("gnuplot")
+        .arg(&script_file)
+        .status()
+        .context("running gnuplot")?;
+    if !status.success() {
+        bail!("gnuplot failed");
+    }
+    Ok(())
+}
