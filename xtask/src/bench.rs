@@ -278,7 +278,11 @@ pub fn run(seconds: u32, connections: u32) -> Result<()> {
         wrk(port, 2, connections)?;
         let before = pid.map(cpu_seconds);
         let (rps, p50, p90, p99, requests) = wrk(port, seconds, connections)?;
-        let cpu = pid.zip(before).map(|(p, b)| cpu_seconds(p) - b);
+        // A reading of zero means the process tree was not found: report it as unavailable.
+        let cpu = pid
+            .zip(before)
+            .map(|(p, b)| cpu_seconds(p) - b)
+            .filter(|c| *c > 0.0);
         println!(
             "  {name:<16} {rps:>10.0} req/s   p50 {p50:.3} ms   p90 {p90:.3} ms   p99 {p99:.3} ms   proxy CPU {}",
             cpu.map(|c| format!("{c:.2} s"))

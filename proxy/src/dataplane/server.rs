@@ -308,6 +308,8 @@ async fn accept_loop(
                 continue;
             }
         };
+        // As Envoy: no Nagle delay on proxied connections.
+        let _ = stream.set_nodelay(true);
         let snap = snapshots.borrow().clone();
         let Some(accepting) = snap.listeners.get(&name).cloned() else {
             continue;

@@ -114,17 +114,37 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 fn request_id() -> String {
-    let b: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
-    let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
-    format!(
-        "{}-{}-4{}-{:x}{}-{}",
-        h(0..4),
-        h(4..6),
-        &h(6..8)[1..],
-        8 | (b[8] & 3),
-        &h(8..10)[1..],
-        h(10..16)
-    )
+    // A random (version 4) UUID.
+    let mut b: [u8; 16] = fastrand::u128(..).to_le_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(36);
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(HEX[usize::from(x >> 4)] as char);
+        out.push(HEX[usize::from(x & 0xf)] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_v4_uuids() {
+        let id = super::request_id();
+        assert_eq!(id.len(), 36);
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'));
+        assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'));
+        assert_ne!(id, super::request_id());
+    }
 }
 
 /// Everything a request needs from its connection.
