@@ -28,7 +28,17 @@ struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        // nginx's workers outlive a killed master: stop the children first.
+        // Ask politely first (nginx's master stops its workers on SIGTERM), then make sure:
+        // workers outlive a killed master and would keep the port.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        for _ in 0..20 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
         for child in children(self.0.id()) {
             let _ = Command::new("kill")
                 .args(["-9", &child.to_string()])
@@ -352,10 +362,17 @@ fn report(results: &[Result1], seconds: u32, connections: u32) -> String {
                 .map(|c| r.requests / c)
                 .unwrap_or(0.0)
         };
-        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        // "n/a" where a side could not be measured.
+        let ratio = |a: f64, b: f64| {
+            if a > 0.0 && b > 0.0 {
+                format!("{:.2}", a / b)
+            } else {
+                "n/a".to_string()
+            }
+        };
         let _ = writeln!(
             s,
-            "\nRatios (outrigger-proxy / other): req/s vs nginx {:.2}, vs haproxy {:.2}; added p50 vs nginx {:.2}, vs haproxy {:.2}; req per CPU s vs nginx {:.2}, vs haproxy {:.2}.",
+            "\nRatios (outrigger-proxy / other): req/s vs nginx {}, vs haproxy {}; added p50 vs nginx {}, vs haproxy {}; req per CPU s vs nginx {}, vs haproxy {}.",
             ratio(o.rps, n.rps),
             ratio(o.rps, h.rps),
             ratio(o.p50 - base.p50, n.p50 - base.p50),
