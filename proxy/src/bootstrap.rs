@@ -90,11 +90,9 @@ pub fn source(b: &Bootstrap) -> Result<Source, BootstrapError> {
 pub fn fixed(snapshot: Arc<Snapshot>) -> Handle {
     let (snap_tx, snap_rx) = watch::channel(snapshot);
     let (ready_tx, ready_rx) = watch::channel(true);
-    // Keep the senders alive for the life of the process: closing them would end serving.
-    std::mem::forget(snap_tx);
-    std::mem::forget(ready_tx);
     Handle {
         snapshot: snap_rx,
         ready: ready_rx,
+        _fixed: Some(Arc::new((snap_tx, ready_tx))),
     }
 }

@@ -87,7 +87,13 @@ pub struct Handle {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     /// True once the first listeners and clusters are applied.
     pub ready: watch::Receiver<bool>,
+    /// For a fixed configuration: the senders, kept alive as long as the handle (a closed
+    /// channel would end serving). Only held, never read.
+    pub(crate) _fixed: Option<Arc<FixedSenders>>,
 }
+
+/// The senders of a configuration that never changes.
+pub(crate) type FixedSenders = (watch::Sender<Arc<Snapshot>>, watch::Sender<bool>);
 
 async fn channel(address: &XdsAddress) -> Result<Channel, XdsError> {
     let err = |source| XdsError::Connect {
@@ -130,6 +136,7 @@ pub fn spawn(config: ClientConfig) -> Handle {
     Handle {
         snapshot: snap_rx,
         ready: ready_rx,
+        _fixed: None,
     }
 }
 
