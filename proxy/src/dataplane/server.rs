@@ -27,6 +27,8 @@ const SNIFF_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Error)]
 pub enum ConnError {
+    #[error("the client went away before it could be served: {0}")]
+    Peer(std::io::Error),
     #[error("no filter chain matches {0}")]
     NoChain(SocketAddr),
     #[error("cluster '{0}' is not known")]
@@ -171,11 +173,7 @@ pub async fn handle(
     counters: Arc<Counters>,
     upstreams: Arc<Upstreams>,
 ) -> Result<(), ConnError> {
-    let src = stream.peer_addr().map_err(|source| ConnError::Connect {
-        cluster: String::new(),
-        addr: "0.0.0.0:0".parse().expect("addr"),
-        source,
-    })?;
+    let src = stream.peer_addr().map_err(ConnError::Peer)?;
     let dst = original_dst(&stream).unwrap_or(src);
     let listener = listener_for(&snap, &accepting, dst);
     let inspect = accepting
