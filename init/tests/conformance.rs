@@ -104,19 +104,7 @@ fn default_sidecar_cleanup_record_matches_reference() {
         ipv6_pod: false,
         resolv_conf: "",
     };
-    let args = [
-        "-m",
-        "REDIRECT",
-        "-i",
-        "*",
-        "-x",
-        "",
-        "-b",
-        "*",
-        "-d",
-        "15090,15021,15020",
-        "--cleanup-only",
-    ];
+    let args = outrigger_testkit::init::sidecar_with(&["--cleanup-only"]);
     let got = record(&args, &[], &facts);
     let expected = "iptables-save
 ip6tables-save

@@ -7,42 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outrigger_proxy::admin::{self, AdminState, Role};
-use outrigger_proxy::testing::ads::{Config, WAIT, serve_tcp};
-use outrigger_proxy::testing::*;
+use outrigger_proxy::testing::ads::{WAIT, sample_mesh, serve_tcp};
 use outrigger_proxy::validate::{self, Kind};
 use outrigger_proxy::xds::client::{self, ClientConfig, XdsAddress};
 use outrigger_proxy::xds::node::Identity;
-use outrigger_proxy::xds::store::ResourceType;
-
-fn mesh() -> Config {
-    let mut c = Config {
-        version: 7,
-        ..Config::default()
-    };
-    c.resources.insert(
-        ResourceType::Cluster,
-        vec![("svc".into(), pack(&eds_cluster("svc")))],
-    );
-    c.resources.insert(
-        ResourceType::Endpoints,
-        vec![(
-            "svc".into(),
-            pack(&load_assignment("svc", &[("10.0.0.1", 8080)])),
-        )],
-    );
-    c.resources.insert(
-        ResourceType::Listener,
-        vec![
-            ("http".into(), pack(&http_listener("http", 18080, "r1"))),
-            ("tcp".into(), pack(&tcp_listener("tcp", 19000, "svc"))),
-        ],
-    );
-    c.resources.insert(
-        ResourceType::Route,
-        vec![("r1".into(), pack(&route_config("r1", "svc")))],
-    );
-    c
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -67,7 +35,7 @@ fn curl(args: &[&str]) -> (u16, String) {
 async fn admin_endpoints() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let _xds = serve_tcp(Arc::new(Mutex::new(mesh())), listener).await;
+    let _xds = serve_tcp(Arc::new(Mutex::new(sample_mesh(7))), listener).await;
     let identity = Identity::from_env([
         ("POD_NAME".to_string(), "p".to_string()),
         ("POD_NAMESPACE".to_string(), "ns".to_string()),
@@ -169,7 +137,7 @@ async fn admin_endpoints() {
         "{clusters}"
     );
     let (_, listeners) = curl(&[&admin_url("/listeners")]);
-    assert!(listeners.contains("tcp::0.0.0.0:19000"), "{listeners}");
+    assert!(listeners.contains("tcp::0.0.0.0:9000"), "{listeners}");
     let (_, prom) = curl(&[&format!("http://127.0.0.1:{status_port}/stats/prometheus")]);
     assert!(
         prom.contains("envoy_cluster_manager_active_clusters{} 1"),

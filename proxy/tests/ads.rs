@@ -5,44 +5,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outrigger_proxy::testing::ads::{Config, Running, WAIT, next_seen, serve_tcp, serve_unix};
+use outrigger_proxy::testing::ads::{Running, WAIT, next_seen, sample_mesh, serve_tcp, serve_unix};
 use outrigger_proxy::testing::*;
 use outrigger_proxy::xds::client::{self, ClientConfig, Handle, XdsAddress};
 use outrigger_proxy::xds::node::Identity;
 use outrigger_proxy::xds::store::{ResourceType, Snapshot};
-
-fn mesh_config() -> Config {
-    let mut c = Config {
-        version: 1,
-        ..Config::default()
-    };
-    c.resources.insert(
-        ResourceType::Cluster,
-        vec![("svc".into(), pack(&eds_cluster("svc")))],
-    );
-    c.resources.insert(
-        ResourceType::Endpoints,
-        vec![(
-            "svc".into(),
-            pack(&load_assignment(
-                "svc",
-                &[("10.0.0.1", 8080), ("10.0.0.2", 8080)],
-            )),
-        )],
-    );
-    c.resources.insert(
-        ResourceType::Listener,
-        vec![
-            ("http".into(), pack(&http_listener("http", 8080, "r1"))),
-            ("tcp".into(), pack(&tcp_listener("tcp", 9000, "svc"))),
-        ],
-    );
-    c.resources.insert(
-        ResourceType::Route,
-        vec![("r1".into(), pack(&route_config("r1", "svc")))],
-    );
-    c
-}
 
 fn client(address: XdsAddress, delta: bool) -> Handle {
     let env = [
@@ -83,7 +50,7 @@ fn complete(s: &Snapshot) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sotw_sync_nack_and_reconnect() {
-    let config = Arc::new(Mutex::new(mesh_config()));
+    let config = Arc::new(Mutex::new(sample_mesh(1)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut running = serve_tcp(config.clone(), listener).await;
@@ -159,7 +126,7 @@ async fn sotw_sync_nack_and_reconnect() {
     server.push.send(None).unwrap();
     task.abort();
     let _ = task.await;
-    *config.lock().unwrap() = mesh_config();
+    *config.lock().unwrap() = sample_mesh(1);
     config.lock().unwrap().version = 3;
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let mut running = serve_tcp(config.clone(), listener).await;
@@ -180,7 +147,7 @@ async fn delta_over_a_unix_socket_with_removal() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("XDS");
-    let config = Arc::new(Mutex::new(mesh_config()));
+    let config = Arc::new(Mutex::new(sample_mesh(1)));
     let Running {
         server,
         mut seen,

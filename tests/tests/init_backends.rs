@@ -1,39 +1,12 @@
 //! Backend selection (legacy vs nft), dry-run file output and JSON logs.
 
 use outrigger_testkit::bin;
+use outrigger_testkit::init::{self, DEFAULT_SIDECAR, sidecar_with};
 use outrigger_testkit::topology::{PEER_V4, PodPair, connect};
 
-const ARGS: &[&str] = &[
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-];
-
 fn run(t: &PodPair, extra: &[&str]) -> (i32, String) {
-    let out = t
-        .pod
-        .command(bin("outrigger-init"))
-        .args(ARGS)
-        .args(extra)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let r = init::run(&t.pod, &sidecar_with(extra), &[]);
+    (r.code, r.stderr)
 }
 
 fn istio_in(save: &str) -> bool {
@@ -106,7 +79,7 @@ fn dry_run_file_and_json_logs() {
     let out = t
         .pod
         .command(bin("outrigger-init"))
-        .args(ARGS)
+        .args(DEFAULT_SIDECAR)
         .args(["--dry-run", "--log_as_json"])
         .env("DRY_RUN_FILE_PATH", &file)
         .output()

@@ -2,29 +2,11 @@
 //! the default sidecar capture rules in the pod; test connections show where traffic lands.
 
 use anyhow::{Result, anyhow};
+use outrigger_testkit::init::{self, DEFAULT_SIDECAR as SIDECAR_ARGS, sidecar_with};
 use outrigger_testkit::netns;
 use outrigger_testkit::topology::{self, PEER_V4, POD_V4, PROXY_UID, PodPair};
 
 use crate::{cargo, deps, step};
-
-const SIDECAR_ARGS: &[&str] = &[
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-];
 
 struct Probe {
     what: &'static str,
@@ -74,17 +56,13 @@ pub fn run() -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     ));
-    let out = t
-        .pod
-        .command(outrigger_testkit::bin("outrigger-init"))
-        .args(SIDECAR_ARGS)
-        .arg("--log_output_level=default:warn")
-        .output()?;
-    if !out.status.success() {
-        return Err(anyhow!(
-            "outrigger-init failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+    let out = init::run(
+        &t.pod,
+        &sidecar_with(&["--log_output_level=default:warn"]),
+        &[],
+    );
+    if out.code != 0 {
+        return Err(anyhow!("outrigger-init failed: {}", out.stderr));
     }
 
     let probes = [
@@ -178,16 +156,11 @@ pub fn run() -> Result<()> {
     print!("{}", t.pod.ok("iptables", &["-t", "nat", "-vnL"]));
 
     step("re-running outrigger-init with the same flags (a no-op)");
-    let again = t
-        .pod
-        .command(outrigger_testkit::bin("outrigger-init"))
-        .args(SIDECAR_ARGS)
-        .output()?;
-    let said = String::from_utf8_lossy(&again.stderr);
+    let again = init::run(&t.pod, SIDECAR_ARGS, &[]);
     println!(
         "  exit {}; {}",
-        again.status.code().unwrap_or(-1),
-        if said.contains("already in place") {
+        again.code,
+        if again.stderr.contains("already in place") {
             "rules already in place, nothing changed"
         } else {
             "unexpected output"
@@ -195,11 +168,7 @@ pub fn run() -> Result<()> {
     );
 
     step("cleaning up: outrigger-init --cleanup-only, then deleting the namespaces");
-    t.pod
-        .command(outrigger_testkit::bin("outrigger-init"))
-        .args(SIDECAR_ARGS)
-        .arg("--cleanup-only")
-        .output()?;
+    init::run(&t.pod, &sidecar_with(&["--cleanup-only"]), &[]);
     let left = t.pod.ok("iptables-save", &[]).matches("ISTIO").count();
     println!("  ISTIO_* references left after cleanup: {left}");
     drop(t);

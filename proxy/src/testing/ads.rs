@@ -253,3 +253,41 @@ pub async fn next_seen(
     .await
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
+
+/// A small mesh: EDS cluster `svc` (10.0.0.1:8080, 10.0.0.2:8080), an HTTP listener `http` on
+/// :8080 using route config `r1` (everything to `svc`), a TCP listener `tcp` on :9000.
+pub fn sample_mesh(version: u32) -> Config {
+    use crate::testing::{
+        eds_cluster, http_listener, load_assignment, pack, route_config, tcp_listener,
+    };
+    let mut c = Config {
+        version,
+        ..Config::default()
+    };
+    c.resources.insert(
+        ResourceType::Cluster,
+        vec![("svc".into(), pack(&eds_cluster("svc")))],
+    );
+    c.resources.insert(
+        ResourceType::Endpoints,
+        vec![(
+            "svc".into(),
+            pack(&load_assignment(
+                "svc",
+                &[("10.0.0.1", 8080), ("10.0.0.2", 8080)],
+            )),
+        )],
+    );
+    c.resources.insert(
+        ResourceType::Listener,
+        vec![
+            ("http".into(), pack(&http_listener("http", 8080, "r1"))),
+            ("tcp".into(), pack(&tcp_listener("tcp", 9000, "svc"))),
+        ],
+    );
+    c.resources.insert(
+        ResourceType::Route,
+        vec![("r1".into(), pack(&route_config("r1", "svc")))],
+    );
+    c
+}

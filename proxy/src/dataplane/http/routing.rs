@@ -38,56 +38,51 @@ impl RequestHead {
     }
 }
 
+/// The virtual host with the longest wildcard domain that `fits` the host (the first one on a
+/// tie). `fits` returns the wildcard's length when it matches.
+fn longest(rc: &RouteConfig, fits: impl Fn(&Domain) -> Option<usize>) -> Option<&VirtualHost> {
+    let mut best: Option<(usize, &VirtualHost)> = None;
+    for v in &rc.virtual_hosts {
+        if let Some(len) = v.domains.iter().filter_map(&fits).max()
+            && best.is_none_or(|(b, _)| len > b)
+        {
+            best = Some((len, v));
+        }
+    }
+    best.map(|(_, v)| v)
+}
+
 /// Envoy's virtual host search: exact domain, then the longest `*suffix`, then the longest
 /// `prefix*`, then `*`.
 pub fn virtual_host<'a>(rc: &'a RouteConfig, host: &str) -> Option<&'a VirtualHost> {
     let host = host.to_ascii_lowercase();
-    let hosts = rc.virtual_hosts.iter();
-    let exact = hosts.clone().find(|v| {
+    let exact = rc.virtual_hosts.iter().find(|v| {
         v.domains
             .iter()
             .any(|d| matches!(d, Domain::Exact(e) if *e == host))
     });
-    let suffix = || {
-        hosts
-            .clone()
-            .filter_map(|v| {
-                v.domains
-                    .iter()
-                    .filter_map(|d| match d {
-                        Domain::Suffix(s) if host.ends_with(s.as_str()) && host.len() > s.len() => {
-                            Some(s.len())
-                        }
-                        _ => None,
-                    })
-                    .max()
-                    .map(|len| (len, v))
+    exact
+        .or_else(|| {
+            longest(rc, |d| match d {
+                Domain::Suffix(s) if host.len() > s.len() && host.ends_with(s.as_str()) => {
+                    Some(s.len())
+                }
+                _ => None,
             })
-            .max_by_key(|(len, _)| *len)
-            .map(|(_, v)| v)
-    };
-    let prefix = || {
-        hosts
-            .clone()
-            .filter_map(|v| {
-                v.domains
-                    .iter()
-                    .filter_map(|d| match d {
-                        Domain::Prefix(p)
-                            if host.starts_with(p.as_str()) && host.len() > p.len() =>
-                        {
-                            Some(p.len())
-                        }
-                        _ => None,
-                    })
-                    .max()
-                    .map(|len| (len, v))
+        })
+        .or_else(|| {
+            longest(rc, |d| match d {
+                Domain::Prefix(p) if host.len() > p.len() && host.starts_with(p.as_str()) => {
+                    Some(p.len())
+                }
+                _ => None,
             })
-            .max_by_key(|(len, _)| *len)
-            .map(|(_, v)| v)
-    };
-    let any = || hosts.clone().find(|v| v.domains.contains(&Domain::Any));
-    exact.or_else(suffix).or_else(prefix).or_else(any)
+        })
+        .or_else(|| {
+            rc.virtual_hosts
+                .iter()
+                .find(|v| v.domains.contains(&Domain::Any))
+        })
 }
 
 fn string_matches(m: &StringMatch, value: &str) -> bool {
