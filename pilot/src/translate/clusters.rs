@@ -1,0 +1,221 @@
+//! CDS: `outbound|PORT|SUBSET|HOST` per visible service port and DestinationRule subset,
+//! `inbound|PORT||` per port the proxy serves, and the passthrough / blackhole clusters.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as ep;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3 as http_opts;
+
+use super::wire::{self, istio_metadata, list_value, string_value, struct_value};
+use super::{Ctx, inbound_name, outbound_name};
+use crate::registry::{Protocol, Resolution, Service, ServicePort};
+use crate::resources::{Labels, TrafficPolicy};
+
+pub const PASSTHROUGH: &str = "PassthroughCluster";
+pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
+pub const BLACKHOLE: &str = "BlackHoleCluster";
+
+/// Mesh `connectTimeout` default.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which endpoints an EDS cluster gets.
+#[derive(Debug, Clone)]
+pub struct EdsSource {
+    pub hostname: String,
+    pub port: u32,
+    pub subset_labels: Labels,
+}
+
+pub type Built = BTreeMap<String, (cluster::Cluster, Option<EdsSource>)>;
+
+fn discovery(t: cluster::cluster::DiscoveryType) -> Option<cluster::cluster::ClusterDiscoveryType> {
+    Some(cluster::cluster::ClusterDiscoveryType::Type(t as i32))
+}
+
+fn bind_127_0_0_6() -> Option<core::BindConfig> {
+    Some(core::BindConfig {
+        source_address: Some(wire::socket_address("127.0.0.6", 0)),
+        ..Default::default()
+    })
+}
+
+fn original_dst(name: &str, bind: bool) -> cluster::Cluster {
+    cluster::Cluster {
+        name: name.into(),
+        cluster_discovery_type: discovery(cluster::cluster::DiscoveryType::OriginalDst),
+        lb_policy: cluster::cluster::LbPolicy::ClusterProvided as i32,
+        connect_timeout: Some(wire::duration(CONNECT_TIMEOUT)),
+        cleanup_interval: Some(wire::duration(Duration::from_secs(60))),
+        upstream_bind_config: if bind { bind_127_0_0_6() } else { None },
+        ..Default::default()
+    }
+}
+
+/// Istio's default thresholds: everything unlimited, remaining capacity tracked.
+fn default_circuit_breakers() -> cluster::CircuitBreakers {
+    let max = wire::u32_value(u32::MAX);
+    cluster::CircuitBreakers {
+        thresholds: vec![cluster::circuit_breakers::Thresholds {
+            max_connections: max,
+            max_pending_requests: max,
+            max_requests: max,
+            max_retries: max,
+            track_remaining: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The subset policy merged over the top-level one (field by field, as istiod does).
+fn merged<'a>(
+    top: Option<&'a TrafficPolicy>,
+    subset: Option<&'a TrafficPolicy>,
+) -> (
+    Option<&'a crate::resources::LoadBalancer>,
+    Option<&'a crate::resources::ConnectionPool>,
+) {
+    let lb = subset
+        .and_then(|p| p.load_balancer.as_ref())
+        .or(top.and_then(|p| p.load_balancer.as_ref()));
+    let cp = subset
+        .and_then(|p| p.connection_pool.as_ref())
+        .or(top.and_then(|p| p.connection_pool.as_ref()));
+    (lb, cp)
+}
+
+fn outbound(
+    svc: &Service,
+    port: &ServicePort,
+    subset: Option<(&str, Option<&TrafficPolicy>)>,
+    top: Option<&TrafficPolicy>,
+) -> (cluster::Cluster, Option<EdsSource>) {
+    use cluster::cluster::{DiscoveryType as D, LbPolicy as L};
+    let subset_name = subset.map(|(n, _)| n).unwrap_or("");
+    let name = outbound_name(port.port, subset_name, &svc.hostname);
+    let (lb, pool) = merged(top, subset.and_then(|(_, p)| p));
+    let lb_policy = match lb.and_then(|l| l.simple.as_deref()) {
+        Some("ROUND_ROBIN") => L::RoundRobin,
+        Some("RANDOM") => L::Random,
+        Some("PASSTHROUGH") => L::ClusterProvided,
+        // LEAST_REQUEST is Istio's default; LEAST_CONN is its deprecated alias.
+        _ => L::LeastRequest,
+    };
+    let connect_timeout = pool
+        .and_then(|p| p.tcp.as_ref())
+        .and_then(|t| t.connect_timeout.as_deref())
+        .and_then(|d| crate::duration::parse(d).ok())
+        .unwrap_or(CONNECT_TIMEOUT);
+    let mut c = cluster::Cluster {
+        name: name.clone(),
+        connect_timeout: Some(wire::duration(connect_timeout)),
+        lb_policy: lb_policy as i32,
+        circuit_breakers: Some(default_circuit_breakers()),
+        ..Default::default()
+    };
+    let mut metadata = vec![
+        (
+            "services",
+            list_value(vec![struct_value(&[
+                ("host", string_value(&svc.hostname)),
+                ("name", string_value(&svc.name)),
+                ("namespace", string_value(&svc.namespace)),
+            ])]),
+        ),
+        (
+            "default_original_port",
+            envoy_types::pb::google::protobuf::Value {
+                kind: Some(envoy_types::pb::google::protobuf::value::Kind::NumberValue(
+                    f64::from(port.port),
+                )),
+            },
+        ),
+    ];
+    if !subset_name.is_empty() {
+        metadata.push(("subset", string_value(subset_name)));
+    }
+    c.metadata = Some(istio_metadata(&metadata));
+    if matches!(port.protocol, Protocol::Http2 | Protocol::Grpc) {
+        let opts = http_opts::HttpProtocolOptions {
+            upstream_protocol_options: Some(http_opts::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(http_opts::http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(http_opts::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(Default::default())),
+            })),
+            ..Default::default()
+        };
+        c.typed_extension_protocol_options.insert(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+            wire::pack(&opts),
+        );
+    }
+    let passthrough = lb_policy == L::ClusterProvided || svc.resolution == Resolution::Passthrough;
+    if passthrough {
+        c.cluster_discovery_type = discovery(D::OriginalDst);
+        c.lb_policy = L::ClusterProvided as i32;
+        return (c, None);
+    }
+    // The subset's labels are set by `build`, which has the DestinationRule.
+    let source = EdsSource {
+        hostname: svc.hostname.clone(),
+        port: port.port,
+        subset_labels: Labels::new(),
+    };
+    if svc.resolution == Resolution::Dns {
+        c.cluster_discovery_type = discovery(D::StrictDns);
+        c.load_assignment = Some(ep::ClusterLoadAssignment {
+            cluster_name: name,
+            ..Default::default()
+        });
+        return (c, Some(source));
+    }
+    c.cluster_discovery_type = discovery(D::Eds);
+    c.eds_cluster_config = Some(cluster::cluster::EdsClusterConfig {
+        service_name: name,
+        eds_config: Some(wire::ads_source()),
+    });
+    (c, Some(source))
+}
+
+pub fn build(ctx: &Ctx) -> Built {
+    let mut out = Built::new();
+    out.insert(
+        BLACKHOLE.into(),
+        (
+            cluster::Cluster {
+                name: BLACKHOLE.into(),
+                cluster_discovery_type: discovery(cluster::cluster::DiscoveryType::Static),
+                connect_timeout: Some(wire::duration(CONNECT_TIMEOUT)),
+                ..Default::default()
+            },
+            None,
+        ),
+    );
+    out.insert(PASSTHROUGH.into(), (original_dst(PASSTHROUGH, false), None));
+    out.insert(
+        INBOUND_PASSTHROUGH.into(),
+        (original_dst(INBOUND_PASSTHROUGH, true), None),
+    );
+    for svc in &ctx.services {
+        let dr = ctx.destination_rules.get(&svc.hostname).copied();
+        let top = dr.and_then(|d| d.traffic_policy.as_ref());
+        for port in svc.ports.iter().filter(|p| p.protocol != Protocol::Udp) {
+            let (c, src) = outbound(svc, port, None, top);
+            out.insert(c.name.clone(), (c, src));
+            for s in dr.map(|d| d.subsets.as_slice()).unwrap_or_default() {
+                let (c, src) = outbound(svc, port, Some((&s.name, s.traffic_policy.as_ref())), top);
+                let src = src.map(|mut e| {
+                    e.subset_labels = s.labels.clone();
+                    e
+                });
+                out.insert(c.name.clone(), (c, src));
+            }
+        }
+    }
+    for (_, _, target) in ctx.inbound() {
+        let name = inbound_name(target);
+        out.insert(name.clone(), (original_dst(&name, true), None));
+    }
+    out
+}

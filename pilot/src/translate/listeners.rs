@@ -1,0 +1,293 @@
+//! LDS: `virtualOutbound` (15001) and `virtualInbound` (15006), `0.0.0.0_PORT` for outbound HTTP
+//! ports and `VIP_PORT` for outbound TCP services, as `listener_builder.go` lays them out.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::filters::listener::{http_inspector::v3::HttpInspector, original_dst::v3::OriginalDst, tls_inspector::v3::TlsInspector};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::google::protobuf::Any;
+
+use super::routes::http_ports;
+use super::wire::{self, http_connection_manager, listener_filter, tcp_proxy};
+use super::{BLACKHOLE, Ctx, INBOUND_PASSTHROUGH, PASSTHROUGH, inbound_name, outbound_name};
+use crate::registry::{Protocol, Resolution, Service, ServicePort, fqdn};
+
+const HTTP_ALPNS: [&str; 2] = ["http/1.1", "h2c"];
+
+fn chain(
+    name: &str,
+    m: Option<listener::FilterChainMatch>,
+    filters: Vec<listener::Filter>,
+) -> listener::FilterChain {
+    listener::FilterChain {
+        name: name.into(),
+        filter_chain_match: m,
+        filters,
+        ..Default::default()
+    }
+}
+
+fn port_match(port: u32) -> Option<listener::FilterChainMatch> {
+    Some(listener::FilterChainMatch {
+        destination_port: wire::u32_value(port),
+        ..Default::default()
+    })
+}
+
+fn cidr(prefix: &str, len: u32) -> core::CidrRange {
+    core::CidrRange {
+        address_prefix: prefix.into(),
+        prefix_len: wire::u32_value(len),
+    }
+}
+
+fn inspectors() -> Vec<listener::ListenerFilter> {
+    vec![
+        listener_filter(
+            "envoy.filters.listener.tls_inspector",
+            wire::pack(&TlsInspector::default()),
+        ),
+        listener_filter(
+            "envoy.filters.listener.http_inspector",
+            wire::pack(&HttpInspector::default()),
+        ),
+    ]
+}
+
+fn virtual_outbound(allow_any: bool) -> listener::Listener {
+    listener::Listener {
+        name: "virtualOutbound".into(),
+        address: Some(wire::socket("0.0.0.0", 15001)),
+        use_original_dst: wire::bool_value(true),
+        traffic_direction: core::TrafficDirection::Outbound as i32,
+        filter_chains: vec![
+            chain(
+                "virtualOutbound-blackhole",
+                port_match(15001),
+                vec![tcp_proxy(BLACKHOLE, &[(BLACKHOLE.into(), 1)])],
+            ),
+            chain(
+                "virtualOutbound-catchall-tcp",
+                None,
+                vec![{
+                    let to = if allow_any { PASSTHROUGH } else { BLACKHOLE };
+                    tcp_proxy(to, &[(to.into(), 1)])
+                }],
+            ),
+        ],
+        ..Default::default()
+    }
+}
+
+/// An HCM with an inline route config sending everything to `cluster`.
+fn inline_hcm(stat_prefix: &str, route_name: &str, vhost: &str, cluster: &str) -> listener::Filter {
+    let rc = route::RouteConfiguration {
+        name: route_name.into(),
+        validate_clusters: wire::bool_value(false),
+        virtual_hosts: vec![route::VirtualHost {
+            name: vhost.into(),
+            domains: vec!["*".into()],
+            routes: vec![route::Route {
+                name: "default".into(),
+                r#match: Some(route::RouteMatch {
+                    path_specifier: Some(route::route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(route::route::Action::Route(route::RouteAction {
+                    cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(
+                        cluster.into(),
+                    )),
+                    timeout: Some(wire::duration(std::time::Duration::ZERO)),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    http_connection_manager(stat_prefix, RouteSpecifier::RouteConfig(rc))
+}
+
+fn virtual_inbound(inbound: &[(&Service, &ServicePort, u32)]) -> listener::Listener {
+    let raw = |port: Option<u32>, alpn: &[&str], prefix: bool| {
+        Some(listener::FilterChainMatch {
+            destination_port: port.and_then(wire::u32_value),
+            transport_protocol: "raw_buffer".into(),
+            application_protocols: alpn.iter().map(|s| s.to_string()).collect(),
+            prefix_ranges: if prefix {
+                vec![cidr("0.0.0.0", 0)]
+            } else {
+                vec![]
+            },
+            ..Default::default()
+        })
+    };
+    let mut chains = vec![chain(
+        "virtualInbound-blackhole",
+        port_match(15006),
+        vec![tcp_proxy(BLACKHOLE, &[(BLACKHOLE.into(), 1)])],
+    )];
+    for (svc, port, target) in inbound {
+        let cluster = inbound_name(*target);
+        let filter = if port.protocol.is_http() {
+            inline_hcm(
+                &cluster,
+                &cluster,
+                &format!("inbound|http|{}", port.port),
+                &cluster,
+            )
+        } else {
+            tcp_proxy(&cluster, &[(cluster.clone(), 1)])
+        };
+        let _ = svc;
+        chains.push(chain(
+            &format!("0.0.0.0_{target}"),
+            raw(Some(*target), &[], false),
+            vec![filter],
+        ));
+    }
+    chains.push(chain(
+        "virtualInbound-catchall-http",
+        raw(None, &HTTP_ALPNS, true),
+        vec![inline_hcm(
+            "InboundPassthroughCluster",
+            "InboundPassthroughCluster",
+            "inbound|http|0",
+            INBOUND_PASSTHROUGH,
+        )],
+    ));
+    chains.push(chain(
+        "virtualInbound",
+        raw(None, &[], true),
+        vec![tcp_proxy(
+            INBOUND_PASSTHROUGH,
+            &[(INBOUND_PASSTHROUGH.into(), 1)],
+        )],
+    ));
+    let mut filters = vec![listener_filter(
+        "envoy.filters.listener.original_dst",
+        wire::pack(&OriginalDst::default()),
+    )];
+    filters.extend(inspectors());
+    listener::Listener {
+        name: "virtualInbound".into(),
+        address: Some(wire::socket("0.0.0.0", 15006)),
+        traffic_direction: core::TrafficDirection::Inbound as i32,
+        listener_filters: filters,
+        continue_on_listener_filters_timeout: true,
+        filter_chains: chains,
+        ..Default::default()
+    }
+}
+
+fn not_bound(
+    name: String,
+    ip: &str,
+    port: u32,
+    chains: Vec<listener::FilterChain>,
+    default: Option<listener::FilterChain>,
+    http: bool,
+) -> listener::Listener {
+    listener::Listener {
+        name,
+        address: Some(wire::socket(ip, port)),
+        bind_to_port: wire::bool_value(false),
+        traffic_direction: core::TrafficDirection::Outbound as i32,
+        continue_on_listener_filters_timeout: true,
+        listener_filters: if http { inspectors() } else { vec![] },
+        filter_chains: chains,
+        default_filter_chain: default,
+        ..Default::default()
+    }
+}
+
+/// The clusters a TCP service port sends to: the VirtualService's tcp route, or its own.
+fn tcp_destinations(ctx: &Ctx, svc: &Service, port: u32) -> Vec<(String, u32)> {
+    if let Some((o, vs)) = ctx.virtual_services.get(&svc.hostname)
+        && let Some(t) = vs.tcp.iter().find(|t| {
+            t.matches.is_empty() || t.matches.iter().any(|m| m.port.is_none_or(|p| p == port))
+        })
+    {
+        return t
+            .route
+            .iter()
+            .filter(|d| t.route.len() == 1 || d.weight.unwrap_or(0) > 0)
+            .map(|d| {
+                let host = fqdn(&d.destination.host, &o.namespace);
+                let dport = d
+                    .destination
+                    .port
+                    .as_ref()
+                    .map(|p| p.number)
+                    .unwrap_or(port);
+                (
+                    outbound_name(dport, d.destination.subset.as_deref().unwrap_or(""), &host),
+                    d.weight.unwrap_or(100).max(0) as u32,
+                )
+            })
+            .collect();
+    }
+    vec![(outbound_name(port, "", &svc.hostname), 1)]
+}
+
+pub fn build(ctx: &Ctx) -> BTreeMap<String, Any> {
+    let mut out: BTreeMap<String, listener::Listener> = BTreeMap::new();
+    out.insert("virtualOutbound".into(), virtual_outbound(ctx.allow_any));
+    out.insert("virtualInbound".into(), virtual_inbound(&ctx.inbound()));
+    let passthrough = || {
+        chain(
+            "PassthroughFilterChain",
+            None,
+            vec![tcp_proxy(PASSTHROUGH, &[(PASSTHROUGH.into(), 1)])],
+        )
+    };
+    for port in http_ports(ctx) {
+        let name = format!("0.0.0.0_{port}");
+        let m = Some(listener::FilterChainMatch {
+            transport_protocol: "raw_buffer".into(),
+            application_protocols: HTTP_ALPNS.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        });
+        let hcm = http_connection_manager(
+            &format!("outbound_0.0.0.0_{port}"),
+            wire::rds(&port.to_string()),
+        );
+        out.insert(
+            name.clone(),
+            not_bound(
+                name,
+                "0.0.0.0",
+                port,
+                vec![chain(&format!("0.0.0.0_{port}"), m, vec![hcm])],
+                Some(passthrough()),
+                true,
+            ),
+        );
+    }
+    for svc in &ctx.services {
+        for p in svc
+            .ports
+            .iter()
+            .filter(|p| !p.protocol.is_http() && p.protocol != Protocol::Udp)
+        {
+            // Without a VIP the connection's destination is an endpoint: passthrough handles it.
+            let Some(vip) = svc.vips.first() else {
+                continue;
+            };
+            if svc.resolution == Resolution::Passthrough && svc.vips.is_empty() {
+                continue;
+            }
+            let name = format!("{vip}_{}", p.port);
+            let dests = tcp_destinations(ctx, svc, p.port);
+            let stat = dests.first().map(|(n, _)| n.clone()).unwrap_or_default();
+            let c = chain(&name, None, vec![tcp_proxy(&stat, &dests)]);
+            out.entry(name.clone())
+                .or_insert_with(|| not_bound(name, vip, p.port, vec![c], None, false));
+        }
+    }
+    out.into_iter().map(|(n, l)| (n, wire::pack(&l))).collect()
+}

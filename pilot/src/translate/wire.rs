@@ -1,0 +1,185 @@
+//! Small builders of Envoy wire messages, shared by the translators.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+use envoy_types::pb::google::protobuf::{self as pb, Any};
+use prost::{Message, Name};
+
+pub fn pack<M: Message + Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+pub fn socket(ip: &str, port: u32) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(socket_address(
+            ip, port,
+        ))),
+    }
+}
+
+pub fn socket_address(ip: &str, port: u32) -> core::SocketAddress {
+    core::SocketAddress {
+        address: ip.into(),
+        port_specifier: Some(core::socket_address::PortSpecifier::PortValue(port)),
+        ..Default::default()
+    }
+}
+
+pub fn duration(d: Duration) -> pb::Duration {
+    pb::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+pub fn bool_value(value: bool) -> Option<pb::BoolValue> {
+    Some(pb::BoolValue { value })
+}
+
+pub fn u32_value(value: u32) -> Option<pb::UInt32Value> {
+    Some(pb::UInt32Value { value })
+}
+
+pub fn network_filter(name: &str, config: Any) -> listener::Filter {
+    listener::Filter {
+        name: name.into(),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(config)),
+    }
+}
+
+pub fn listener_filter(name: &str, config: Any) -> listener::ListenerFilter {
+    listener::ListenerFilter {
+        name: name.into(),
+        config_type: Some(listener::listener_filter::ConfigType::TypedConfig(config)),
+        ..Default::default()
+    }
+}
+
+/// tcp_proxy to one cluster, or to weighted clusters.
+pub fn tcp_proxy(stat_prefix: &str, clusters: &[(String, u32)]) -> listener::Filter {
+    use tcp::tcp_proxy::ClusterSpecifier as C;
+    let spec = match clusters {
+        [(one, _)] => C::Cluster(one.clone()),
+        many => C::WeightedClusters(tcp::tcp_proxy::WeightedCluster {
+            clusters: many
+                .iter()
+                .map(
+                    |(name, weight)| tcp::tcp_proxy::weighted_cluster::ClusterWeight {
+                        name: name.clone(),
+                        weight: *weight,
+                        ..Default::default()
+                    },
+                )
+                .collect(),
+        }),
+    };
+    let t = tcp::TcpProxy {
+        stat_prefix: stat_prefix.into(),
+        cluster_specifier: Some(spec),
+        ..Default::default()
+    };
+    network_filter("envoy.filters.network.tcp_proxy", pack(&t))
+}
+
+fn http_filter(name: &str, config: Any) -> hcm::HttpFilter {
+    hcm::HttpFilter {
+        name: name.into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(config)),
+        ..Default::default()
+    }
+}
+
+/// An HTTP connection manager as istiod builds it for a sidecar (the telemetry and
+/// metadata-exchange filters aside), with its routes from RDS or inline.
+pub fn http_connection_manager(
+    stat_prefix: &str,
+    routes: hcm::http_connection_manager::RouteSpecifier,
+) -> listener::Filter {
+    use envoy_types::pb::envoy::extensions::filters::http::{cors::v3::Cors, fault::v3::HttpFault};
+    let mut filters = vec![
+        http_filter("envoy.filters.http.fault", pack(&HttpFault::default())),
+        http_filter("envoy.filters.http.cors", pack(&Cors::default())),
+    ];
+    filters.push(http_filter(
+        "envoy.filters.http.router",
+        pack(&Router::default()),
+    ));
+    let h = hcm::HttpConnectionManager {
+        stat_prefix: stat_prefix.into(),
+        codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(routes),
+        http_filters: filters,
+        use_remote_address: bool_value(false),
+        normalize_path: bool_value(true),
+        stream_idle_timeout: Some(duration(Duration::ZERO)),
+        upgrade_configs: vec![hcm::http_connection_manager::UpgradeConfig {
+            upgrade_type: "websocket".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    network_filter("envoy.filters.network.http_connection_manager", pack(&h))
+}
+
+pub fn rds(name: &str) -> hcm::http_connection_manager::RouteSpecifier {
+    hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+        route_config_name: name.into(),
+        config_source: Some(ads_source()),
+    })
+}
+
+pub fn ads_source() -> core::ConfigSource {
+    core::ConfigSource {
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            core::AggregatedConfigSource {},
+        )),
+        initial_fetch_timeout: Some(duration(Duration::ZERO)),
+        resource_api_version: core::ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+/// `metadata.filter_metadata.istio = {key: value}`.
+pub fn istio_metadata(fields: &[(&str, pb::Value)]) -> core::Metadata {
+    let s = pb::Struct {
+        fields: fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    };
+    core::Metadata {
+        filter_metadata: [("istio".to_string(), s)].into_iter().collect(),
+        ..Default::default()
+    }
+}
+
+pub fn string_value(s: &str) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::StringValue(s.into())),
+    }
+}
+
+pub fn struct_value(fields: &[(&str, pb::Value)]) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::StructValue(pb::Struct {
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        })),
+    }
+}
+
+pub fn list_value(values: Vec<pb::Value>) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::ListValue(pb::ListValue { values })),
+    }
+}
