@@ -31,6 +31,8 @@ impl fmt::Display for Kind {
     }
 }
 
+// Resources are few and long-lived; boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Spec {
     VirtualService(r::VirtualService),

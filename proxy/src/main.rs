@@ -35,7 +35,7 @@ enum Cmd {
     /// from the same environment pilot-agent gives Envoy (POD_NAME, POD_NAMESPACE, INSTANCE_IP,
     /// SERVICE_ACCOUNT, ISTIO_META_*, ISTIO_METAJSON_*); flags override it. Run it as uid 1337 so
     /// that its own connections are not captured.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Load a config dump (admin /config_dump output) or a bootstrap, JSON or YAML, and report
     /// which resources would be accepted, rejected (with the reason) or partly ignored.
     /// Exit 0 if nothing is rejected, 1 if something is, 2 if the file cannot be read.
@@ -67,6 +67,11 @@ struct RunArgs {
     /// Use state-of-the-world xDS instead of Delta (Istio's default).
     #[arg(long)]
     sotw: bool,
+    /// Run without a control plane: read Istio YAML (VirtualService, DestinationRule,
+    /// ServiceEntry, Service, EndpointSlice, Pod, …) from this directory, and serve this proxy the
+    /// configuration istiod would send it (embedded outrigger-pilot, reloading on change).
+    #[arg(long, value_name = "DIR", conflicts_with = "config_path")]
+    mesh_config: Option<PathBuf>,
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
     #[arg(long, env = "POD_NAMESPACE")]
@@ -127,6 +132,10 @@ fn run_proxy(args: RunArgs) -> ExitCode {
             );
             return ExitCode::from(2);
         }
+        None if args.mesh_config.is_some() => {
+            // Replaced by the embedded control plane's socket once it is listening.
+            outrigger_proxy::bootstrap::Source::Xds(XdsAddress::Unix(PathBuf::new()))
+        }
         None => match args.xds_address.parse::<XdsAddress>() {
             Ok(a) => outrigger_proxy::bootstrap::Source::Xds(a),
             Err(e) => {
@@ -178,7 +187,18 @@ fn run_proxy(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let mesh_config = args.mesh_config.clone();
     runtime.block_on(async move {
+        let source = match mesh_config {
+            None => source,
+            Some(dir) => match embedded_pilot(&dir).await {
+                Ok(a) => outrigger_proxy::bootstrap::Source::Xds(a),
+                Err(e) => {
+                    eprintln!("outrigger-proxy: error: --mesh-config: {e:#}");
+                    return ExitCode::from(2);
+                }
+            },
+        };
         let mut handle = match source {
             outrigger_proxy::bootstrap::Source::Xds(address) => {
                 tracing::info!(node = %identity.node_id(), xds = ?address, delta = !args.sotw, "starting");
@@ -221,8 +241,28 @@ fn run_proxy(args: RunArgs) -> ExitCode {
             } => {}
             _ = shutdown() => tracing::info!("shutting down"),
         }
-    });
-    ExitCode::SUCCESS
+        ExitCode::SUCCESS
+    })
+}
+
+/// Starts outrigger-pilot in this process on a private Unix socket, watching `dir`.
+async fn embedded_pilot(dir: &std::path::Path) -> anyhow::Result<XdsAddress> {
+    use outrigger_pilot::{mesh::Loader, server, watch};
+    let mut loader = Loader::default();
+    let (first, findings) = watch::initial(dir, &mut loader)?;
+    watch::log_findings(&findings);
+    tracing::info!(dir = %dir.display(), resources = first.mesh.objects.len(), services = first.mesh.registry.services.len(), "mesh configuration loaded");
+    let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(first));
+    let socket = std::env::temp_dir().join(format!("outrigger-mesh-{}.sock", std::process::id()));
+    let _server = server::serve(&server::ListenAddr::Unix(socket.clone()), rx).await?;
+    tokio::spawn(watch::run(
+        dir.to_path_buf(),
+        loader,
+        tx,
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_millis(100),
+    ));
+    Ok(XdsAddress::Unix(socket))
 }
 
 async fn shutdown() {
@@ -268,7 +308,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match (cli.cmd, cli.mode.as_deref(), cli.config_path) {
         (Some(Cmd::Validate { file, json }), _, _) => run_validate(&file, json),
-        (Some(Cmd::Run(args)), _, _) => run_proxy(args),
+        (Some(Cmd::Run(args)), _, _) => run_proxy(*args),
         (None, Some("validate"), Some(file)) => run_validate(&file, false),
         (None, Some("validate"), None) => {
             eprintln!("outrigger-proxy: error: --mode validate needs -c FILE");

@@ -18,8 +18,8 @@ use outrigger_proxy::config::cluster::{
 };
 use outrigger_proxy::config::listener::Listener;
 use outrigger_proxy::config::route::{
-    Action, Domain, Forward, HeaderCondition, HeaderMatch, PathMatch, Route, RouteConfig,
-    RouteMatch, StringMatch, Target, VirtualHost,
+    Action, Domain, Forward, HeaderAction, HeaderCondition, HeaderMatch, HeaderOps, PathMatch,
+    Route, RouteConfig, RouteMatch, StringMatch, Target, VirtualHost,
 };
 use outrigger_proxy::dataplane::server;
 use outrigger_proxy::testing::http_listener;
@@ -98,6 +98,8 @@ fn route(path: PathMatch, headers: Vec<HeaderMatch>, action: Action) -> Route {
             query: vec![],
         },
         action,
+        headers: HeaderOps::default(),
+        fault: None,
     }
 }
 
@@ -106,6 +108,7 @@ fn to(cluster: &str) -> Action {
         target: Target::Cluster(cluster.into()),
         timeout: Some(Duration::from_secs(15)),
         prefix_rewrite: None,
+        host_rewrite: None,
     })
 }
 
@@ -173,6 +176,7 @@ async fn http_routing_and_local_replies() {
                         target: Target::Cluster("v1".into()),
                         timeout: None,
                         prefix_rewrite: Some("/".into()),
+                        host_rewrite: None,
                     }),
                 ),
                 route(
@@ -206,11 +210,35 @@ async fn http_routing_and_local_replies() {
                         target: Target::Cluster("v1".into()),
                         timeout: Some(Duration::from_millis(500)),
                         prefix_rewrite: None,
+                        host_rewrite: None,
                     }),
                 ),
                 route(PathMatch::Prefix("/v1".into()), vec![], to("v1")),
+                Route {
+                    headers: HeaderOps {
+                        request_remove: vec!["x-secret".into()],
+                        response_add: vec![(
+                            "x-served-by".into(),
+                            "outrigger".into(),
+                            HeaderAction::Overwrite,
+                        )],
+                        ..HeaderOps::default()
+                    },
+                    ..route(
+                        PathMatch::Prefix("/rewrite".into()),
+                        vec![],
+                        Action::Forward(Forward {
+                            target: Target::Cluster("v1".into()),
+                            timeout: None,
+                            prefix_rewrite: None,
+                            host_rewrite: Some("ratings.internal".into()),
+                        }),
+                    )
+                },
             ],
+            headers: HeaderOps::default(),
         }],
+        ignore_port_in_host_matching: true,
         ignored: vec![],
     };
     let mut snap = Snapshot::default();
@@ -280,6 +308,12 @@ async fn http_routing_and_local_replies() {
     let (code, headers, _) = curl(&[&format!("{base}/old"), "-H", "Host: shop"]);
     assert_eq!(code, 301);
     assert!(headers.contains("location: http://shop/new"), "{headers}");
+
+    // Host rewrite and response header operations.
+    let (code, headers, body) = curl(&[&format!("{base}/rewrite")]);
+    assert_eq!(code, 200, "{headers}{body}");
+    assert!(body.contains("\"host\":\"ratings.internal\""), "{body}");
+    assert!(headers.contains("x-served-by: outrigger"), "{headers}");
 
     // Envoy's local replies.
     assert_eq!(curl(&[&format!("{base}/nothing")]).0, 404, "no route: NR");

@@ -76,6 +76,8 @@ pub enum RouteSource {
 #[derive(Debug, Clone)]
 pub enum HttpFilter {
     Router,
+    /// `envoy.filters.http.fault`: applies the routes' fault configurations.
+    Fault,
     Ignored(Ignored),
 }
 
@@ -133,9 +135,6 @@ fn known_ignored(config: &str) -> Option<&'static str> {
         "envoy.extensions.filters.network.rbac.v3.RBAC"
         | "envoy.extensions.filters.http.rbac.v3.RBAC" => {
             "authorization policy (RBAC) is not enforced yet"
-        }
-        "envoy.extensions.filters.http.fault.v3.HTTPFault" => {
-            "fault injection: not implemented yet"
         }
         "envoy.extensions.filters.http.cors.v3.Cors" => "CORS: not implemented yet",
         "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig" => {
@@ -254,6 +253,8 @@ fn http_manager(h: &hcm::HttpConnectionManager) -> Result<HttpManager, ConfigErr
         let (config, _) = typed(&f.name, any, &field)?;
         let filter = if config == "envoy.extensions.filters.http.router.v3.Router" {
             HttpFilter::Router
+        } else if config == "envoy.extensions.filters.http.fault.v3.HTTPFault" {
+            HttpFilter::Fault
         } else if let Some(reason) = known_ignored(&config) {
             HttpFilter::Ignored(Ignored {
                 what: format!("http filter {} ({config})", f.name),
@@ -448,7 +449,7 @@ impl TryFrom<&wire::Listener> for Listener {
                 if let NetworkFilter::Http(h) = f {
                     ignored.extend(h.http_filters.iter().filter_map(|f| match f {
                         HttpFilter::Ignored(i) => Some(i.clone()),
-                        HttpFilter::Router => None,
+                        HttpFilter::Router | HttpFilter::Fault => None,
                     }));
                 }
             }

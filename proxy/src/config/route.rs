@@ -15,6 +15,8 @@ pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct RouteConfig {
     pub name: String,
     pub virtual_hosts: Vec<VirtualHost>,
+    /// Match `host:port` as `host` (istiod sets it for sidecars).
+    pub ignore_port_in_host_matching: bool,
     pub ignored: Vec<Ignored>,
 }
 
@@ -23,6 +25,52 @@ pub struct VirtualHost {
     pub name: String,
     pub domains: Vec<Domain>,
     pub routes: Vec<Route>,
+    pub headers: HeaderOps,
+}
+
+/// How a header value is written (Envoy's `HeaderAppendAction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderAction {
+    Append,
+    AddIfAbsent,
+    Overwrite,
+    OverwriteIfExists,
+}
+
+/// `*_headers_to_add` / `*_headers_to_remove` of a route or virtual host.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderOps {
+    pub request_add: Vec<(String, String, HeaderAction)>,
+    pub request_remove: Vec<String>,
+    pub response_add: Vec<(String, String, HeaderAction)>,
+    pub response_remove: Vec<String>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.request_add.is_empty()
+            && self.request_remove.is_empty()
+            && self.response_add.is_empty()
+            && self.response_remove.is_empty()
+    }
+}
+
+/// A chance, in millionths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chance(pub u32);
+
+impl Chance {
+    /// `roll` is uniform in 0..1_000_000.
+    pub fn hit(self, roll: u32) -> bool {
+        roll < self.0
+    }
+}
+
+/// Fault injection (`envoy.filters.http.fault` per-route config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    pub delay: Option<(Duration, Chance)>,
+    pub abort: Option<(u16, Chance)>,
 }
 
 /// A virtual host domain pattern (lower-cased; Envoy matches hosts case-insensitively).
@@ -61,6 +109,8 @@ pub struct Route {
     pub name: String,
     pub matcher: RouteMatch,
     pub action: Action,
+    pub headers: HeaderOps,
+    pub fault: Option<Fault>,
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +178,7 @@ pub struct Forward {
     /// `None`: no timeout (Envoy's `0s`); an absent field means Envoy's default of 15 s.
     pub timeout: Option<Duration>,
     pub prefix_rewrite: Option<String>,
+    pub host_rewrite: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -281,6 +332,12 @@ fn action(r: &wire::Route) -> Result<Action, ConfigError> {
                     Some(d) => Some(duration(d, "route.timeout")?).filter(|t| !t.is_zero()),
                 },
                 prefix_rewrite: Some(ra.prefix_rewrite.clone()).filter(|p| !p.is_empty()),
+                host_rewrite: match &ra.host_rewrite_specifier {
+                    Some(wire::route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) => {
+                        Some(h.clone())
+                    }
+                    _ => None,
+                },
             }))
         }
         Some(A::Redirect(rd)) => {
@@ -333,6 +390,118 @@ fn action(r: &wire::Route) -> Result<Action, ConfigError> {
     }
 }
 
+fn header_adds(
+    opts: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption],
+    field: &str,
+) -> Result<Vec<(String, String, HeaderAction)>, ConfigError> {
+    use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction as A;
+    opts.iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let h = o
+                .header
+                .as_ref()
+                .ok_or_else(|| ConfigError::new(format!("{field}[{i}].header"), "missing"))?;
+            let value = if h.raw_value.is_empty() {
+                h.value.clone()
+            } else {
+                String::from_utf8_lossy(&h.raw_value).into_owned()
+            };
+            #[allow(deprecated)]
+            let action = match (o.append, A::try_from(o.append_action)) {
+                (Some(b), _) if b.value => HeaderAction::Append,
+                (Some(_), _) => HeaderAction::Overwrite,
+                (None, Ok(A::AppendIfExistsOrAdd)) => HeaderAction::Append,
+                (None, Ok(A::AddIfAbsent)) => HeaderAction::AddIfAbsent,
+                (None, Ok(A::OverwriteIfExistsOrAdd)) => HeaderAction::Overwrite,
+                (None, Ok(A::OverwriteIfExists)) => HeaderAction::OverwriteIfExists,
+                (None, Err(_)) => {
+                    return Err(ConfigError::new(
+                        format!("{field}[{i}].append_action"),
+                        format!("unknown action {}", o.append_action),
+                    ));
+                }
+            };
+            if http::HeaderName::from_bytes(h.key.as_bytes()).is_err() {
+                return Err(ConfigError::new(
+                    format!("{field}[{i}].header.key"),
+                    format!("'{}' is not a header name", h.key),
+                ));
+            }
+            Ok((h.key.to_ascii_lowercase(), value, action))
+        })
+        .collect()
+}
+
+fn header_ops(
+    req_add: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption],
+    req_remove: &[String],
+    resp_add: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption],
+    resp_remove: &[String],
+) -> Result<HeaderOps, ConfigError> {
+    Ok(HeaderOps {
+        request_add: header_adds(req_add, "request_headers_to_add")?,
+        request_remove: req_remove.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        response_add: header_adds(resp_add, "response_headers_to_add")?,
+        response_remove: resp_remove.iter().map(|h| h.to_ascii_lowercase()).collect(),
+    })
+}
+
+fn chance(p: Option<&envoy_types::pb::envoy::r#type::v3::FractionalPercent>) -> Chance {
+    use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
+    // Envoy: an absent percentage means every request.
+    let Some(p) = p else {
+        return Chance(1_000_000);
+    };
+    let scale = match D::try_from(p.denominator) {
+        Ok(D::Hundred) => 10_000,
+        Ok(D::TenThousand) => 100,
+        _ => 1,
+    };
+    Chance(p.numerator.saturating_mul(scale).min(1_000_000))
+}
+
+/// The per-route `HTTPFault`.
+fn fault(any: &envoy_types::pb::google::protobuf::Any) -> Result<Option<Fault>, ConfigError> {
+    use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier as D;
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+        HttpFault, fault_abort::ErrorType as E,
+    };
+    let field = "typed_per_filter_config[envoy.filters.http.fault]";
+    let f = <HttpFault as prost::Message>::decode(any.value.as_slice())
+        .map_err(|e| ConfigError::new(field, format!("cannot decode HTTPFault: {e}")))?;
+    let delay = match &f.delay {
+        None => None,
+        Some(d) => match &d.fault_delay_secifier {
+            Some(D::FixedDelay(t)) => Some((
+                duration(t, &format!("{field}.delay.fixed_delay"))?,
+                chance(d.percentage.as_ref()),
+            )),
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{field}.delay"),
+                    "only fixed delays are supported",
+                ));
+            }
+        },
+    };
+    let abort = match &f.abort {
+        None => None,
+        Some(a) => match a.error_type {
+            Some(E::HttpStatus(s)) if (200..600).contains(&s) => {
+                Some((s as u16, chance(a.percentage.as_ref())))
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{field}.abort"),
+                    "only HTTP status aborts (200-599) are supported",
+                ));
+            }
+        },
+    };
+    Ok(Some(Fault { delay, abort }).filter(|f| f.delay.is_some() || f.abort.is_some()))
+}
+
 impl TryFrom<&wire::VirtualHost> for VirtualHost {
     type Error = ConfigError;
     fn try_from(v: &wire::VirtualHost) -> Result<VirtualHost, ConfigError> {
@@ -359,6 +528,17 @@ impl TryFrom<&wire::VirtualHost> for VirtualHost {
                     name: r.name.clone(),
                     matcher: matcher.try_into().map_err(|e: ConfigError| e.at(&name))?,
                     action: action(r).map_err(|e| e.at(&name))?,
+                    headers: header_ops(
+                        &r.request_headers_to_add,
+                        &r.request_headers_to_remove,
+                        &r.response_headers_to_add,
+                        &r.response_headers_to_remove,
+                    )
+                    .map_err(|e| e.at(&name))?,
+                    fault: match r.typed_per_filter_config.get("envoy.filters.http.fault") {
+                        Some(any) => fault(any).map_err(|e| e.at(&name))?,
+                        None => None,
+                    },
                 })
             })
             .collect::<Result<_, ConfigError>>()?;
@@ -366,6 +546,12 @@ impl TryFrom<&wire::VirtualHost> for VirtualHost {
             name: v.name.clone(),
             domains,
             routes,
+            headers: header_ops(
+                &v.request_headers_to_add,
+                &v.request_headers_to_remove,
+                &v.response_headers_to_add,
+                &v.response_headers_to_remove,
+            )?,
         })
     }
 }
@@ -392,6 +578,7 @@ impl TryFrom<&wire::RouteConfiguration> for RouteConfig {
         Ok(RouteConfig {
             name: rc.name.clone(),
             virtual_hosts,
+            ignore_port_in_host_matching: rc.ignore_port_in_host_matching,
             ignored,
         })
     }

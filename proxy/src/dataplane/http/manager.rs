@@ -20,8 +20,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::routing::{RequestHead, route, virtual_host};
-use crate::config::listener::{HttpManager, RouteSource};
-use crate::config::route::{Action, Forward, PathMatch};
+use crate::config::listener::{HttpFilter, HttpManager, RouteSource};
+use crate::config::route::{Action, Forward, HeaderAction, HeaderOps, PathMatch};
 use crate::dataplane::upstream::{NoUpstream, cluster_of, endpoint};
 use crate::xds::store::Snapshot;
 
@@ -40,6 +40,8 @@ pub enum ResponseFlag {
     UF,
     /// Upstream request timeout.
     UT,
+    /// Aborted by fault injection.
+    FI,
 }
 
 impl ResponseFlag {
@@ -50,6 +52,7 @@ impl ResponseFlag {
             ResponseFlag::UH => "UH",
             ResponseFlag::UF => "UF",
             ResponseFlag::UT => "UT",
+            ResponseFlag::FI => "FI",
         }
     }
 }
@@ -249,6 +252,11 @@ async fn forward(
     for h in HOP_BY_HOP {
         headers.remove(h);
     }
+    if let Some(h) = &f.host_rewrite
+        && let Ok(v) = HeaderValue::from_str(h)
+    {
+        headers.insert(header::HOST, v);
+    }
     // h2 requests carry :authority instead of Host; HTTP/1.1 upstreams need Host.
     if !headers.contains_key(header::HOST)
         && let Ok(v) = HeaderValue::from_str(&head.host)
@@ -316,23 +324,95 @@ async fn forward(
     }
 }
 
+/// Writes `adds` into `headers` as their actions say.
+fn add_headers(headers: &mut http::HeaderMap, adds: &[(String, String, HeaderAction)]) {
+    for (k, v, action) in adds {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) else {
+            continue;
+        };
+        match action {
+            HeaderAction::Append => {
+                headers.append(name, value);
+            }
+            HeaderAction::AddIfAbsent => {
+                if !headers.contains_key(&name) {
+                    headers.insert(name, value);
+                }
+            }
+            HeaderAction::Overwrite => {
+                headers.insert(name, value);
+            }
+            HeaderAction::OverwriteIfExists => {
+                if headers.contains_key(&name) {
+                    headers.insert(name, value);
+                }
+            }
+        }
+    }
+}
+
+/// Applies the route's, then the virtual host's, request header operations.
+fn request_headers(headers: &mut http::HeaderMap, ops: [&HeaderOps; 2]) {
+    for o in ops {
+        for h in &o.request_remove {
+            headers.remove(h.as_str());
+        }
+        add_headers(headers, &o.request_add);
+    }
+}
+
+fn response_headers(headers: &mut http::HeaderMap, ops: [&HeaderOps; 2]) {
+    for o in ops {
+        for h in &o.response_remove {
+            headers.remove(h.as_str());
+        }
+        add_headers(headers, &o.response_add);
+    }
+}
+
 /// Routes and answers one request.
 pub async fn handle(
     ctx: ConnContext,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let head = head_of(&req);
     let rc = match &ctx.manager.routes {
         RouteSource::Inline(rc) => Some(rc),
         RouteSource::Rds(name) => ctx.snap.routes.get(name).map(|r| r.as_ref()),
     };
-    let Some(route) = rc
+    let Some((vh, route)) = rc
         .and_then(|rc| virtual_host(rc, &head.host))
-        .and_then(|vh| route(vh, &head))
+        .and_then(|vh| route(vh, &head).map(|r| (vh, r)))
     else {
         return Ok(local_reply(StatusCode::NOT_FOUND, ResponseFlag::NR, ""));
     };
-    let resp = match &route.action {
+    if let Some(fault) = &route.fault
+        && ctx
+            .manager
+            .http_filters
+            .iter()
+            .any(|f| matches!(f, HttpFilter::Fault))
+    {
+        if let Some((delay, chance)) = fault.delay
+            && chance.hit(fastrand::u32(..1_000_000))
+        {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some((status, chance)) = fault.abort
+            && chance.hit(fastrand::u32(..1_000_000))
+        {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let mut resp = local_reply(status, ResponseFlag::FI, "fault filter abort");
+            response_headers(resp.headers_mut(), [&route.headers, &vh.headers]);
+            tracing::info!(host = %head.host, path = %head.path, status = status.as_u16(), response_flags = "FI", "local reply");
+            return Ok(resp);
+        }
+    }
+    request_headers(req.headers_mut(), [&route.headers, &vh.headers]);
+    let mut resp = match &route.action {
         Action::Direct { status, body } => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
             full(status, body.clone().unwrap_or_default())
@@ -352,6 +432,7 @@ pub async fn handle(
         Action::NonForwarding => local_reply(StatusCode::NOT_FOUND, ResponseFlag::NR, ""),
         Action::Forward(f) => forward(&ctx, req, f, &route.matcher.path, &head).await,
     };
+    response_headers(resp.headers_mut(), [&route.headers, &vh.headers]);
     if let Some(flag) = resp.extensions().get::<ResponseFlag>() {
         tracing::info!(host = %head.host, path = %head.path, status = resp.status().as_u16(), response_flags = flag.as_str(), "local reply");
     }

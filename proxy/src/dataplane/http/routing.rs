@@ -20,6 +20,19 @@ pub struct RequestHead {
 
 impl RequestHead {
     fn header(&self, name: &str) -> Option<String> {
+        // Pseudo-headers, as Envoy exposes them to header matchers.
+        match name {
+            ":authority" => return Some(self.host.clone()),
+            ":method" => return Some(self.method.clone()),
+            ":scheme" => return Some("http".into()),
+            ":path" => {
+                return Some(match &self.query {
+                    Some(q) => format!("{}?{q}", self.path),
+                    None => self.path.clone(),
+                });
+            }
+            _ => {}
+        }
         let values: Vec<&str> = self
             .headers
             .iter()
@@ -52,9 +65,25 @@ fn longest(rc: &RouteConfig, fits: impl Fn(&Domain) -> Option<usize>) -> Option<
     best.map(|(_, v)| v)
 }
 
+/// `host` without its `:port` (IPv6 literals keep their brackets).
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map(|i| &host[..=i]).unwrap_or(host);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
 /// Envoy's virtual host search: exact domain, then the longest `*suffix`, then the longest
 /// `prefix*`, then `*`.
 pub fn virtual_host<'a>(rc: &'a RouteConfig, host: &str) -> Option<&'a VirtualHost> {
+    let host = if rc.ignore_port_in_host_matching {
+        strip_port(host)
+    } else {
+        host
+    };
     let host = host.to_ascii_lowercase();
     let exact = rc.virtual_hosts.iter().find(|v| {
         v.domains

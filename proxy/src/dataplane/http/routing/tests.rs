@@ -14,6 +14,7 @@ fn vh(name: &str, domains: &[&str], routes: Vec<Route>) -> VirtualHost {
             })
             .collect(),
         routes,
+        headers: Default::default(),
     }
 }
 
@@ -30,7 +31,10 @@ fn r(name: &str, path: PathMatch, headers: Vec<HeaderMatch>, query: Vec<QueryMat
             target: Target::Cluster(name.into()),
             timeout: None,
             prefix_rewrite: None,
+            host_rewrite: None,
         }),
+        headers: Default::default(),
+        fault: None,
     }
 }
 
@@ -71,6 +75,7 @@ fn virtual_host_search_order() {
                 vec![],
             ),
         ],
+        ignore_port_in_host_matching: false,
         ignored: vec![],
     };
     let pick = |h: &str| virtual_host(&rc, h).map(|v| v.name.as_str());
@@ -178,4 +183,58 @@ fn routes_match_in_order_with_headers_and_query() {
     assert_eq!(pick("/q?v=3", &[]), Some("catchall"));
     assert_eq!(pick("/items/42", &[]), Some("regex"));
     assert_eq!(pick("/items/42/x", &[]), Some("catchall"));
+}
+
+#[test]
+fn ports_are_ignored_in_host_matching_when_asked() {
+    let mut rc = RouteConfig {
+        name: "8080".into(),
+        virtual_hosts: vec![
+            vh("bill", &["bill", "bill.shop", "10.96.0.5"], vec![]),
+            vh("v6", &["[fd00::5]"], vec![]),
+        ],
+        ignore_port_in_host_matching: false,
+        ignored: vec![],
+    };
+    assert_eq!(
+        virtual_host(&rc, "bill:8080").map(|v| v.name.as_str()),
+        None
+    );
+    rc.ignore_port_in_host_matching = true;
+    let pick = |h: &str| virtual_host(&rc, h).map(|v| v.name.as_str());
+    assert_eq!(pick("bill:8080"), Some("bill"));
+    assert_eq!(pick("10.96.0.5:8080"), Some("bill"));
+    assert_eq!(pick("[fd00::5]:8080"), Some("v6"));
+    assert_eq!(pick("bill"), Some("bill"));
+}
+
+#[test]
+fn pseudo_headers_match_method_and_authority() {
+    let m = |name: &str, value: &str| HeaderMatch {
+        name: name.into(),
+        invert: false,
+        condition: HeaderCondition::String(StringMatch::Exact(value.into(), false)),
+    };
+    let v = vh(
+        "x",
+        &["*"],
+        vec![
+            r(
+                "post",
+                PathMatch::Prefix("/".into()),
+                vec![m(":method", "POST")],
+                vec![],
+            ),
+            r(
+                "host",
+                PathMatch::Prefix("/".into()),
+                vec![m(":authority", "a.example")],
+                vec![],
+            ),
+        ],
+    );
+    let mut head = req("a.example", "/", &[]);
+    assert_eq!(route(&v, &head).map(|r| r.name.as_str()), Some("host"));
+    head.method = "POST".into();
+    assert_eq!(route(&v, &head).map(|r| r.name.as_str()), Some("post"));
 }
