@@ -70,11 +70,32 @@ pub struct HttpRoute {
 
 /// Istio's StringMatch: exactly one of exact, prefix, regex.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(try_from = "StringMatchFields")]
 pub enum StringMatch {
     Exact(String),
     Prefix(String),
     Regex(String),
+}
+
+/// The YAML shape of a StringMatch (a one-key mapping).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StringMatchFields {
+    exact: Option<String>,
+    prefix: Option<String>,
+    regex: Option<String>,
+}
+
+impl TryFrom<StringMatchFields> for StringMatch {
+    type Error = String;
+    fn try_from(f: StringMatchFields) -> Result<StringMatch, String> {
+        match (f.exact, f.prefix, f.regex) {
+            (Some(e), None, None) => Ok(StringMatch::Exact(e)),
+            (None, Some(p), None) => Ok(StringMatch::Prefix(p)),
+            (None, None, Some(r)) => Ok(StringMatch::Regex(r)),
+            _ => Err("a string match needs exactly one of exact, prefix, regex".into()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -4,6 +4,7 @@
 
 pub mod cases;
 pub mod init;
+pub mod mesh;
 pub mod netns;
 pub mod probe;
 pub mod topology;

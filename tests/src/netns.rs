@@ -99,6 +99,13 @@ impl Netns {
         std::fs::write(dir.join("resolv.conf"), content).expect("write resolv.conf");
     }
 
+    /// Writes `/etc/netns/NAME/hosts`, which `ip netns exec` mounts over /etc/hosts.
+    pub fn set_hosts(&self, content: &str) {
+        let dir = self.etc_dir();
+        std::fs::create_dir_all(&dir).expect("create /etc/netns dir");
+        std::fs::write(dir.join("hosts"), content).expect("write hosts");
+    }
+
     fn etc_dir(&self) -> PathBuf {
         PathBuf::from("/etc/netns").join(&self.name)
     }
@@ -133,6 +140,31 @@ impl Drop for Netns {
 #[derive(Debug)]
 pub struct Background {
     child: Child,
+}
+
+impl Background {
+    /// Adopts a child process (started outside any namespace).
+    pub fn new(child: Child) -> Background {
+        Background { child }
+    }
+
+    /// Stops the process with SIGTERM (so it can clean up), then kills it if it lingers.
+    pub fn terminate(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Background {

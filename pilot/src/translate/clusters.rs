@@ -187,6 +187,11 @@ pub fn build(ctx: &Ctx) -> Built {
                 name: BLACKHOLE.into(),
                 cluster_discovery_type: discovery(cluster::cluster::DiscoveryType::Static),
                 connect_timeout: Some(wire::duration(CONNECT_TIMEOUT)),
+                // No endpoints: every connection fails, as intended.
+                load_assignment: Some(ep::ClusterLoadAssignment {
+                    cluster_name: BLACKHOLE.into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
             None,

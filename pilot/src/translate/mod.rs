@@ -180,3 +180,171 @@ pub fn generate(mesh: &Mesh, proxy: &ProxyNode) -> Xds {
         endpoints,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::route::v3::{
+        RouteConfiguration, route::Action, route_action::ClusterSpecifier,
+    };
+    use prost::Message;
+
+    use super::*;
+
+    fn bill_mesh(extra_vs: Option<&str>) -> Mesh {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bill-service");
+        let mut objects = Vec::new();
+        for f in crate::load::list_files(&dir).unwrap() {
+            if extra_vs.is_some() && f.ends_with("virtual-service.yaml") {
+                continue;
+            }
+            objects
+                .extend(crate::load::parse_file(&f, &std::fs::read_to_string(&f).unwrap()).objects);
+        }
+        if let Some(vs) = extra_vs {
+            objects.extend(crate::load::parse_file(std::path::Path::new("vs.yaml"), vs).objects);
+        }
+        Mesh {
+            registry: crate::registry::Registry::build(&objects),
+            objects,
+        }
+    }
+
+    fn client() -> ProxyNode {
+        ProxyNode {
+            id: "sidecar~10.30.0.10~client.default~default.svc.cluster.local".into(),
+            namespace: "default".into(),
+            ips: vec!["10.30.0.10".into()],
+            labels: Labels::new(),
+        }
+    }
+
+    #[test]
+    fn the_client_gets_istiod_names_and_shapes() {
+        let x = generate(&bill_mesh(None), &client());
+        let names = |m: &BTreeMap<String, Any>| m.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(
+            names(&x.listeners),
+            [
+                "0.0.0.0_8080",
+                "10.96.0.10_9000",
+                "virtualInbound",
+                "virtualOutbound"
+            ]
+        );
+        assert_eq!(
+            names(&x.clusters),
+            [
+                "BlackHoleCluster",
+                "InboundPassthroughCluster",
+                "PassthroughCluster",
+                "outbound|8080|v1|bill-service.default.svc.cluster.local",
+                "outbound|8080|v2|bill-service.default.svc.cluster.local",
+                "outbound|8080||bill-service.default.svc.cluster.local",
+                "outbound|9000|v1|bill-service.default.svc.cluster.local",
+                "outbound|9000|v2|bill-service.default.svc.cluster.local",
+                "outbound|9000||bill-service.default.svc.cluster.local",
+            ]
+        );
+        let rc = RouteConfiguration::decode(x.routes["8080"].value.as_slice()).unwrap();
+        assert!(rc.ignore_port_in_host_matching);
+        let vh = &rc.virtual_hosts[0];
+        assert_eq!(vh.name, "bill-service.default.svc.cluster.local:8080");
+        assert_eq!(
+            vh.domains,
+            [
+                "bill-service.default.svc.cluster.local",
+                "bill-service",
+                "bill-service.default",
+                "bill-service.default.svc",
+                "10.96.0.10"
+            ]
+        );
+        assert_eq!(rc.virtual_hosts.last().unwrap().name, "allow_any");
+        let Some(Action::Route(ra)) = &vh.routes[0].action else {
+            panic!("not a route")
+        };
+        let Some(ClusterSpecifier::WeightedClusters(w)) = &ra.cluster_specifier else {
+            panic!("not weighted")
+        };
+        let split: Vec<(String, u32)> = w
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), c.weight.unwrap().value))
+            .collect();
+        assert_eq!(
+            split,
+            [
+                (
+                    "outbound|8080|v1|bill-service.default.svc.cluster.local".to_string(),
+                    90
+                ),
+                (
+                    "outbound|8080|v2|bill-service.default.svc.cluster.local".to_string(),
+                    10
+                )
+            ]
+        );
+        assert_eq!(
+            ra.retry_policy.as_ref().unwrap().num_retries.unwrap().value,
+            2,
+            "istiod's default retry policy"
+        );
+        let v1 = ClusterLoadAssignment::decode(
+            x.endpoints["outbound|8080|v1|bill-service.default.svc.cluster.local"]
+                .value
+                .as_slice(),
+        )
+        .unwrap();
+        let eps: Vec<_> = v1.endpoints.iter().flat_map(|l| &l.lb_endpoints).collect();
+        assert_eq!(eps.len(), 1, "the v1 subset selects only the v1 pod");
+        // The client serves no service: no inbound cluster.
+        assert!(!x.clusters.keys().any(|k| k.starts_with("inbound|")));
+    }
+
+    #[test]
+    fn a_server_gets_its_inbound_side() {
+        let node = ProxyNode {
+            ips: vec!["10.30.0.11".into()],
+            ..client()
+        };
+        let x = generate(&bill_mesh(None), &node);
+        assert!(x.clusters.contains_key("inbound|8080||"));
+        assert!(x.clusters.contains_key("inbound|9000||"));
+    }
+
+    #[test]
+    fn matches_rewrites_and_faults_are_translated() {
+        let vs = concat!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: bill-service}\n",
+            "spec:\n  hosts: [bill-service]\n  http:\n",
+            "  - match: [{headers: {end-user: {exact: jason}}, uri: {prefix: /api/}, ignoreUriCase: true}]\n",
+            "    rewrite: {uri: /, authority: bills}\n",
+            "    fault: {abort: {httpStatus: 503, percentage: {value: 50}}}\n",
+            "    route: [{destination: {host: bill-service, port: {number: 8080}, subset: v2}}]\n",
+        );
+        let x = generate(&bill_mesh(Some(vs)), &client());
+        let rc = RouteConfiguration::decode(x.routes["8080"].value.as_slice()).unwrap();
+        let r = &rc.virtual_hosts[0].routes[0];
+        let m = r.r#match.as_ref().unwrap();
+        assert!(!m.case_sensitive.unwrap().value);
+        assert_eq!(m.headers[0].name, "end-user");
+        let Some(Action::Route(ra)) = &r.action else {
+            panic!("not a route")
+        };
+        assert_eq!(ra.prefix_rewrite, "/");
+        let fault =
+            envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault::decode(
+                r.typed_per_filter_config["envoy.filters.http.fault"]
+                    .value
+                    .as_slice(),
+            )
+            .unwrap();
+        let p = fault.abort.unwrap().percentage.unwrap();
+        assert_eq!(
+            (p.numerator, p.denominator),
+            (500_000, 2),
+            "50% in millionths"
+        );
+    }
+}

@@ -39,6 +39,14 @@ enum Cmd {
         #[arg(required = true)]
         listen: Vec<SocketAddr>,
     },
+    /// A small HTTP/1.1 server (keep-alive) answering every request with JSON: the server's
+    /// name, the method, path, Host and the request headers.
+    ServeHttp {
+        #[arg(long)]
+        name: String,
+        #[arg(required = true)]
+        listen: Vec<SocketAddr>,
+    },
     /// Answer every UDP datagram with a JSON line (same fields; no original destination).
     ServeUdp {
         #[arg(long)]
@@ -123,6 +131,86 @@ fn serve(
                         let _ = stream.shutdown(std::net::Shutdown::Write);
                     });
                 }
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+/// Serves HTTP/1.1 requests on one connection until it closes.
+fn http_connection(name: &str, stream: TcpStream) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = request_line.split_whitespace();
+        let (method, path, version) = (
+            parts.next().unwrap_or("").to_string(),
+            parts.next().unwrap_or("").to_string(),
+            parts.next().unwrap_or("").to_string(),
+        );
+        let mut headers = serde_json::Map::new();
+        let mut length = 0usize;
+        let mut close = version == "HTTP/1.0";
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
+                if k == "content-length" {
+                    length = v.parse().unwrap_or(0);
+                }
+                if k == "connection" && v.eq_ignore_ascii_case("close") {
+                    close = true;
+                }
+                headers.insert(k, serde_json::Value::String(v));
+            }
+        }
+        let mut body = vec![0u8; length];
+        std::io::Read::read_exact(&mut reader, &mut body)?;
+        let host = headers.get("host").cloned().unwrap_or_default();
+        let answer = serde_json::json!({"server": name, "method": method, "path": path, "host": host, "headers": headers});
+        let text = answer.to_string();
+        write!(
+            out,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-served-by: {name}\r\n{}\r\n{text}",
+            text.len(),
+            if close { "connection: close\r\n" } else { "" }
+        )?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+fn serve_http(name: String, addrs: Vec<SocketAddr>) -> std::io::Result<()> {
+    let listeners = addrs
+        .iter()
+        .map(|a| listener(*a, false))
+        .collect::<Result<Vec<_>, _>>()?;
+    println!("ready");
+    let mut handles = Vec::new();
+    for l in listeners {
+        let name = name.clone();
+        handles.push(thread::spawn(move || {
+            for stream in l.incoming().flatten() {
+                let name = name.clone();
+                thread::spawn(move || {
+                    let _ = stream.set_nodelay(true);
+                    let _ = http_connection(&name, stream);
+                });
             }
         }));
     }
@@ -240,6 +328,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("outrigger-probe serve: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::ServeHttp { name, listen } => match serve_http(name, listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("outrigger-probe serve-http: {e}");
                 ExitCode::FAILURE
             }
         },
