@@ -112,6 +112,27 @@ fn inline_hcm(stat_prefix: &str, route_name: &str, vhost: &str, cluster: &str) -
     http_connection_manager(stat_prefix, RouteSpecifier::RouteConfig(rc))
 }
 
+/// A `filter_disabled` predicate matching these destination ports.
+fn disabled_on(ports: &[u32]) -> Option<listener::ListenerFilterChainMatchPredicate> {
+    use envoy_types::pb::envoy::r#type::v3::Int32Range;
+    use listener::listener_filter_chain_match_predicate::{MatchSet, Rule};
+    let one = |p: u32| listener::ListenerFilterChainMatchPredicate {
+        rule: Some(Rule::DestinationPortRange(Int32Range {
+            start: p as i32,
+            end: p as i32 + 1,
+        })),
+    };
+    match ports {
+        [] => None,
+        [p] => Some(one(*p)),
+        many => Some(listener::ListenerFilterChainMatchPredicate {
+            rule: Some(Rule::OrMatch(MatchSet {
+                rules: many.iter().map(|p| one(*p)).collect(),
+            })),
+        }),
+    }
+}
+
 fn virtual_inbound(inbound: &[(&Service, &ServicePort, u32)]) -> listener::Listener {
     let raw = |port: Option<u32>, alpn: &[&str], prefix: bool| {
         Some(listener::FilterChainMatch {
@@ -168,11 +189,21 @@ fn virtual_inbound(inbound: &[(&Service, &ServicePort, u32)]) -> listener::Liste
             &[(INBOUND_PASSTHROUGH.into(), 1)],
         )],
     ));
+    // No sniffing on ports whose protocol is declared (`populateListenerFilters`): it would only
+    // delay server-first protocols.
+    let known: Vec<u32> = inbound
+        .iter()
+        .filter(|(_, p, _)| p.protocol != Protocol::Auto)
+        .map(|(_, _, t)| *t)
+        .collect();
     let mut filters = vec![listener_filter(
         "envoy.filters.listener.original_dst",
         wire::pack(&OriginalDst::default()),
     )];
-    filters.extend(inspectors());
+    filters.extend(inspectors().into_iter().map(|mut f| {
+        f.filter_disabled = disabled_on(&known);
+        f
+    }));
     listener::Listener {
         name: "virtualInbound".into(),
         address: Some(wire::socket("0.0.0.0", 15006)),

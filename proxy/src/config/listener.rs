@@ -19,9 +19,81 @@ pub struct Listener {
     /// Dispatch accepted connections to the listener of their original destination.
     pub use_original_dst: bool,
     pub listener_filters: Vec<ListenerFilter>,
+    /// Destination ports on which the inspectors are all disabled (`filter_disabled`): no
+    /// protocol sniffing there, so server-first protocols are not delayed.
+    pub sniff_disabled: Option<PortPredicate>,
     pub filter_chains: Vec<FilterChain>,
     pub default_filter_chain: Option<FilterChain>,
     pub ignored: Vec<Ignored>,
+}
+
+/// A listener filter's `filter_disabled` predicate, on the destination port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortPredicate {
+    Any,
+    /// `[start, end)`.
+    Range(u32, u32),
+    Or(Vec<PortPredicate>),
+    And(Vec<PortPredicate>),
+    Not(Box<PortPredicate>),
+}
+
+impl PortPredicate {
+    pub fn matches(&self, port: u16) -> bool {
+        let port = u32::from(port);
+        match self {
+            PortPredicate::Any => true,
+            PortPredicate::Range(start, end) => port >= *start && port < *end,
+            PortPredicate::Or(v) => v.iter().any(|p| p.matches(port as u16)),
+            PortPredicate::And(v) => v.iter().all(|p| p.matches(port as u16)),
+            PortPredicate::Not(p) => !p.matches(port as u16),
+        }
+    }
+
+    /// `None` for rules on something else than the destination port.
+    fn from_wire(p: &wire::ListenerFilterChainMatchPredicate) -> Option<PortPredicate> {
+        use wire::listener_filter_chain_match_predicate::Rule as R;
+        Some(match p.rule.as_ref()? {
+            R::AnyMatch(true) => PortPredicate::Any,
+            R::AnyMatch(false) => return None,
+            R::DestinationPortRange(r) => {
+                PortPredicate::Range(u32::try_from(r.start).ok()?, u32::try_from(r.end).ok()?)
+            }
+            R::OrMatch(set) => PortPredicate::Or(
+                set.rules
+                    .iter()
+                    .map(PortPredicate::from_wire)
+                    .collect::<Option<_>>()?,
+            ),
+            R::AndMatch(set) => PortPredicate::And(
+                set.rules
+                    .iter()
+                    .map(PortPredicate::from_wire)
+                    .collect::<Option<_>>()?,
+            ),
+            R::NotMatch(inner) => PortPredicate::Not(Box::new(PortPredicate::from_wire(inner)?)),
+        })
+    }
+}
+
+/// Where every inspector of the listener is disabled, if anywhere.
+fn sniff_disabled(filters: &[wire::ListenerFilter]) -> Option<PortPredicate> {
+    let inspectors: Vec<&wire::ListenerFilter> = filters
+        .iter()
+        .filter(|f| f.name.contains("inspector") || matches!(&f.config_type, Some(wire::listener_filter::ConfigType::TypedConfig(a)) if a.type_url.contains("Inspector")))
+        .collect();
+    if inspectors.is_empty() {
+        return None;
+    }
+    let each = inspectors
+        .iter()
+        .map(|f| {
+            f.filter_disabled
+                .as_ref()
+                .and_then(PortPredicate::from_wire)
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(PortPredicate::And(each))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -416,6 +488,7 @@ impl TryFrom<&wire::Listener> for Listener {
             .iter()
             .filter_map(|f| listener_filter(f, &mut ignored))
             .collect();
+        let sniff_disabled = sniff_disabled(&l.listener_filters);
         let filter_chains = l
             .filter_chains
             .iter()
@@ -462,6 +535,7 @@ impl TryFrom<&wire::Listener> for Listener {
             bind_to_port: l.bind_to_port.map(|b| b.value).unwrap_or(true),
             use_original_dst: l.use_original_dst.map(|b| b.value).unwrap_or(false),
             listener_filters,
+            sniff_disabled,
             filter_chains,
             default_filter_chain,
             ignored,

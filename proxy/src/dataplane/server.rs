@@ -176,16 +176,20 @@ pub async fn handle(
     let src = stream.peer_addr().map_err(ConnError::Peer)?;
     let dst = original_dst(&stream).unwrap_or(src);
     let listener = listener_for(&snap, &accepting, dst);
-    let inspect = accepting
-        .listener_filters
-        .iter()
-        .chain(listener.listener_filters.iter())
-        .any(|f| {
+    // The inspectors of the accepting listener, and of the one it hands the connection to,
+    // unless their `filter_disabled` covers the destination port.
+    let inspects = |l: &Listener| {
+        l.listener_filters.iter().any(|f| {
             matches!(
                 f,
                 ListenerFilter::HttpInspector | ListenerFilter::TlsInspector
             )
-        });
+        }) && !l
+            .sniff_disabled
+            .as_ref()
+            .is_some_and(|p| p.matches(dst.port()))
+    };
+    let inspect = inspects(&accepting) || inspects(listener);
     let detected = if inspect {
         sniffed(&stream).await
     } else {

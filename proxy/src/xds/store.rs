@@ -100,7 +100,7 @@ pub struct Rejection {
 
 /// Converted resources of one type, keyed by name.
 enum Converted {
-    Listener(Listener),
+    Listener(Box<Listener>),
     Route(RouteConfig),
     Cluster(Cluster),
     Endpoints(LoadAssignment),
@@ -123,7 +123,7 @@ fn convert(ty: ResourceType, any: &Any) -> (String, Result<Converted, ConfigErro
         ResourceType::Listener => match decode::<WireListener>(ty, any) {
             Ok(w) => (
                 w.name.clone(),
-                Listener::try_from(&w).map(Converted::Listener),
+                Listener::try_from(&w).map(|l| Converted::Listener(Box::new(l))),
             ),
             Err(e) => (String::new(), Err(e)),
         },
@@ -192,7 +192,7 @@ impl Store {
         let s = &mut self.snapshot;
         s.raw.insert((ty, name.clone()), raw);
         match c {
-            Converted::Listener(l) => drop(s.listeners.insert(name, Arc::new(l))),
+            Converted::Listener(l) => drop(s.listeners.insert(name, Arc::new(*l))),
             Converted::Route(r) => drop(s.routes.insert(name, Arc::new(r))),
             Converted::Cluster(c) => drop(s.clusters.insert(name, Arc::new(c))),
             Converted::Endpoints(e) => drop(s.endpoints.insert(name, Arc::new(e))),

@@ -23,6 +23,7 @@ fn listener(chains: Vec<FilterChain>, default: Option<FilterChain>) -> Listener 
         bind_to_port: true,
         use_original_dst: false,
         listener_filters: vec![],
+        sniff_disabled: None,
         filter_chains: chains,
         default_filter_chain: default,
         ignored: vec![],
@@ -222,4 +223,14 @@ fn original_destination_picks_exact_then_wildcard_listener() {
         "virtualOutbound",
         "no listener: the virtual one handles it (passthrough)"
     );
+}
+
+#[test]
+fn filter_disabled_predicates_match_destination_ports() {
+    use crate::config::listener::PortPredicate as P;
+    let p = P::Or(vec![P::Range(9000, 9001), P::Range(3306, 3307)]);
+    assert!(p.matches(9000) && p.matches(3306));
+    assert!(!p.matches(9001) && !p.matches(8080));
+    assert!(P::Not(Box::new(p.clone())).matches(8080));
+    assert!(P::And(vec![p.clone(), P::Any]).matches(9000));
 }
