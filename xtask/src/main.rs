@@ -2,13 +2,14 @@
 //!
 //! - `cargo xtask test`: installs what the tests need (as root, through apt), then runs
 //!   `cargo fmt --check`, `cargo clippy -D warnings`, builds every binary and runs every test.
-//! - `cargo xtask demo`: shows outrigger-init capturing a pod's traffic in throw-away network
-//!   namespaces.
+//! - `cargo xtask demo`: the bill-service mesh (pilot, init, proxies) in throw-away network
+//!   namespaces; `--capture` shows outrigger-init's capture alone.
 //! - `cargo xtask bench`: HTTP/1.1 through outrigger-proxy, nginx and haproxy, side by side.
 
 mod bench;
 mod demo;
 mod deps;
+mod mesh_demo;
 
 use std::process::Command;
 
@@ -33,8 +34,14 @@ enum Task {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
-    /// Capture a pod's traffic with outrigger-init in throw-away network namespaces and show it.
-    Demo,
+    /// The bill-service mesh on one machine: outrigger-pilot, and pods with outrigger-init rules
+    /// and outrigger-proxy sidecars in throw-away network namespaces; shows the 90/10 split,
+    /// then a header rule and a fault rule applied live. Cleans up, also on Ctrl-C.
+    Demo {
+        /// Instead: show outrigger-init capturing one pod's traffic (no proxy).
+        #[arg(long)]
+        capture: bool,
+    },
     /// Benchmark HTTP/1.1 keep-alive through no proxy, outrigger-proxy, nginx and haproxy;
     /// writes bench/results/http1-keepalive.{md,png}.
     Bench {
@@ -134,7 +141,8 @@ fn main() -> Result<()> {
             no_lint,
             cargo_args,
         } => test(no_lint, &cargo_args),
-        Task::Demo => demo::run(),
+        Task::Demo { capture: false } => mesh_demo::run(),
+        Task::Demo { capture: true } => demo::run(),
         Task::Bench {
             seconds,
             connections,
