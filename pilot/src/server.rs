@@ -442,3 +442,84 @@ pub async fn serve(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::google::protobuf::{Struct, Value};
+
+    use super::*;
+
+    fn s(v: &str) -> Value {
+        Value {
+            kind: Some(Kind::StringValue(v.into())),
+        }
+    }
+
+    #[test]
+    fn the_proxy_is_known_by_its_node() {
+        let labels = Struct {
+            fields: [
+                ("app".to_string(), s("bill")),
+                ("version".to_string(), s("v2")),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let node = Node {
+            id: "sidecar~10.0.0.7~bill-v2-abc.shop~shop.svc.cluster.local".into(),
+            metadata: Some(Struct {
+                fields: [
+                    ("NAMESPACE".to_string(), s("shop")),
+                    ("INSTANCE_IPS".to_string(), s("10.0.0.7,fd00::7")),
+                    (
+                        "LABELS".to_string(),
+                        Value {
+                            kind: Some(Kind::StructValue(labels)),
+                        },
+                    ),
+                ]
+                .into_iter()
+                .collect(),
+            }),
+            ..Default::default()
+        };
+        let p = proxy_of(&node, &crate::mesh::Mesh::default());
+        assert_eq!(p.namespace, "shop");
+        assert_eq!(p.ips, ["10.0.0.7", "fd00::7"]);
+        assert_eq!(p.labels["version"], "v2");
+
+        // Without metadata: the node id, and the registry's labels for the IP.
+        let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop, labels: {app: bill}}\nstatus: {podIP: 10.0.0.7}\n";
+        let objects = crate::load::parse_file(std::path::Path::new("p.yaml"), yaml).objects;
+        let mesh = crate::mesh::Mesh {
+            registry: crate::registry::Registry::build(&objects),
+            objects,
+        };
+        let p = proxy_of(
+            &Node {
+                id: node.id.clone(),
+                ..Default::default()
+            },
+            &mesh,
+        );
+        assert_eq!(
+            (p.namespace.as_str(), p.ips.as_slice()),
+            ("shop", ["10.0.0.7".to_string()].as_slice())
+        );
+        assert_eq!(p.labels["app"], "bill");
+    }
+
+    #[test]
+    fn listen_addresses_parse_or_name_the_flag() {
+        assert_eq!(
+            "unix:/tmp/x.sock".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Unix("/tmp/x.sock".into())
+        );
+        assert_eq!(
+            "127.0.0.1:15010".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Tcp("127.0.0.1:15010".parse().unwrap())
+        );
+        let e = "localhost".parse::<ListenAddr>().unwrap_err().to_string();
+        assert!(e.starts_with("--listen 'localhost'"), "{e}");
+    }
+}
