@@ -143,6 +143,9 @@ impl Checker<'_> {
                 &f(".route"),
                 &h.route.iter().map(|d| d.weight).collect::<Vec<_>>(),
             );
+            if h.route.len() > 1 && h.route.iter().any(|d| d.headers.is_some()) {
+                self.warn(&f(".route[].headers"), "per-destination header operations on a weighted route: translated, but outrigger-proxy does not apply them yet");
+            }
             for (j, d) in h.route.iter().enumerate() {
                 if d.destination.host.is_empty() {
                     self.error(&f(&format!(".route[{j}].destination.host")), "missing");
@@ -421,14 +424,7 @@ pub fn cross_check(objects: &[Object], registry: &Registry) -> Vec<(Key, Finding
         if !vs.gateways.is_empty() && !vs.gateways.iter().any(|g| g == "mesh") {
             continue;
         }
-        for (i, h) in vs.hosts.iter().enumerate() {
-            let host = fqdn(h, &o.namespace);
-            if let Some(first) = routed.get(&host) {
-                out.push(err(format!("spec.hosts[{i}]"), format!("host '{host}' is already routed by VirtualService {first}; only one VirtualService per host is supported")));
-            } else {
-                routed.insert(host, format!("{}/{}", o.namespace, o.name));
-            }
-        }
+        let errors_before = out.len();
         let dests = vs.http.iter().enumerate().flat_map(|(i, h)| {
             h.route
                 .iter()
@@ -480,6 +476,17 @@ pub fn cross_check(objects: &[Object], registry: &Registry) -> Vec<(Key, Finding
                     format!("{field}.subset"),
                     format!("subset '{s}' of '{host}' is not defined by any DestinationRule"),
                 ));
+            }
+        }
+        // Only a VirtualService that is otherwise valid claims its hosts.
+        if out.len() == errors_before {
+            for (i, h) in vs.hosts.iter().enumerate() {
+                let host = fqdn(h, &o.namespace);
+                if let Some(first) = routed.get(&host) {
+                    out.push(err(format!("spec.hosts[{i}]"), format!("host '{host}' is already routed by VirtualService {first}; only one VirtualService per host is supported")));
+                } else {
+                    routed.insert(host, format!("{}/{}", o.namespace, o.name));
+                }
             }
         }
     }

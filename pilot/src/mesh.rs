@@ -274,6 +274,11 @@ mod tests {
                 .replace("name: bill}", "name: second}"),
         )
         .unwrap();
+        std::fs::write(
+            dir.join("d.yaml"),
+            vs("  - route: [{destination: {host: bill}}]\n").replace("name: bill}", "name: third}"),
+        )
+        .unwrap();
         let (mesh, f) = Loader::default().load(&dir).unwrap();
         let errors: Vec<String> = f
             .iter()
@@ -282,11 +287,11 @@ mod tests {
             .collect();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(
-            errors[0].contains("already routed by VirtualService default/bill"),
+            errors[0].contains("unknown host 'nowhere.default.svc.cluster.local'"),
             "{errors:?}"
         );
         assert!(
-            errors[1].contains("unknown host 'nowhere.default.svc.cluster.local'"),
+            errors[1].contains("third spec.hosts[0]: host 'bill.default.svc.cluster.local' is already routed by VirtualService default/bill"),
             "{errors:?}"
         );
         assert_eq!(mesh_virtual_services(&mesh).count(), 1);

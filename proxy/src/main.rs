@@ -188,10 +188,12 @@ fn run_proxy(args: RunArgs) -> ExitCode {
         }
     };
     let mesh_config = args.mesh_config.clone();
-    runtime.block_on(async move {
+    let embedded_socket =
+        std::env::temp_dir().join(format!("outrigger-mesh-{}.sock", std::process::id()));
+    let code = runtime.block_on(async {
         let source = match mesh_config {
             None => source,
-            Some(dir) => match embedded_pilot(&dir).await {
+            Some(dir) => match embedded_pilot(&dir, &embedded_socket).await {
                 Ok(a) => outrigger_proxy::bootstrap::Source::Xds(a),
                 Err(e) => {
                     eprintln!("outrigger-proxy: error: --mesh-config: {e:#}");
@@ -242,19 +244,25 @@ fn run_proxy(args: RunArgs) -> ExitCode {
             _ = shutdown() => tracing::info!("shutting down"),
         }
         ExitCode::SUCCESS
-    })
+    });
+    if args.mesh_config.is_some() {
+        let _ = std::fs::remove_file(&embedded_socket);
+    }
+    code
 }
 
 /// Starts outrigger-pilot in this process on a private Unix socket, watching `dir`.
-async fn embedded_pilot(dir: &std::path::Path) -> anyhow::Result<XdsAddress> {
+async fn embedded_pilot(
+    dir: &std::path::Path,
+    socket: &std::path::Path,
+) -> anyhow::Result<XdsAddress> {
     use outrigger_pilot::{mesh::Loader, server, watch};
     let mut loader = Loader::default();
     let (first, findings) = watch::initial(dir, &mut loader)?;
     watch::log_findings(&findings);
     tracing::info!(dir = %dir.display(), resources = first.mesh.objects.len(), services = first.mesh.registry.services.len(), "mesh configuration loaded");
     let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(first));
-    let socket = std::env::temp_dir().join(format!("outrigger-mesh-{}.sock", std::process::id()));
-    let _server = server::serve(&server::ListenAddr::Unix(socket.clone()), rx).await?;
+    let _server = server::serve(&server::ListenAddr::Unix(socket.to_path_buf()), rx).await?;
     tokio::spawn(watch::run(
         dir.to_path_buf(),
         loader,
@@ -262,7 +270,7 @@ async fn embedded_pilot(dir: &std::path::Path) -> anyhow::Result<XdsAddress> {
         std::time::Duration::from_millis(200),
         std::time::Duration::from_millis(100),
     ));
-    Ok(XdsAddress::Unix(socket))
+    Ok(XdsAddress::Unix(socket.to_path_buf()))
 }
 
 async fn shutdown() {

@@ -12,7 +12,7 @@
 //! configuration copy.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::netns::{Background, Netns};
@@ -32,8 +32,16 @@ pub struct Mesh {
     /// The configuration directory outrigger-pilot watches (a copy the caller may edit).
     pub dir: PathBuf,
     pub socket: PathBuf,
+    /// Where sidecars find the pilot: its Unix socket (default) or `10.30.0.1:15010` (the
+    /// pilot also listens on the bridge).
+    pub xds_address: String,
+    /// Sidecars use state-of-the-world xDS instead of Delta.
+    pub sotw: bool,
     tag: String,
 }
+
+/// The pilot's address on the bridge.
+pub const PILOT_TCP: &str = "10.30.0.1:15010";
 
 /// Waits until `f` returns `Some`, polling every 50 ms for at most `limit`.
 pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
@@ -88,31 +96,32 @@ impl Mesh {
             }
         }
         let socket = dir.join("xds.sock");
-        let mut mesh = Mesh {
-            processes: Vec::new(),
-            pods: Vec::new(),
-            _hub: hub,
-            dir: dir.clone(),
-            socket: socket.clone(),
-            tag: tag.into(),
-        };
-        let child = Command::new(crate::bin("outrigger-pilot"))
+        hub.ip(&["addr", "add", "10.30.0.1/24", "dev", "br0"]);
+        // In the hub namespace: reachable over TCP from the pods, and over the socket file.
+        let child = hub
+            .command(crate::bin("outrigger-pilot"))
             .arg("serve")
             .arg(&dir)
             .args([
                 "--listen",
                 &format!("unix:{}", socket.display()),
-                "--poll-ms",
-                "100",
-                "--debounce-ms",
-                "50",
-                "--log",
-                "warn",
+                "--listen",
+                PILOT_TCP,
             ])
+            .args(["--poll-ms", "100", "--debounce-ms", "50", "--log", "warn"])
             .stdout(Stdio::null())
             .spawn()
             .expect("start outrigger-pilot");
-        mesh.processes.push(Background::new(child));
+        let mesh = Mesh {
+            processes: vec![Background::new(child)],
+            pods: Vec::new(),
+            _hub: hub,
+            dir: dir.clone(),
+            socket: socket.clone(),
+            xds_address: format!("unix:{}", socket.display()),
+            sotw: false,
+            tag: tag.into(),
+        };
         assert!(
             wait_for(Duration::from_secs(10), || socket.exists().then_some(())).is_some(),
             "outrigger-pilot did not start"
@@ -148,6 +157,20 @@ impl Mesh {
     /// Installs Istio's capture rules in the pod and starts its sidecar (uid 1337) against the
     /// pilot; waits until the proxy is ready (first configuration applied).
     pub fn sidecar(&mut self, pod: usize, labels: &[(&str, &str)]) {
+        let mut source = vec!["--xds-address".to_string(), self.xds_address.clone()];
+        if self.sotw {
+            source.push("--sotw".into());
+        }
+        self.sidecar_with(pod, labels, &source);
+    }
+
+    /// The same with the control plane embedded in the proxy (`--mesh-config DIR`).
+    pub fn sidecar_embedded(&mut self, pod: usize, labels: &[(&str, &str)]) {
+        let source = vec!["--mesh-config".to_string(), self.dir.display().to_string()];
+        self.sidecar_with(pod, labels, &source);
+    }
+
+    fn sidecar_with(&mut self, pod: usize, labels: &[(&str, &str)], source: &[String]) {
         let p = &self.pods[pod];
         crate::init::run_ok(&p.ns, crate::init::DEFAULT_SIDECAR, &[]);
         let labels: serde_json::Map<String, serde_json::Value> = labels
@@ -155,25 +178,21 @@ impl Mesh {
             .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
             .collect();
         let mut cmd = p.ns.command_as(PROXY_UID, crate::bin("outrigger-proxy"));
-        cmd.args([
-            "run",
-            "--xds-address",
-            &format!("unix:{}", self.socket.display()),
-            "--pod-name",
-            &p.name,
-            "--pod-namespace",
-            "default",
-            "--instance-ip",
-            &p.ip,
-            "--concurrency",
-            "1",
-            "--log",
-            "warn",
-        ])
-        .env(
-            "ISTIO_METAJSON_LABELS",
-            serde_json::Value::Object(labels).to_string(),
-        );
+        cmd.arg("run")
+            .args(source)
+            .args([
+                "--pod-name",
+                &p.name,
+                "--pod-namespace",
+                "default",
+                "--instance-ip",
+                &p.ip,
+            ])
+            .args(["--concurrency", "1", "--log", "warn"])
+            .env(
+                "ISTIO_METAJSON_LABELS",
+                serde_json::Value::Object(labels).to_string(),
+            );
         let bg = p.ns.spawn(cmd, false);
         self.processes.push(bg);
         let ready = wait_for(Duration::from_secs(15), || {
