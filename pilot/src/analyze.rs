@@ -42,7 +42,7 @@ struct Checker<'a> {
     out: Vec<Finding>,
 }
 
-const NOT_YET: &str = "translated, but outrigger-proxy does not enforce it yet";
+const NOT_YET: &str = "not honoured by outrigger-proxy yet (accepted, no effect on traffic)";
 
 impl Checker<'_> {
     fn error(&mut self, field: &str, msg: impl Into<String>) {
@@ -144,7 +144,7 @@ impl Checker<'_> {
                 &h.route.iter().map(|d| d.weight).collect::<Vec<_>>(),
             );
             if h.route.len() > 1 && h.route.iter().any(|d| d.headers.is_some()) {
-                self.warn(&f(".route[].headers"), "per-destination header operations on a weighted route: translated, but outrigger-proxy does not apply them yet");
+                self.warn(&f(".route[].headers"), "per-destination header operations on a weighted route are not applied by outrigger-proxy yet");
             }
             for (j, d) in h.route.iter().enumerate() {
                 if d.destination.host.is_empty() {

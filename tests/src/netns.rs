@@ -8,13 +8,30 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Processes started through `Netns::spawn` or `Background::new` and not stopped yet.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
-/// Deletes every namespace this process created and has not deleted yet (for a Ctrl-C handler).
+/// Stops every background process, then deletes every namespace this process created and has
+/// not deleted yet (for a Ctrl-C handler).
 pub fn delete_all() {
+    let pids = std::mem::take(&mut *CHILDREN.lock().unwrap_or_else(|e| e.into_inner()));
+    for pid in &pids {
+        signal(*pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for pid in &pids {
+        signal(*pid, nix::sys::signal::Signal::SIGKILL);
+    }
     let names = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
     for name in names {
         let _ = Command::new("ip").args(["netns", "del", &name]).status();
         let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&name));
+    }
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
     }
 }
 
@@ -123,7 +140,7 @@ impl Netns {
             let _ = BufReader::new(stdout).read_line(&mut line);
             assert_eq!(line.trim(), "ready", "{cmd:?} did not start");
         }
-        Background { child }
+        Background::new(child)
     }
 }
 
@@ -145,17 +162,24 @@ pub struct Background {
 impl Background {
     /// Adopts a child process (started outside any namespace).
     pub fn new(child: Child) -> Background {
+        CHILDREN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child.id());
         Background { child }
+    }
+
+    fn forget(&self) {
+        let id = self.child.id();
+        CHILDREN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| *p != id);
     }
 
     /// Stops the process with SIGTERM (so it can clean up), then kills it if it lingers.
     pub fn terminate(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
+        signal(self.child.id(), nix::sys::signal::Signal::SIGTERM);
         for _ in 0..50 {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
                 return;
@@ -169,6 +193,7 @@ impl Background {
 
 impl Drop for Background {
     fn drop(&mut self) {
+        self.forget();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
