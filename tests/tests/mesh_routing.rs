@@ -147,14 +147,18 @@ fn header_uri_rewrite_and_subset_routes_apply_live_without_failed_requests() {
     let m = std::sync::Arc::new(m);
     let traffic = {
         let m = m.clone();
-        std::thread::spawn(move || m.curl_many(0, URL, 1500, &[]))
+        std::thread::spawn(move || m.curl_many(0, URL, 6000, &[]))
     };
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(200));
     m.write_config("virtual-service.yaml", &format!("{VS_HEAD}  http:\n  - route: [{{destination: {{host: bill-service, port: {{number: 8080}}, subset: v1}}}}]\n"));
     let replies = traffic.join().unwrap();
     let t = Mesh::tally(&replies);
     eprintln!("during the change: {t:?}");
-    assert_eq!(replies.len(), 1500, "{t:?}");
+    assert_eq!(replies.len(), 6000, "{t:?}");
+    assert!(
+        t.contains_key("v1") && t.contains_key("v2"),
+        "the change must land while the requests flow: {t:?}"
+    );
     assert!(
         replies.iter().all(|r| r.code == 200),
         "a request failed during the change: {t:?}"

@@ -165,9 +165,12 @@ async fn tcp_proxy(
     Ok(())
 }
 
-/// Handles one accepted connection with the snapshot current at accept time.
+/// Handles one accepted connection: the listener and filter chain from the snapshot current at
+/// accept time; HTTP routes and clusters from the latest one, request by request (as Envoy
+/// applies RDS and CDS updates to open connections).
 pub async fn handle(
     snap: Arc<Snapshot>,
+    live: watch::Receiver<Arc<Snapshot>>,
     accepting: Arc<Listener>,
     stream: TcpStream,
     counters: Arc<Counters>,
@@ -209,7 +212,7 @@ pub async fn handle(
             NetworkFilter::TcpProxy(t) => return tcp_proxy(&snap, t, stream, dst, &counters).await,
             NetworkFilter::Http(manager) => {
                 let ctx = ConnContext {
-                    snap: snap.clone(),
+                    live,
                     manager: manager.clone(),
                     original_dst: dst,
                     downstream: src,
@@ -316,9 +319,9 @@ async fn accept_loop(
         let Some(accepting) = snap.listeners.get(&name).cloned() else {
             continue;
         };
-        let (counters, upstreams) = (counters.clone(), upstreams.clone());
+        let (counters, upstreams, live) = (counters.clone(), upstreams.clone(), snapshots.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle(snap, accepting, stream, counters, upstreams).await {
+            if let Err(e) = handle(snap, live, accepting, stream, counters, upstreams).await {
                 tracing::info!(%peer, error = %e, "connection closed");
             }
         });

@@ -153,7 +153,8 @@ mod tests {
 /// Everything a request needs from its connection.
 #[derive(Clone)]
 pub struct ConnContext {
-    pub snap: Arc<Snapshot>,
+    /// The proxy's configuration; each request reads the latest.
+    pub live: tokio::sync::watch::Receiver<Arc<Snapshot>>,
     pub manager: Arc<HttpManager>,
     pub original_dst: SocketAddr,
     pub downstream: SocketAddr,
@@ -189,6 +190,7 @@ fn head_of(req: &Request<Incoming>) -> RequestHead {
 
 async fn forward(
     ctx: &ConnContext,
+    snap: &Snapshot,
     mut req: Request<Incoming>,
     f: &Forward,
     matched: &PathMatch,
@@ -205,13 +207,13 @@ async fn forward(
     let Some(cluster_name) = cluster_of(&f.target, fastrand::u64(..), header_value) else {
         return local_reply(StatusCode::SERVICE_UNAVAILABLE, ResponseFlag::NC, "");
     };
-    let Some(cluster) = ctx.snap.clusters.get(cluster_name) else {
+    let Some(cluster) = snap.clusters.get(cluster_name) else {
         return local_reply(StatusCode::SERVICE_UNAVAILABLE, ResponseFlag::NC, "");
     };
     let n = ctx
         .counter
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let addr = match endpoint(&ctx.snap, cluster, ctx.original_dst, n, fastrand::u64(..)) {
+    let addr = match endpoint(snap, cluster, ctx.original_dst, n, fastrand::u64(..)) {
         Ok(a) => a,
         Err(NoUpstream::UnknownCluster(_)) => {
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, ResponseFlag::NC, "");
@@ -379,9 +381,10 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let head = head_of(&req);
+    let snap = ctx.live.borrow().clone();
     let rc = match &ctx.manager.routes {
         RouteSource::Inline(rc) => Some(rc),
-        RouteSource::Rds(name) => ctx.snap.routes.get(name).map(|r| r.as_ref()),
+        RouteSource::Rds(name) => snap.routes.get(name).map(|r| r.as_ref()),
     };
     let Some((vh, route)) = rc
         .and_then(|rc| virtual_host(rc, &head.host))
@@ -430,7 +433,7 @@ pub async fn handle(
             r
         }
         Action::NonForwarding => local_reply(StatusCode::NOT_FOUND, ResponseFlag::NR, ""),
-        Action::Forward(f) => forward(&ctx, req, f, &route.matcher.path, &head).await,
+        Action::Forward(f) => forward(&ctx, &snap, req, f, &route.matcher.path, &head).await,
     };
     response_headers(resp.headers_mut(), [&route.headers, &vh.headers]);
     if let Some(flag) = resp.extensions().get::<ResponseFlag>() {
