@@ -49,7 +49,9 @@ pub fn source(b: &Bootstrap) -> Result<Source, BootstrapError> {
             .load_assignment
             .as_ref()
             .ok_or(BootstrapError::NoXdsCluster)?;
-        let la = LoadAssignment::try_from(assignment).map_err(|_| BootstrapError::NoXdsCluster)?;
+        // istiod's address may be a name (a STRICT_DNS xds-grpc cluster).
+        let la =
+            LoadAssignment::convert(assignment, true).map_err(|_| BootstrapError::NoXdsCluster)?;
         let addr = la
             .localities
             .iter()
@@ -59,6 +61,7 @@ pub fn source(b: &Bootstrap) -> Result<Source, BootstrapError> {
         return Ok(Source::Xds(match &addr.address {
             Address::Pipe(p) => XdsAddress::Unix(p.into()),
             Address::Socket(s) => XdsAddress::Tcp(s.to_string()),
+            Address::Dns(h, p) => XdsAddress::Tcp(format!("{h}:{p}")),
             Address::Internal(_) => return Err(BootstrapError::NoXdsCluster),
         }));
     }

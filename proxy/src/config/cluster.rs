@@ -97,6 +97,31 @@ pub struct LoadAssignment {
 impl TryFrom<&ep::ClusterLoadAssignment> for LoadAssignment {
     type Error = ConfigError;
     fn try_from(cla: &ep::ClusterLoadAssignment) -> Result<LoadAssignment, ConfigError> {
+        LoadAssignment::convert(cla, false)
+    }
+}
+
+/// A DNS cluster's endpoint may be a host name.
+fn dns_address(a: &core::Address) -> Option<Address> {
+    match &a.address {
+        Some(core::address::Address::SocketAddress(s)) if !s.address.is_empty() => {
+            match s.port_specifier {
+                Some(core::socket_address::PortSpecifier::PortValue(p)) => {
+                    Some(Address::Dns(s.address.clone(), u16::try_from(p).ok()?))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+impl LoadAssignment {
+    /// `names`: endpoints may be host names (DNS clusters).
+    pub fn convert(
+        cla: &ep::ClusterLoadAssignment,
+        names: bool,
+    ) -> Result<LoadAssignment, ConfigError> {
         let localities = cla
             .endpoints
             .iter()
@@ -113,7 +138,13 @@ impl TryFrom<&ep::ClusterLoadAssignment> for LoadAssignment {
                                 let a = end.address.as_ref().ok_or_else(|| {
                                     ConfigError::new(format!("{at}.endpoint.address"), "missing")
                                 })?;
-                                Address::try_from(a).map_err(|e| e.at(format!("{at}.endpoint")))?
+                                match Address::try_from(a) {
+                                    Ok(addr) => addr,
+                                    Err(e) => match dns_address(a).filter(|_| names) {
+                                        Some(addr) => addr,
+                                        None => return Err(e.at(format!("{at}.endpoint"))),
+                                    },
+                                }
                             }
                             Some(ep::lb_endpoint::HostIdentifier::EndpointName(n)) => {
                                 return Err(ConfigError::new(
@@ -245,7 +276,10 @@ impl TryFrom<&wire::Cluster> for Cluster {
         let load_assignment = c
             .load_assignment
             .as_ref()
-            .map(|l| LoadAssignment::try_from(l).map_err(|e| e.at("load_assignment")))
+            .map(|l| {
+                let names = matches!(discovery, Discovery::StrictDns | Discovery::LogicalDns);
+                LoadAssignment::convert(l, names).map_err(|e| e.at("load_assignment"))
+            })
             .transpose()?;
         if matches!(
             discovery,

@@ -57,6 +57,8 @@ pub enum Address {
     Internal(String),
     /// A Unix socket path.
     Pipe(String),
+    /// A host name and port, resolved when connecting (STRICT_DNS / LOGICAL_DNS endpoints).
+    Dns(String, u16),
 }
 
 impl fmt::Display for Address {
@@ -65,6 +67,7 @@ impl fmt::Display for Address {
             Address::Socket(s) => write!(f, "{s}"),
             Address::Internal(n) => write!(f, "envoy://{n}"),
             Address::Pipe(p) => write!(f, "unix:{p}"),
+            Address::Dns(h, p) => write!(f, "{h}:{p}"),
         }
     }
 }

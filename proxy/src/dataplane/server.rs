@@ -157,6 +157,10 @@ async fn tcp_proxy(
         fastrand::u64(..),
     )
     .map_err(|_| ConnError::NoHealthyUpstream(name.clone()))?;
+    let addr = addr
+        .resolve()
+        .await
+        .map_err(|_| ConnError::NoHealthyUpstream(name.clone()))?;
     let upstream = connect(&name, addr, cluster.bind_source, cluster.connect_timeout).await?;
     let _ = downstream.set_nodelay(true);
     let _ = upstream.set_nodelay(true);

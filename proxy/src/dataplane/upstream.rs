@@ -1,6 +1,7 @@
 //! Choosing the upstream address of a connection: cluster from the route target, endpoint from the
 //! cluster (pure).
 
+use std::fmt;
 use std::net::SocketAddr;
 
 use crate::config::Address;
@@ -40,19 +41,49 @@ pub enum NoUpstream {
     NoHealthyEndpoint(String),
 }
 
+/// Where to connect: an address, or a name to resolve first (DNS clusters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dest {
+    Ip(SocketAddr),
+    Name(String, u16),
+}
+
+impl fmt::Display for Dest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dest::Ip(a) => write!(f, "{a}"),
+            Dest::Name(h, p) => write!(f, "{h}:{p}"),
+        }
+    }
+}
+
+impl Dest {
+    /// The address to connect to; names go through the system resolver (first answer).
+    pub async fn resolve(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Dest::Ip(a) => Ok(*a),
+            Dest::Name(h, p) => tokio::net::lookup_host((h.as_str(), *p))
+                .await?
+                .next()
+                .ok_or_else(|| std::io::Error::other(format!("{h}: no address"))),
+        }
+    }
+}
+
 /// The healthy endpoints of the best priority, flattened with their weights.
-fn candidates(localities: &[LocalityEndpoints]) -> Vec<(SocketAddr, u32)> {
+fn candidates(localities: &[LocalityEndpoints]) -> Vec<(Dest, u32)> {
     let mut priorities: Vec<u32> = localities.iter().map(|l| l.priority).collect();
     priorities.sort_unstable();
     priorities.dedup();
     for p in priorities {
-        let list: Vec<(SocketAddr, u32)> = localities
+        let list: Vec<(Dest, u32)> = localities
             .iter()
             .filter(|l| l.priority == p)
             .flat_map(|l| l.endpoints.iter())
             .filter(|e| e.health.routable())
-            .filter_map(|e| match e.address {
-                Address::Socket(s) => Some((s, e.weight)),
+            .filter_map(|e| match &e.address {
+                Address::Socket(s) => Some((Dest::Ip(*s), e.weight)),
+                Address::Dns(h, p) => Some((Dest::Name(h.clone(), *p), e.weight)),
                 _ => None,
             })
             .collect();
@@ -70,9 +101,9 @@ pub fn endpoint(
     original_dst: SocketAddr,
     counter: u64,
     roll: u64,
-) -> Result<SocketAddr, NoUpstream> {
+) -> Result<Dest, NoUpstream> {
     let localities: &[LocalityEndpoints] = match &cluster.discovery {
-        Discovery::OriginalDst => return Ok(original_dst),
+        Discovery::OriginalDst => return Ok(Dest::Ip(original_dst)),
         Discovery::Eds { service_name } => snap
             .endpoints
             .get(service_name)
@@ -98,7 +129,7 @@ pub fn endpoint(
     for (addr, w) in &list {
         acc += u64::from(*w);
         if pos < acc {
-            return Ok(*addr);
+            return Ok(addr.clone());
         }
     }
     Err(NoUpstream::NoHealthyEndpoint(cluster.name.clone()))
@@ -178,8 +209,32 @@ mod tests {
         );
         assert_eq!(
             endpoint(&snap, &cluster(Discovery::OriginalDst), dst, 0, 0),
-            Ok(dst)
+            Ok(Dest::Ip(dst))
         );
+    }
+
+    #[tokio::test]
+    async fn dns_endpoints_are_names_resolved_when_connecting() {
+        let mut c = cluster(Discovery::StrictDns);
+        c.load_assignment = Some(LoadAssignment {
+            cluster_name: "c".into(),
+            localities: vec![LocalityEndpoints {
+                locality: Locality::default(),
+                priority: 0,
+                weight: None,
+                endpoints: vec![Endpoint {
+                    address: Address::Dns("localhost".into(), 8080),
+                    health: Health::Healthy,
+                    weight: 1,
+                }],
+            }],
+        });
+        let dst = "1.1.1.1:1".parse().unwrap();
+        let d = endpoint(&Snapshot::default(), &c, dst, 0, 0).unwrap();
+        assert_eq!(d, Dest::Name("localhost".into(), 8080));
+        let a = d.resolve().await.unwrap();
+        assert!(a.ip().is_loopback() && a.port() == 8080, "{a}");
+        assert!(Dest::Name("no-such-host.invalid".into(), 1).resolve().await.is_err());
     }
 
     #[test]

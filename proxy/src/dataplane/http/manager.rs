@@ -226,6 +226,17 @@ async fn forward(
             );
         }
     };
+    let addr = match addr.resolve().await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(cluster = %cluster_name, error = %e, "endpoint name does not resolve");
+            return local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlag::UH,
+                "no healthy upstream",
+            );
+        }
+    };
     // The upstream URI: the endpoint, and the (possibly rewritten) path and query.
     let mut path = head.path.clone();
     if let (Some(rewrite), PathMatch::Prefix(prefix) | PathMatch::PathSeparatedPrefix(prefix)) =
