@@ -177,10 +177,25 @@ fn run_proxy(args: RunArgs) -> ExitCode {
             ));
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // Envoy's --concurrency: one worker runs everything on one thread (no work stealing); more
+    // get a multi-threaded scheduler with that many workers.
+    let built = match args.concurrency {
+        Some(0) => {
+            eprintln!("outrigger-proxy: error: --concurrency must be at least 1");
+            return ExitCode::from(2);
+        }
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match built {
         Ok(r) => r,
         Err(e) => {
             eprintln!("outrigger-proxy: error: starting the runtime: {e}");

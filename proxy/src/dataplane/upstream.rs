@@ -234,7 +234,12 @@ mod tests {
         assert_eq!(d, Dest::Name("localhost".into(), 8080));
         let a = d.resolve().await.unwrap();
         assert!(a.ip().is_loopback() && a.port() == 8080, "{a}");
-        assert!(Dest::Name("no-such-host.invalid".into(), 1).resolve().await.is_err());
+        assert!(
+            Dest::Name("no-such-host.invalid".into(), 1)
+                .resolve()
+                .await
+                .is_err()
+        );
     }
 
     #[test]
