@@ -27,6 +27,86 @@ struct Cli {
     /// Envoy compatibility: the bootstrap or config dump file.
     #[arg(short = 'c', long = "config-path", value_name = "FILE")]
     config_path: Option<PathBuf>,
+    #[command(flatten)]
+    envoy: EnvoyFlags,
+}
+
+/// The flags pilot-agent passes to Envoy, so that `outrigger-proxy` can be started in Envoy's
+/// place unchanged (`outrigger-proxy -c envoy-rev.json --drain-time-s 45 …`). Those without an
+/// effect here are accepted and logged.
+#[derive(clap::Args, Debug, Default)]
+#[command(next_help_heading = "Envoy compatibility (when run without a subcommand)")]
+struct EnvoyFlags {
+    /// Worker threads.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// trace, debug, info, warning, error, critical or off.
+    #[arg(short = 'l', long = "log-level")]
+    log_level: Option<String>,
+    #[arg(long, hide = true)]
+    component_log_level: Option<String>,
+    #[arg(long, hide = true)]
+    log_format: Option<String>,
+    #[arg(long, hide = true)]
+    drain_time_s: Option<u64>,
+    #[arg(long, hide = true)]
+    drain_strategy: Option<String>,
+    #[arg(long, hide = true)]
+    parent_shutdown_time_s: Option<u64>,
+    #[arg(long, hide = true)]
+    local_address_ip_version: Option<String>,
+    #[arg(long, hide = true)]
+    file_flush_interval_msec: Option<u64>,
+    #[arg(long, hide = true)]
+    disable_hot_restart: bool,
+    #[arg(long, hide = true)]
+    allow_unknown_static_fields: bool,
+    #[arg(long, hide = true)]
+    skip_deprecated_logs: bool,
+    #[arg(long, hide = true)]
+    service_cluster: Option<String>,
+    #[arg(long, hide = true)]
+    service_node: Option<String>,
+    #[arg(long, hide = true)]
+    base_id: Option<u32>,
+    #[arg(long, hide = true)]
+    restart_epoch: Option<u32>,
+}
+
+impl EnvoyFlags {
+    /// Envoy's log level as a tracing filter.
+    fn log_filter(&self) -> String {
+        match self.log_level.as_deref() {
+            Some("trace") => "trace",
+            Some("debug") => "debug",
+            Some("info") | None => "info",
+            Some("warning" | "warn") => "warn",
+            Some("error" | "critical") => "error",
+            Some("off") => "off",
+            Some(_) => "info",
+        }
+        .into()
+    }
+
+    /// The `run` arguments these flags mean, with `config` as the bootstrap.
+    fn run_args(&self, config: &std::path::Path) -> Result<RunArgs, clap::Error> {
+        let mut argv: Vec<std::ffi::OsString> = vec!["run".into(), "-c".into(), config.into()];
+        if let Some(n) = self.concurrency {
+            argv.extend(["--concurrency".into(), n.to_string().into()]);
+        }
+        argv.extend(["--log".into(), self.log_filter().into()]);
+        if self
+            .log_format
+            .as_deref()
+            .is_some_and(|f| f.starts_with('{'))
+        {
+            argv.push("--log-json".into());
+        }
+        <RunArgs as clap::FromArgMatches>::from_arg_matches(
+            &<RunArgs as clap::Args>::augment_args(clap::Command::new("run"))
+                .try_get_matches_from(argv)?,
+        )
+    }
 }
 
 #[derive(Subcommand)]
@@ -337,9 +417,30 @@ fn main() -> ExitCode {
             eprintln!("outrigger-proxy: error: --mode validate needs -c FILE");
             ExitCode::from(2)
         }
-        _ => {
+        // Started as Envoy: serve the bootstrap.
+        (None, None | Some("serve"), Some(file)) => match cli.envoy.run_args(&file) {
+            Ok(args) => {
+                if cli.envoy.drain_time_s.is_some() || cli.envoy.disable_hot_restart {
+                    eprintln!(
+                        "outrigger-proxy: started with Envoy's flags; drain and hot-restart flags have no effect"
+                    );
+                }
+                run_proxy(args)
+            }
+            Err(e) => {
+                eprintln!("outrigger-proxy: error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        (None, Some(other), _) => {
             eprintln!(
-                "outrigger-proxy: error: serving traffic is not implemented yet; use `outrigger-proxy validate FILE`"
+                "outrigger-proxy: error: invalid value '{other}' for --mode: expected serve or validate"
+            );
+            ExitCode::from(2)
+        }
+        (None, None, None) => {
+            eprintln!(
+                "outrigger-proxy: error: nothing to do: use `outrigger-proxy run`, `outrigger-proxy validate FILE`, or Envoy's `-c FILE` (see --help)"
             );
             ExitCode::from(2)
         }

@@ -40,6 +40,26 @@ pub struct Mesh {
     tag: String,
 }
 
+/// What pilot-agent passes to Envoy besides `-c` (Istio 1.2x).
+pub const PILOT_AGENT_FLAGS: [&str; 16] = [
+    "--drain-time-s",
+    "45",
+    "--drain-strategy",
+    "immediate",
+    "--local-address-ip-version",
+    "v4",
+    "--file-flush-interval-msec",
+    "1000",
+    "--disable-hot-restart",
+    "--allow-unknown-static-fields",
+    "-l",
+    "warning",
+    "--component-log-level",
+    "misc:error",
+    "--concurrency",
+    "1",
+];
+
 /// The pilot's address on the bridge.
 pub const PILOT_TCP: &str = "10.30.0.1:15010";
 
@@ -164,6 +184,12 @@ impl Mesh {
         self.sidecar_with(pod, labels, &source);
     }
 
+    /// Started in Envoy's place, as pilot-agent starts it: `-c BOOTSTRAP` and Envoy's flags.
+    pub fn sidecar_envoy(&mut self, pod: usize, labels: &[(&str, &str)], bootstrap: &Path) {
+        let source = vec!["-c".to_string(), bootstrap.display().to_string()];
+        self.sidecar_with(pod, labels, &source);
+    }
+
     /// The same with the control plane embedded in the proxy (`--mesh-config DIR`).
     pub fn sidecar_embedded(&mut self, pod: usize, labels: &[(&str, &str)]) {
         let source = vec!["--mesh-config".to_string(), self.dir.display().to_string()];
@@ -178,17 +204,18 @@ impl Mesh {
             .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
             .collect();
         let mut cmd = p.ns.command_as(PROXY_UID, crate::bin("outrigger-proxy"));
-        cmd.arg("run")
-            .args(source)
-            .args([
-                "--pod-name",
-                &p.name,
-                "--pod-namespace",
-                "default",
-                "--instance-ip",
-                &p.ip,
-            ])
-            .args(["--concurrency", "1", "--log", "warn"])
+        if source.first().map(String::as_str) == Some("-c") {
+            // Started as pilot-agent starts Envoy: the bootstrap and Envoy's flags; the identity
+            // from the environment.
+            cmd.args(source).args(PILOT_AGENT_FLAGS);
+        } else {
+            cmd.arg("run")
+                .args(source)
+                .args(["--concurrency", "1", "--log", "warn"]);
+        }
+        cmd.env("POD_NAME", &p.name)
+            .env("POD_NAMESPACE", "default")
+            .env("INSTANCE_IP", &p.ip)
             .env(
                 "ISTIO_METAJSON_LABELS",
                 serde_json::Value::Object(labels).to_string(),

@@ -76,3 +76,24 @@ fn control_plane_embedded_in_the_proxy() {
         "config_dump lacks the subset cluster"
     );
 }
+
+#[test]
+fn started_as_envoy_with_pilot_agents_bootstrap() {
+    let mut m = Mesh::new("envoy", &example());
+    // The bootstrap pilot-agent writes (upstream golden), its xds-grpc pipe pointed at our pilot.
+    let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/conformance/istio-configdumps/bootstrap-default.json");
+    let text = std::fs::read_to_string(&golden).expect("the upstream bootstrap golden");
+    let text = text.replace("\"/tmp/XDS\"", &format!("\"{}\"", m.socket.display()));
+    assert!(
+        text.contains(&m.socket.display().to_string()),
+        "the golden's xds-grpc pipe moved"
+    );
+    let bootstrap = m.dir.join(".envoy-rev.json");
+    std::fs::write(&bootstrap, text).unwrap();
+    let (client, v1, v2) = pods(&mut m);
+    m.sidecar_envoy(client, &[("app", "client")], &bootstrap);
+    m.sidecar(v1, &[("app", "bill-service"), ("version", "v1")]);
+    m.sidecar(v2, &[("app", "bill-service"), ("version", "v2")]);
+    split_then_live_change(&m);
+}
