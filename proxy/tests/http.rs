@@ -361,3 +361,92 @@ async fn http_routing_and_local_replies() {
         "one connection for three requests:\n{log}"
     );
 }
+
+/// Sends raw bytes, returns the status line of the answer.
+fn raw(port: u16, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(request);
+    let mut buf = vec![0u8; 512];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_envoys_400_and_431() {
+    let v1 = upstream("v1").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut wire = http_listener("http", u32::from(port), "80");
+    wire.address = Some(outrigger_proxy::testing::socket(
+        "127.0.0.1",
+        u32::from(port),
+    ));
+    let mut snap = Snapshot::default();
+    snap.listeners
+        .insert("http".into(), Arc::new(Listener::try_from(&wire).unwrap()));
+    let rc = RouteConfig::try_from(&outrigger_proxy::testing::route_config("80", "v1")).unwrap();
+    snap.routes.insert("80".into(), Arc::new(rc));
+    let c = static_cluster("v1", &[v1]);
+    snap.clusters.insert(c.name.clone(), Arc::new(c));
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(snap));
+    tokio::spawn(server::serve(rx));
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let big = [
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ".as_slice(),
+        &[b'a'; 70_000],
+        b"\r\n\r\n",
+    ]
+    .concat();
+    let many: Vec<u8> = [
+        b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec(),
+        (0..150)
+            .flat_map(|i| format!("X-H{i}: v\r\n").into_bytes())
+            .collect(),
+        b"\r\n".to_vec(),
+    ]
+    .concat();
+    let cases: [(&str, &[u8], &str); 5] = [
+        ("not HTTP", b"GARBAGE\r\n\r\n", "HTTP/1.1 400 Bad Request"),
+        (
+            "bad Content-Length",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            "70 KB of headers (Envoy's limit: 60 KiB)",
+            &big,
+            "HTTP/1.1 431 Request Header Fields Too Large",
+        ),
+        (
+            "150 headers (Envoy's limit: 100)",
+            &many,
+            "HTTP/1.1 431 Request Header Fields Too Large",
+        ),
+        (
+            "a good request still works",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "HTTP/1.1 200 OK",
+        ),
+    ];
+    for (what, request, want) in cases {
+        let request = request.to_vec();
+        let got = tokio::task::spawn_blocking(move || raw(port, &request))
+            .await
+            .unwrap();
+        assert_eq!(got, want, "{what}");
+    }
+}

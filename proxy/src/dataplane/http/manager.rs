@@ -453,10 +453,18 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// Envoy's `max_request_headers_kb` default (60 KiB).
+pub const MAX_REQUEST_HEADERS: usize = 60 * 1024;
+
 /// Serves one downstream connection (HTTP/1.1, or h2c with prior knowledge).
 pub async fn serve_connection(ctx: ConnContext, stream: TcpStream) {
     let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Envoy's default limits: 60 KiB of request headers and 100 headers, else 431.
+    builder.http1().max_buf_size(MAX_REQUEST_HEADERS);
+    builder
+        .http2()
+        .max_header_list_size(MAX_REQUEST_HEADERS as u32);
     if let Err(e) = builder
         .serve_connection(TokioIo::new(stream), service)
         .await
