@@ -46,7 +46,7 @@ async fn upstream(name: &'static str) -> SocketAddr {
                             .unwrap_or("")
                             .to_string()
                     };
-                    let body = serde_json::json!({"server": name, "path": req.uri().to_string(), "host": h("host"), "request_id": h("x-request-id"), "proto": h("x-forwarded-proto")});
+                    let body = serde_json::json!({"server": name, "path": req.uri().to_string(), "host": h("host"), "request_id": h("x-request-id"), "proto": h("x-forwarded-proto"), "version": format!("{:?}", req.version())});
                     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
                         body.to_string(),
                     ))))
@@ -84,6 +84,7 @@ fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
         }),
         tls: false,
         bind_source: None,
+        upstream_protocol: Default::default(),
         ignored: vec![],
     }
 }
@@ -214,6 +215,7 @@ async fn http_routing_and_local_replies() {
                     }),
                 ),
                 route(PathMatch::Prefix("/v1".into()), vec![], to("v1")),
+                route(PathMatch::Prefix("/h2up".into()), vec![], to("v1-h2")),
                 Route {
                     headers: HeaderOps {
                         request_remove: vec!["x-secret".into()],
@@ -244,6 +246,9 @@ async fn http_routing_and_local_replies() {
     let mut snap = Snapshot::default();
     snap.listeners.insert("http".into(), Arc::new(listener));
     snap.routes.insert("80".into(), Arc::new(rc));
+    let mut h2 = static_cluster("v1-h2", &[v1]);
+    h2.upstream_protocol = outrigger_proxy::config::cluster::UpstreamProtocol::Http2;
+    snap.clusters.insert(h2.name.clone(), Arc::new(h2));
     for c in [
         static_cluster("v1", &[v1]),
         static_cluster("v2", &[v2]),
@@ -308,6 +313,13 @@ async fn http_routing_and_local_replies() {
     let (code, headers, _) = curl(&[&format!("{base}/old"), "-H", "Host: shop"]);
     assert_eq!(code, 301);
     assert!(headers.contains("location: http://shop/new"), "{headers}");
+
+    // HTTP/1.1 downstream, h2c upstream (a cluster with explicit HTTP/2 options).
+    let (code, _, body) = curl(&[&format!("{base}/h2up/x")]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"version\":\"HTTP/2.0\""), "{body}");
+    let (_, _, body) = curl(&[&format!("{base}/v1/x")]);
+    assert!(body.contains("\"version\":\"HTTP/1.1\""), "{body}");
 
     // Host rewrite and response header operations.
     let (code, headers, body) = curl(&[&format!("{base}/rewrite")]);

@@ -46,7 +46,53 @@ pub struct Cluster {
     /// Source address for upstream connections (`upstream_bind_config`; Istio's inbound
     /// passthrough uses 127.0.0.6 so that its traffic is not captured again).
     pub bind_source: Option<std::net::IpAddr>,
+    /// The HTTP version spoken upstream.
+    pub upstream_protocol: UpstreamProtocol,
     pub ignored: Vec<Ignored>,
+}
+
+/// `HttpProtocolOptions.upstream_protocol_options` (and the deprecated cluster fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 (h2c on plaintext).
+    Http2,
+    /// The downstream request's version (Istio's choice for sniffed ports and passthrough).
+    Downstream,
+}
+
+fn upstream_protocol(c: &wire::Cluster) -> Result<UpstreamProtocol, ConfigError> {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        HttpProtocolOptions, http_protocol_options::UpstreamProtocolOptions as U,
+        http_protocol_options::explicit_http_config::ProtocolConfig as P,
+    };
+    const KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    if let Some(any) = c.typed_extension_protocol_options.get(KEY) {
+        let o =
+            <HttpProtocolOptions as prost::Message>::decode(any.value.as_slice()).map_err(|e| {
+                ConfigError::new(
+                    format!("typed_extension_protocol_options[{KEY}]"),
+                    format!("cannot decode: {e}"),
+                )
+            })?;
+        return Ok(match o.upstream_protocol_options {
+            Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
+                Some(P::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+                _ => UpstreamProtocol::Http1,
+            },
+            Some(U::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::Downstream,
+            // ALPN decides on TLS; plaintext speaks HTTP/1.1.
+            Some(U::AutoConfig(_)) | None => UpstreamProtocol::Http1,
+        });
+    }
+    #[allow(deprecated)]
+    let h2 = c.http2_protocol_options.is_some();
+    Ok(if h2 {
+        UpstreamProtocol::Http2
+    } else {
+        UpstreamProtocol::Http1
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,7 +364,61 @@ impl TryFrom<&wire::Cluster> for Cluster {
             load_assignment,
             tls: c.transport_socket.is_some(),
             bind_source,
+            upstream_protocol: upstream_protocol(c)?,
             ignored,
         })
+    }
+}
+
+#[cfg(test)]
+mod protocol_tests {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        HttpProtocolOptions, http_protocol_options as o,
+    };
+    use prost::Message;
+
+    use super::*;
+
+    fn with(options: o::UpstreamProtocolOptions) -> wire::Cluster {
+        let opts = HttpProtocolOptions {
+            upstream_protocol_options: Some(options),
+            ..Default::default()
+        };
+        let mut c = wire::Cluster::default();
+        c.typed_extension_protocol_options.insert(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+            envoy_types::pb::google::protobuf::Any {
+                type_url:
+                    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+                        .into(),
+                value: opts.encode_to_vec(),
+            },
+        );
+        c
+    }
+
+    #[test]
+    fn the_upstream_http_version_comes_from_the_protocol_options() {
+        let h2 = with(o::UpstreamProtocolOptions::ExplicitHttpConfig(
+            o::ExplicitHttpConfig {
+                protocol_config: Some(
+                    o::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                        Default::default(),
+                    ),
+                ),
+            },
+        ));
+        assert_eq!(upstream_protocol(&h2).unwrap(), UpstreamProtocol::Http2);
+        let down = with(o::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+            Default::default(),
+        ));
+        assert_eq!(
+            upstream_protocol(&down).unwrap(),
+            UpstreamProtocol::Downstream
+        );
+        assert_eq!(
+            upstream_protocol(&wire::Cluster::default()).unwrap(),
+            UpstreamProtocol::Http1
+        );
     }
 }

@@ -150,6 +150,7 @@ mod tests {
             load_assignment: None,
             tls: false,
             bind_source: None,
+            upstream_protocol: Default::default(),
             ignored: vec![],
         }
     }

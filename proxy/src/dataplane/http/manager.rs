@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::routing::{RequestHead, route, virtual_host};
+use crate::config::cluster::UpstreamProtocol;
 use crate::config::listener::{HttpFilter, HttpManager, RouteSource};
 use crate::config::route::{Action, Forward, HeaderAction, HeaderOps, PathMatch};
 use crate::dataplane::upstream::{NoUpstream, cluster_of, endpoint};
@@ -59,10 +60,10 @@ impl ResponseFlag {
 
 type UpstreamClient = Client<HttpConnector, Body>;
 
-/// Upstream clients, pooled per (source address, connect timeout).
+/// Upstream clients, pooled per (source address, connect timeout, HTTP/2).
 #[derive(Default)]
 pub struct Upstreams {
-    clients: Mutex<HashMap<(Option<IpAddr>, Duration), UpstreamClient>>,
+    clients: Mutex<HashMap<(Option<IpAddr>, Duration, bool), UpstreamClient>>,
 }
 
 impl Upstreams {
@@ -70,10 +71,11 @@ impl Upstreams {
         &self,
         bind: Option<IpAddr>,
         connect_timeout: Duration,
+        http2: bool,
     ) -> Client<HttpConnector, Body> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         clients
-            .entry((bind, connect_timeout))
+            .entry((bind, connect_timeout, http2))
             .or_insert_with(|| {
                 let mut c = HttpConnector::new();
                 c.set_connect_timeout(Some(connect_timeout));
@@ -81,6 +83,8 @@ impl Upstreams {
                 c.set_local_address(bind);
                 Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(60))
+                    // Plaintext HTTP/2 is h2c with prior knowledge, as Envoy speaks it.
+                    .http2_only(http2)
                     .build(c)
             })
             .clone()
@@ -259,8 +263,17 @@ async fn forward(
             );
         }
     };
+    let http2 = match cluster.upstream_protocol {
+        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::Downstream => req.version() == http::Version::HTTP_2,
+    };
     *req.uri_mut() = uri;
-    *req.version_mut() = http::Version::HTTP_11;
+    *req.version_mut() = if http2 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
     let headers = req.headers_mut();
     for h in HOP_BY_HOP {
         headers.remove(h);
@@ -294,7 +307,7 @@ async fn forward(
     });
     let client = ctx
         .upstreams
-        .client(cluster.bind_source, cluster.connect_timeout);
+        .client(cluster.bind_source, cluster.connect_timeout, http2);
     let started = Instant::now();
     let sent = client.request(req);
     let result = match f.timeout {
