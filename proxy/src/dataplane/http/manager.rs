@@ -60,10 +60,13 @@ impl ResponseFlag {
 
 type UpstreamClient = Client<HttpConnector, Body>;
 
+/// (source address, connect timeout, HTTP/2).
+type PoolKey = (Option<IpAddr>, Duration, bool);
+
 /// Upstream clients, pooled per (source address, connect timeout, HTTP/2).
 #[derive(Default)]
 pub struct Upstreams {
-    clients: Mutex<HashMap<(Option<IpAddr>, Duration, bool), UpstreamClient>>,
+    clients: Mutex<HashMap<PoolKey, UpstreamClient>>,
 }
 
 impl Upstreams {
