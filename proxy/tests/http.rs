@@ -36,7 +36,7 @@ async fn upstream(name: &'static str) -> SocketAddr {
             };
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                    if req.uri().path().starts_with("/slow") {
+                    if req.uri().path().starts_with("/slow") || name == "sluggish" {
                         tokio::time::sleep(Duration::from_secs(2)).await;
                     }
                     let h = |n: &str| {
@@ -461,4 +461,54 @@ async fn malformed_requests_get_envoys_400_and_431() {
             .unwrap();
         assert_eq!(got, want, "{what}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_steers_away_from_a_slow_endpoint() {
+    // "sluggish" answers after two seconds, "quick" at once: with 8 requests in flight at a
+    // time, LEAST_REQUEST sends most of them to "quick" (round robin would split 50/50).
+    let quick = upstream("quick").await;
+    let sluggish = upstream("sluggish").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut wire = http_listener("http", u32::from(port), "80");
+    wire.address = Some(outrigger_proxy::testing::socket(
+        "127.0.0.1",
+        u32::from(port),
+    ));
+    let mut snap = Snapshot::default();
+    snap.listeners
+        .insert("http".into(), Arc::new(Listener::try_from(&wire).unwrap()));
+    let rc = RouteConfig::try_from(&outrigger_proxy::testing::route_config("80", "lr")).unwrap();
+    snap.routes.insert("80".into(), Arc::new(rc));
+    let mut c = static_cluster("lr", &[quick, sluggish]);
+    c.lb_policy = LbPolicy::LeastRequest;
+    snap.clusters.insert(c.name.clone(), Arc::new(c));
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(snap));
+    tokio::spawn(server::serve(rx));
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = format!("http://127.0.0.1:{port}/x");
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "--parallel", "--parallel-max", "8", "-w", "\n"]);
+        for _ in 0..48 {
+            cmd.arg(&url);
+        }
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let slow = text.matches("\"server\":\"sluggish\"").count();
+    let fast = text.matches("\"server\":\"quick\"").count();
+    assert_eq!(slow + fast, 48, "{text}");
+    assert!(slow <= 6, "the slow endpoint got {slow} of 48");
 }

@@ -94,6 +94,7 @@ async fn sniffed(stream: &TcpStream) -> Sniffed {
 pub struct Counters {
     rr: AtomicU64,
     http: Arc<AtomicU64>,
+    loads: Arc<super::upstream::Loads>,
 }
 
 async fn connect(
@@ -155,8 +156,10 @@ async fn tcp_proxy(
         dst,
         counters.rr.fetch_add(1, Ordering::Relaxed),
         fastrand::u64(..),
+        &|d| counters.loads.get(d),
     )
     .map_err(|_| ConnError::NoHealthyUpstream(name.clone()))?;
+    let _in_flight = counters.loads.start(&addr);
     let addr = addr
         .resolve()
         .await
@@ -222,6 +225,7 @@ pub async fn handle(
                     downstream: src,
                     upstreams: upstreams.clone(),
                     counter: counters.http.clone(),
+                    loads: counters.loads.clone(),
                 };
                 serve_connection(ctx, stream).await;
                 return Ok(());

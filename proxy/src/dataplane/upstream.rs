@@ -42,7 +42,7 @@ pub enum NoUpstream {
 }
 
 /// Where to connect: an address, or a name to resolve first (DNS clusters).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Dest {
     Ip(SocketAddr),
     Name(String, u16),
@@ -66,6 +66,46 @@ impl Dest {
                 .await?
                 .next()
                 .ok_or_else(|| std::io::Error::other(format!("{h}: no address"))),
+        }
+    }
+}
+
+/// Requests (HTTP) or connections (TCP) in flight per endpoint, for LEAST_REQUEST.
+#[derive(Debug, Default)]
+pub struct Loads {
+    active: std::sync::Mutex<std::collections::HashMap<Dest, usize>>,
+}
+
+impl Loads {
+    pub fn get(&self, d: &Dest) -> usize {
+        let m = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(d).copied().unwrap_or(0)
+    }
+
+    /// Counts one more in flight on `d` until the guard drops.
+    pub fn start(self: &std::sync::Arc<Self>, d: &Dest) -> LoadGuard {
+        let mut m = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(d.clone()).or_insert(0) += 1;
+        LoadGuard {
+            loads: self.clone(),
+            dest: d.clone(),
+        }
+    }
+}
+
+pub struct LoadGuard {
+    loads: std::sync::Arc<Loads>,
+    dest: Dest,
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        let mut m = self.loads.active.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.dest) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.dest);
+            }
         }
     }
 }
@@ -94,13 +134,15 @@ fn candidates(localities: &[LocalityEndpoints]) -> Vec<(Dest, u32)> {
     Vec::new()
 }
 
-/// The endpoint to connect to. `counter` advances round robin; `roll` drives random choices.
+/// The endpoint to connect to. `counter` advances round robin; `roll` drives random choices;
+/// `active` says how many requests an endpoint has in flight (LEAST_REQUEST).
 pub fn endpoint(
     snap: &Snapshot,
     cluster: &Cluster,
     original_dst: SocketAddr,
     counter: u64,
     roll: u64,
+    active: &dyn Fn(&Dest) -> usize,
 ) -> Result<Dest, NoUpstream> {
     let localities: &[LocalityEndpoints] = match &cluster.discovery {
         Discovery::OriginalDst => return Ok(Dest::Ip(original_dst)),
@@ -120,19 +162,45 @@ pub fn endpoint(
     if total == 0 {
         return Err(NoUpstream::NoHealthyEndpoint(cluster.name.clone()));
     }
-    // Weighted round robin (and, for now, the other policies) as a position in the weight space.
-    let pos = match cluster.lb_policy {
-        LbPolicy::Random => roll % total,
-        _ => counter % total,
-    };
-    let mut acc = 0;
-    for (addr, w) in &list {
-        acc += u64::from(*w);
-        if pos < acc {
-            return Ok(addr.clone());
+    // The item at `pos` in the weight space, skipping `skip`.
+    let at = |pos: u64, skip: Option<usize>| {
+        let mut acc = 0;
+        for (i, (_, w)) in list.iter().enumerate() {
+            if Some(i) == skip {
+                continue;
+            }
+            acc += u64::from(*w);
+            if pos < acc {
+                return Some(i);
+            }
         }
-    }
-    Err(NoUpstream::NoHealthyEndpoint(cluster.name.clone()))
+        None
+    };
+    let chosen = match cluster.lb_policy {
+        LbPolicy::Random => at(roll % total, None),
+        // LEAST_REQUEST: the less loaded of two distinct weighted random choices (Envoy's power
+        // of two choices; distinct, so that two endpoints are always compared).
+        LbPolicy::LeastRequest if list.len() > 1 => {
+            let first = at(roll % total, None);
+            let rest = first
+                .map(|i| total - u64::from(list[i].1))
+                .unwrap_or(total)
+                .max(1);
+            let second = at(
+                roll.rotate_left(32).wrapping_mul(0x9E37_79B9_7F4A_7C15) % rest,
+                first,
+            );
+            match (first, second) {
+                (Some(a), Some(b)) if active(&list[b].0) < active(&list[a].0) => Some(b),
+                (a, _) => a,
+            }
+        }
+        // Weighted round robin (and, for now, RING_HASH/MAGLEV) as a position in the weights.
+        _ => at(counter % total, None),
+    };
+    chosen
+        .map(|i| list[i].0.clone())
+        .ok_or_else(|| NoUpstream::NoHealthyEndpoint(cluster.name.clone()))
 }
 
 #[cfg(test)]
@@ -195,7 +263,7 @@ mod tests {
         });
         let dst = "1.1.1.1:1".parse().unwrap();
         let picks: Vec<String> = (0..4)
-            .map(|i| endpoint(&snap, &c, dst, i, 0).unwrap().to_string())
+            .map(|i| endpoint(&snap, &c, dst, i, 0, &|_| 0).unwrap().to_string())
             .collect();
         assert_eq!(
             picks,
@@ -205,11 +273,11 @@ mod tests {
             service_name: "nope".into(),
         });
         assert_eq!(
-            endpoint(&snap, &missing, dst, 0, 0),
+            endpoint(&snap, &missing, dst, 0, 0, &|_| 0),
             Err(NoUpstream::NoHealthyEndpoint("c".into()))
         );
         assert_eq!(
-            endpoint(&snap, &cluster(Discovery::OriginalDst), dst, 0, 0),
+            endpoint(&snap, &cluster(Discovery::OriginalDst), dst, 0, 0, &|_| 0),
             Ok(Dest::Ip(dst))
         );
     }
@@ -231,7 +299,7 @@ mod tests {
             }],
         });
         let dst = "1.1.1.1:1".parse().unwrap();
-        let d = endpoint(&Snapshot::default(), &c, dst, 0, 0).unwrap();
+        let d = endpoint(&Snapshot::default(), &c, dst, 0, 0, &|_| 0).unwrap();
         assert_eq!(d, Dest::Name("localhost".into(), 8080));
         let a = d.resolve().await.unwrap();
         assert!(a.ip().is_loopback() && a.port() == 8080, "{a}");
@@ -241,6 +309,76 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[test]
+    fn least_request_prefers_the_less_loaded_of_two_choices() {
+        let mut c = cluster(Discovery::Static);
+        c.lb_policy = LbPolicy::LeastRequest;
+        let eps = |addrs: &[&str]| LoadAssignment {
+            cluster_name: "c".into(),
+            localities: vec![LocalityEndpoints {
+                locality: Locality::default(),
+                priority: 0,
+                weight: None,
+                endpoints: addrs
+                    .iter()
+                    .map(|a| Endpoint {
+                        address: Address::Socket(a.parse().unwrap()),
+                        health: Health::Healthy,
+                        weight: 1,
+                    })
+                    .collect(),
+            }],
+        };
+        c.load_assignment = Some(eps(&["10.0.0.1:80", "10.0.0.2:80"]));
+        let busy: Dest = Dest::Ip("10.0.0.1:80".parse().unwrap());
+        let dst = "1.1.1.1:1".parse().unwrap();
+        let snap = Snapshot::default();
+        // With .1 busy, the idle .2 always wins: the two choices are distinct.
+        let picks = (0..1000u64)
+            .map(|r| {
+                endpoint(
+                    &snap,
+                    &c,
+                    dst,
+                    0,
+                    r.wrapping_mul(0x2545_F491_4F6C_DD1D),
+                    &|d| usize::from(*d == busy) * 5,
+                )
+                .unwrap()
+            })
+            .filter(|d| *d == busy)
+            .count();
+        assert_eq!(picks, 0);
+        // Unloaded: both endpoints get traffic.
+        let idle = (0..1000u64)
+            .map(|r| {
+                endpoint(
+                    &snap,
+                    &c,
+                    dst,
+                    0,
+                    r.wrapping_mul(0x2545_F491_4F6C_DD1D),
+                    &|_| 0,
+                )
+                .unwrap()
+            })
+            .filter(|d| *d == busy)
+            .count();
+        assert!((400..=600).contains(&idle), "{idle}");
+    }
+
+    #[test]
+    fn loads_count_in_flight_requests() {
+        let loads = std::sync::Arc::new(Loads::default());
+        let d = Dest::Ip("10.0.0.1:80".parse().unwrap());
+        let a = loads.start(&d);
+        let b = loads.start(&d);
+        assert_eq!(loads.get(&d), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(loads.get(&d), 0);
     }
 
     #[test]

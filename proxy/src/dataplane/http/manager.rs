@@ -167,6 +167,7 @@ pub struct ConnContext {
     pub downstream: SocketAddr,
     pub upstreams: Arc<Upstreams>,
     pub counter: Arc<std::sync::atomic::AtomicU64>,
+    pub loads: Arc<crate::dataplane::upstream::Loads>,
 }
 
 fn head_of(req: &Request<Incoming>) -> RequestHead {
@@ -220,7 +221,15 @@ async fn forward(
     let n = ctx
         .counter
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let addr = match endpoint(snap, cluster, ctx.original_dst, n, fastrand::u64(..)) {
+    let loads = &ctx.loads;
+    let addr = match endpoint(
+        snap,
+        cluster,
+        ctx.original_dst,
+        n,
+        fastrand::u64(..),
+        &|d| loads.get(d),
+    ) {
         Ok(a) => a,
         Err(NoUpstream::UnknownCluster(_)) => {
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, ResponseFlag::NC, "");
@@ -233,6 +242,8 @@ async fn forward(
             );
         }
     };
+    // In flight until the response headers are in (LEAST_REQUEST's measure).
+    let _in_flight = ctx.loads.start(&addr);
     let addr = match addr.resolve().await {
         Ok(a) => a,
         Err(e) => {
