@@ -77,6 +77,90 @@ pub fn config_dump(
     node_id: &str,
     include_eds: bool,
     resource: Option<&str>,
+    mask: Option<&str>,
+) -> Value {
+    let dump = config_dump_unmasked(snap, node_id, include_eds, resource);
+    match mask {
+        None => dump,
+        Some(m) => {
+            let paths: Vec<&str> = m
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .collect();
+            let configs = dump["configs"].as_array().cloned().unwrap_or_default();
+            json!({"configs": configs.iter().map(|c| masked(c, &paths)).collect::<Vec<_>>()})
+        }
+    }
+}
+
+/// Envoy's `?mask=`: a field mask (comma-separated dotted paths) applied to each entry; the
+/// entry's `@type` stays. A path through a list applies to each element.
+pub fn masked(v: &Value, paths: &[&str]) -> Value {
+    let mut out = serde_json::Map::new();
+    if let Some(t) = v.get("@type") {
+        out.insert("@type".into(), t.clone());
+    }
+    for p in paths {
+        let parts: Vec<&str> = p.split('.').collect();
+        if let Some(picked) = pick(v, &parts) {
+            merge(&mut out, &parts, picked);
+        }
+    }
+    Value::Object(out)
+}
+
+fn pick(v: &Value, parts: &[&str]) -> Option<Value> {
+    let Some((first, rest)) = parts.split_first() else {
+        return Some(v.clone());
+    };
+    match v {
+        Value::Object(o) => pick(o.get(*first)?, rest),
+        Value::Array(a) => Some(Value::Array(
+            a.iter().filter_map(|e| pick(e, parts)).collect(),
+        )),
+        _ => None,
+    }
+}
+
+fn merge(out: &mut serde_json::Map<String, Value>, parts: &[&str], value: Value) {
+    match parts {
+        [] => {}
+        [last] => {
+            out.insert(last.to_string(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = out.entry(first.to_string()).or_insert_with(|| json!({}));
+            if let (Value::Object(inner), Value::Object(_)) = (entry, &value) {
+                let mut nested = serde_json::Map::new();
+                merge(&mut nested, rest, value);
+                for (k, v) in nested {
+                    inner.insert(k, v);
+                }
+            } else if let Some(e) = out.get_mut(*first) {
+                // A path through a list: the picked list replaces it.
+                *e = rebuild(rest, value);
+            }
+        }
+    }
+}
+
+fn rebuild(parts: &[&str], value: Value) -> Value {
+    match value {
+        Value::Array(items) => Value::Array(items.into_iter().map(|i| rebuild(parts, i)).collect()),
+        other => {
+            let mut m = serde_json::Map::new();
+            merge(&mut m, parts, other);
+            Value::Object(m)
+        }
+    }
+}
+
+fn config_dump_unmasked(
+    snap: &Snapshot,
+    node_id: &str,
+    include_eds: bool,
+    resource: Option<&str>,
 ) -> Value {
     let listeners: Vec<Value> = raws(snap, ResourceType::Listener)
         .map(|(n, r)| json!({"name": n, "active_state": {"version_info": r.version, "listener": any_json(&r.any)}}))
@@ -237,6 +321,7 @@ pub fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes
                 &state.node_id,
                 q.contains_key("include_eds"),
                 q.get("resource").map(String::as_str),
+                q.get("mask").map(String::as_str),
             );
             reply(
                 StatusCode::OK,
@@ -342,5 +427,34 @@ pub async fn serve(addr: SocketAddr, role: Role, state: Arc<AdminState>) -> std:
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod mask_tests {
+    use serde_json::json;
+
+    use super::masked;
+
+    #[test]
+    fn masks_keep_the_named_fields_and_the_type() {
+        let entry = json!({
+            "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump.DynamicCluster",
+            "version_info": "7",
+            "cluster": {"name": "outbound|80||a", "type": "EDS", "lb_policy": "LEAST_REQUEST"}
+        });
+        assert_eq!(
+            masked(&entry, &["cluster.name", "version_info"]),
+            json!({"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump.DynamicCluster", "version_info": "7", "cluster": {"name": "outbound|80||a"}})
+        );
+        let dump = json!({"dynamic_listeners": [{"name": "a", "x": 1}, {"name": "b", "x": 2}]});
+        assert_eq!(
+            masked(&dump, &["dynamic_listeners.name"]),
+            json!({"dynamic_listeners": [{"name": "a"}, {"name": "b"}]})
+        );
+        assert_eq!(
+            masked(&entry, &["nothing.here"]),
+            json!({"@type": entry["@type"]})
+        );
     }
 }

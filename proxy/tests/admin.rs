@@ -130,6 +130,15 @@ async fn admin_endpoints() {
     let only: serde_json::Value = serde_json::from_str(&only).unwrap();
     assert_eq!(only["configs"].as_array().unwrap().len(), 1);
     assert_eq!(only["configs"][0]["cluster"]["name"], "svc");
+    let (_, names) = curl(&[&admin_url(
+        "/config_dump?resource=dynamic_active_clusters&mask=cluster.name",
+    )]);
+    let names: serde_json::Value = serde_json::from_str(&names).unwrap();
+    assert_eq!(
+        names["configs"][0],
+        serde_json::json!({"cluster": {"name": "svc"}}),
+        "?mask keeps only the masked fields"
+    );
 
     let (_, clusters) = curl(&[&admin_url("/clusters")]);
     assert!(
