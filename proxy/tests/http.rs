@@ -85,6 +85,7 @@ fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
         tls: false,
         bind_source: None,
         upstream_protocol: Default::default(),
+        locality_weighted: false,
         ignored: vec![],
     }
 }

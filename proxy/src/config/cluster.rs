@@ -48,6 +48,8 @@ pub struct Cluster {
     pub bind_source: Option<std::net::IpAddr>,
     /// The HTTP version spoken upstream.
     pub upstream_protocol: UpstreamProtocol,
+    /// `common_lb_config.locality_weighted_lb_config`: pick a locality by its weight first.
+    pub locality_weighted: bool,
     pub ignored: Vec<Ignored>,
 }
 
@@ -365,6 +367,10 @@ impl TryFrom<&wire::Cluster> for Cluster {
             tls: c.transport_socket.is_some(),
             bind_source,
             upstream_protocol: upstream_protocol(c)?,
+            locality_weighted: matches!(
+                c.common_lb_config.as_ref().and_then(|l| l.locality_config_specifier.as_ref()),
+                Some(wire::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+            ),
             ignored,
         })
     }

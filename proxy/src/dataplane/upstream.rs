@@ -9,6 +9,18 @@ use crate::config::cluster::{Cluster, Discovery, LbPolicy, LocalityEndpoints};
 use crate::config::route::Target;
 use crate::xds::store::Snapshot;
 
+/// The index a weighted choice lands on; `roll` is uniform in `0..total weight`.
+fn weighted_index(weights: impl Iterator<Item = u32>, roll: u64) -> Option<usize> {
+    let mut acc = 0u64;
+    for (i, w) in weights.enumerate() {
+        acc += u64::from(w);
+        if roll < acc {
+            return Some(i);
+        }
+    }
+    None
+}
+
 /// A weighted choice; `roll` is uniform in `0..total weight`.
 pub fn weighted(items: &[(String, u32)], roll: u64) -> Option<&str> {
     let mut acc = 0u64;
@@ -110,15 +122,37 @@ impl Drop for LoadGuard {
     }
 }
 
-/// The healthy endpoints of the best priority, flattened with their weights.
-fn candidates(localities: &[LocalityEndpoints]) -> Vec<(Dest, u32)> {
+/// The healthy endpoints of the best priority, flattened with their weights. With
+/// `locality_roll`, one locality of that priority is chosen first, by its weight.
+fn candidates(localities: &[LocalityEndpoints], locality_roll: Option<u64>) -> Vec<(Dest, u32)> {
+    let healthy = |l: &LocalityEndpoints| l.endpoints.iter().any(|e| e.health.routable());
     let mut priorities: Vec<u32> = localities.iter().map(|l| l.priority).collect();
     priorities.sort_unstable();
     priorities.dedup();
     for p in priorities {
-        let list: Vec<(Dest, u32)> = localities
+        let in_priority: Vec<&LocalityEndpoints> = localities
             .iter()
-            .filter(|l| l.priority == p)
+            .filter(|l| l.priority == p && healthy(l))
+            .collect();
+        let chosen: Vec<&LocalityEndpoints> = match locality_roll {
+            Some(roll) => {
+                let total: u64 = in_priority
+                    .iter()
+                    .map(|l| u64::from(l.weight.unwrap_or(0)))
+                    .sum();
+                match weighted_index(
+                    in_priority.iter().map(|l| l.weight.unwrap_or(0)),
+                    roll % total.max(1),
+                ) {
+                    Some(i) if total > 0 => vec![in_priority[i]],
+                    // No locality weights: every locality counts.
+                    _ => in_priority.clone(),
+                }
+            }
+            None => in_priority.clone(),
+        };
+        let list: Vec<(Dest, u32)> = chosen
+            .into_iter()
             .flat_map(|l| l.endpoints.iter())
             .filter(|e| e.health.routable())
             .filter_map(|e| match &e.address {
@@ -157,7 +191,10 @@ pub fn endpoint(
             .map(|a| a.localities.as_slice())
             .unwrap_or(&[]),
     };
-    let list = candidates(localities);
+    let list = candidates(
+        localities,
+        cluster.locality_weighted.then(|| roll.rotate_left(17)),
+    );
     let total: u64 = list.iter().map(|(_, w)| u64::from(*w)).sum();
     if total == 0 {
         return Err(NoUpstream::NoHealthyEndpoint(cluster.name.clone()));
@@ -219,6 +256,7 @@ mod tests {
             tls: false,
             bind_source: None,
             upstream_protocol: Default::default(),
+            locality_weighted: false,
             ignored: vec![],
         }
     }
@@ -367,6 +405,46 @@ mod tests {
             .filter(|d| *d == busy)
             .count();
         assert!((400..=600).contains(&idle), "{idle}");
+    }
+
+    #[test]
+    fn locality_weights_pick_the_locality_first() {
+        let mut c = cluster(Discovery::Static);
+        c.locality_weighted = true;
+        let loc = |zone: &str, weight: u32, addr: &str| LocalityEndpoints {
+            locality: Locality {
+                zone: zone.into(),
+                ..Locality::default()
+            },
+            priority: 0,
+            weight: Some(weight),
+            endpoints: vec![Endpoint {
+                address: Address::Socket(addr.parse().unwrap()),
+                health: Health::Healthy,
+                weight: 1,
+            }],
+        };
+        c.load_assignment = Some(LoadAssignment {
+            cluster_name: "c".into(),
+            localities: vec![loc("a", 80, "10.0.0.1:80"), loc("b", 20, "10.0.0.2:80")],
+        });
+        let dst = "1.1.1.1:1".parse().unwrap();
+        let snap = Snapshot::default();
+        let b = (0..1000u64)
+            .map(|r| {
+                endpoint(
+                    &snap,
+                    &c,
+                    dst,
+                    r,
+                    r.wrapping_mul(0x2545_F491_4F6C_DD1D),
+                    &|_| 0,
+                )
+                .unwrap()
+            })
+            .filter(|d| *d == Dest::Ip("10.0.0.2:80".parse().unwrap()))
+            .count();
+        assert!((150..=250).contains(&b), "about 20% to zone b: {b}");
     }
 
     #[test]
