@@ -159,7 +159,8 @@ async fn tcp_proxy(
         &|d| counters.loads.get(d),
     )
     .map_err(|_| ConnError::NoHealthyUpstream(name.clone()))?;
-    let _in_flight = counters.loads.start(&addr);
+    let _in_flight = (cluster.lb_policy == crate::config::cluster::LbPolicy::LeastRequest)
+        .then(|| counters.loads.start(&addr));
     let addr = addr
         .resolve()
         .await
@@ -226,6 +227,7 @@ pub async fn handle(
                     upstreams: upstreams.clone(),
                     counter: counters.http.clone(),
                     loads: counters.loads.clone(),
+                    affinity: Default::default(),
                 };
                 serve_connection(ctx, stream).await;
                 return Ok(());

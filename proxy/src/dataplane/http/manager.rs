@@ -19,7 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use super::routing::{RequestHead, route, virtual_host};
+use super::routing::{RequestHead, needs_headers, route, virtual_host};
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::listener::{HttpFilter, HttpManager, RouteSource};
 use crate::config::route::{Action, Forward, HeaderAction, HeaderOps, PathMatch};
@@ -94,6 +94,88 @@ impl Upstreams {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The HTTP/1.1 upstream connections one downstream connection has used, by endpoint. Its
+/// requests come one at a time, so they reuse these without a shared pool (no lock contention,
+/// no pool bookkeeping per request).
+#[derive(Default)]
+pub struct Affinity {
+    conns: Mutex<Vec<(SocketAddr, hyper::client::conn::http1::SendRequest<Body>)>>,
+}
+
+/// Upstream connections kept per downstream connection.
+const AFFINITY_MAX: usize = 4;
+
+impl Affinity {
+    fn take(&self, addr: SocketAddr) -> Option<hyper::client::conn::http1::SendRequest<Body>> {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.retain(|(_, s)| !s.is_closed());
+        let i = conns.iter().position(|(a, s)| *a == addr && s.is_ready())?;
+        Some(conns.swap_remove(i).1)
+    }
+
+    fn put(&self, addr: SocketAddr, sender: hyper::client::conn::http1::SendRequest<Body>) {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        if conns.len() < AFFINITY_MAX {
+            conns.push((addr, sender));
+        }
+    }
+}
+
+async fn connect_upstream(
+    addr: SocketAddr,
+    bind: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<hyper::client::conn::http1::SendRequest<Body>, BoxError> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if let Some(ip) = bind {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = tokio::time::timeout(timeout, socket.connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// Sends an HTTP/1.1 request (origin-form URI) on this downstream connection's upstream
+/// connection to `addr`, or a new one. A reused connection that turns out closed before the
+/// request was written is replaced once.
+async fn send_affine(
+    affinity: &Affinity,
+    addr: SocketAddr,
+    bind: Option<IpAddr>,
+    timeout: Duration,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, BoxError> {
+    let (mut sender, reused) = match affinity.take(addr) {
+        Some(s) => (s, true),
+        None => (connect_upstream(addr, bind, timeout).await?, false),
+    };
+    let resp = match sender.try_send_request(req).await {
+        Ok(r) => r,
+        Err(mut e) if reused && e.message().is_some() => {
+            let req = e.take_message().ok_or("request lost")?;
+            sender = connect_upstream(addr, bind, timeout).await?;
+            sender.send_request(req).await?
+        }
+        Err(e) => return Err(e.into_error().into()),
+    };
+    affinity.put(addr, sender);
+    Ok(resp)
+}
+
 fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(
         Full::new(body.into())
@@ -113,14 +195,14 @@ fn local_reply(status: StatusCode, flag: ResponseFlag, body: &str) -> Response<B
 }
 
 /// Headers that belong to one connection and are never forwarded.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+    header::TRAILER,
 ];
 
 fn request_id() -> String {
@@ -168,6 +250,19 @@ pub struct ConnContext {
     pub upstreams: Arc<Upstreams>,
     pub counter: Arc<std::sync::atomic::AtomicU64>,
     pub loads: Arc<crate::dataplane::upstream::Loads>,
+    pub affinity: Arc<Affinity>,
+}
+
+/// The request's headers as routing reads them (only built when a route looks at headers).
+fn headers_of(req: &Request<Incoming>) -> Vec<(String, String)> {
+    req.headers()
+        .iter()
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_string(), v.to_string()))
+        })
+        .collect()
 }
 
 fn head_of(req: &Request<Incoming>) -> RequestHead {
@@ -183,15 +278,7 @@ fn head_of(req: &Request<Incoming>) -> RequestHead {
         host,
         path: req.uri().path().to_string(),
         query: req.uri().query().map(String::from),
-        headers: req
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| {
-                v.to_str()
-                    .ok()
-                    .map(|v| (k.as_str().to_string(), v.to_string()))
-            })
-            .collect(),
+        headers: Vec::new(),
         method: req.method().as_str().to_string(),
     }
 }
@@ -243,7 +330,8 @@ async fn forward(
         }
     };
     // In flight until the response headers are in (LEAST_REQUEST's measure).
-    let _in_flight = ctx.loads.start(&addr);
+    let _in_flight = (cluster.lb_policy == crate::config::cluster::LbPolicy::LeastRequest)
+        .then(|| ctx.loads.start(&addr));
     let addr = match addr.resolve().await {
         Ok(a) => a,
         Err(e) => {
@@ -267,20 +355,24 @@ async fn forward(
         Some(q) => format!("{path}?{q}"),
         None => path,
     };
-    let uri: Uri = match format!("http://{addr}{pq}").parse() {
-        Ok(u) => u,
-        Err(_) => {
-            return local_reply(
-                StatusCode::BAD_REQUEST,
-                ResponseFlag::NR,
-                "bad request path",
-            );
-        }
-    };
     let http2 = match cluster.upstream_protocol {
         UpstreamProtocol::Http1 => false,
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::Downstream => req.version() == http::Version::HTTP_2,
+    };
+    // HTTP/1.1 goes out on this connection's own upstream connection with an origin-form URI;
+    // HTTP/2 through the shared client, which needs the absolute form.
+    let uri: Result<Uri, _> = if http2 {
+        format!("http://{addr}{pq}").parse()
+    } else {
+        pq.parse()
+    };
+    let Ok(uri) = uri else {
+        return local_reply(
+            StatusCode::BAD_REQUEST,
+            ResponseFlag::NR,
+            "bad request path",
+        );
     };
     *req.uri_mut() = uri;
     *req.version_mut() = if http2 {
@@ -289,7 +381,7 @@ async fn forward(
         http::Version::HTTP_11
     };
     let headers = req.headers_mut();
-    for h in HOP_BY_HOP {
+    for h in &HOP_BY_HOP {
         headers.remove(h);
     }
     if let Some(h) = &f.host_rewrite
@@ -319,11 +411,19 @@ async fn forward(
         b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             .boxed()
     });
-    let client = ctx
-        .upstreams
-        .client(cluster.bind_source, cluster.connect_timeout, http2);
     let started = Instant::now();
-    let sent = client.request(req);
+    let sent: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Incoming>, BoxError>> + Send>,
+    > = if http2 {
+        let client = ctx
+            .upstreams
+            .client(cluster.bind_source, cluster.connect_timeout, true);
+        Box::pin(async move { client.request(req).await.map_err(BoxError::from) })
+    } else {
+        let affinity = ctx.affinity.clone();
+        let (bind, timeout) = (cluster.bind_source, cluster.connect_timeout);
+        Box::pin(async move { send_affine(&affinity, addr, bind, timeout, req).await })
+    };
     let result = match f.timeout {
         Some(t) => match tokio::time::timeout(t, sent).await {
             Ok(r) => r,
@@ -344,7 +444,7 @@ async fn forward(
                 b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
                     .boxed()
             });
-            for h in HOP_BY_HOP {
+            for h in &HOP_BY_HOP {
                 resp.headers_mut().remove(h);
             }
             if let Ok(v) = HeaderValue::from_str(&elapsed) {
@@ -415,19 +515,20 @@ fn response_headers(headers: &mut http::HeaderMap, ops: [&HeaderOps; 2]) {
 
 /// Routes and answers one request.
 pub async fn handle(
-    ctx: ConnContext,
+    ctx: Arc<ConnContext>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let head = head_of(&req);
+    let mut head = head_of(&req);
     let snap = ctx.live.borrow().clone();
     let rc = match &ctx.manager.routes {
         RouteSource::Inline(rc) => Some(rc),
         RouteSource::Rds(name) => snap.routes.get(name).map(|r| r.as_ref()),
     };
-    let Some((vh, route)) = rc
-        .and_then(|rc| virtual_host(rc, &head.host))
-        .and_then(|vh| route(vh, &head).map(|r| (vh, r)))
-    else {
+    let vh = rc.and_then(|rc| virtual_host(rc, &head.host));
+    if vh.is_some_and(needs_headers) {
+        head.headers = headers_of(&req);
+    }
+    let Some((vh, route)) = vh.and_then(|vh| route(vh, &head).map(|r| (vh, r))) else {
         return Ok(local_reply(StatusCode::NOT_FOUND, ResponseFlag::NR, ""));
     };
     if let Some(fault) = &route.fault
@@ -485,6 +586,7 @@ pub const MAX_REQUEST_HEADERS: usize = 60 * 1024;
 
 /// Serves one downstream connection (HTTP/1.1, or h2c with prior knowledge).
 pub async fn serve_connection(ctx: ConnContext, stream: TcpStream) {
+    let ctx = Arc::new(ctx);
     let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // Envoy's default limits: 60 KiB of request headers and 100 headers, else 431.

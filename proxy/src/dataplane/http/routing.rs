@@ -171,6 +171,19 @@ fn path_matches(m: &RouteMatch, path: &str) -> bool {
     }
 }
 
+/// Whether routing in `vh` reads request headers (header matchers, or a cluster named by a
+/// header); pseudo-headers do not count, they come from the request line.
+pub fn needs_headers(vh: &VirtualHost) -> bool {
+    vh.routes.iter().any(|r| {
+        r.matcher.headers.iter().any(|h| !h.name.starts_with(':'))
+            || matches!(
+                &r.action,
+                crate::config::route::Action::Forward(f)
+                    if matches!(f.target, crate::config::route::Target::Header(_))
+            )
+    })
+}
+
 /// The first route of `vh` whose match accepts `req`.
 pub fn route<'a>(vh: &'a VirtualHost, req: &RequestHead) -> Option<&'a Route> {
     vh.routes.iter().find(|r| {
