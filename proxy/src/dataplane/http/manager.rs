@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -26,7 +25,7 @@ use crate::config::route::{Action, Forward, HeaderAction, HeaderOps, PathMatch};
 use crate::dataplane::upstream::{NoUpstream, cluster_of, endpoint};
 use crate::xds::store::Snapshot;
 
-pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub use super::body::Body;
 
 /// Envoy's response flags, as access logs and metrics report them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +93,7 @@ impl Upstreams {
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use super::body::BoxError;
 
 /// The HTTP/1.1 upstream connections one downstream connection has used, by endpoint. Its
 /// requests come one at a time, so they reuse these without a shared pool (no lock contention,
@@ -177,11 +176,7 @@ async fn send_affine(
 }
 
 fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(
-        Full::new(body.into())
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut r = Response::new(Body::Local(Full::new(body.into())));
     *r.status_mut() = status;
     r
 }
@@ -343,38 +338,41 @@ async fn forward(
             );
         }
     };
-    // The upstream URI: the endpoint, and the (possibly rewritten) path and query.
-    let mut path = head.path.clone();
-    if let (Some(rewrite), PathMatch::Prefix(prefix) | PathMatch::PathSeparatedPrefix(prefix)) =
-        (&f.prefix_rewrite, matched)
-        && let Some(rest) = path.strip_prefix(prefix.as_str())
-    {
-        path = format!("{rewrite}{rest}");
-    }
-    let pq = match &head.query {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
-    };
     let http2 = match cluster.upstream_protocol {
         UpstreamProtocol::Http1 => false,
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::Downstream => req.version() == http::Version::HTTP_2,
     };
-    // HTTP/1.1 goes out on this connection's own upstream connection with an origin-form URI;
-    // HTTP/2 through the shared client, which needs the absolute form.
-    let uri: Result<Uri, _> = if http2 {
-        format!("http://{addr}{pq}").parse()
-    } else {
-        pq.parse()
+    // The upstream URI: the (possibly rewritten) path and query; HTTP/1.1 goes out on this
+    // connection's own upstream connection in origin form, HTTP/2 through the shared client,
+    // which needs the absolute form. An origin-form request without a rewrite is sent as is.
+    let rewritten = match (&f.prefix_rewrite, matched) {
+        (Some(rewrite), PathMatch::Prefix(prefix) | PathMatch::PathSeparatedPrefix(prefix)) => head
+            .path
+            .strip_prefix(prefix.as_str())
+            .map(|rest| format!("{rewrite}{rest}")),
+        _ => None,
     };
-    let Ok(uri) = uri else {
-        return local_reply(
-            StatusCode::BAD_REQUEST,
-            ResponseFlag::NR,
-            "bad request path",
-        );
-    };
-    *req.uri_mut() = uri;
+    if http2 || rewritten.is_some() || req.uri().authority().is_some() {
+        let path = rewritten.as_deref().unwrap_or(&head.path);
+        let pq = match &head.query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        let uri: Result<Uri, _> = if http2 {
+            format!("http://{addr}{pq}").parse()
+        } else {
+            pq.parse()
+        };
+        let Ok(uri) = uri else {
+            return local_reply(
+                StatusCode::BAD_REQUEST,
+                ResponseFlag::NR,
+                "bad request path",
+            );
+        };
+        *req.uri_mut() = uri;
+    }
     *req.version_mut() = if http2 {
         http::Version::HTTP_2
     } else {
@@ -407,10 +405,7 @@ async fn forward(
             HeaderValue::from_static("http"),
         );
     }
-    let req = req.map(|b| {
-        b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-            .boxed()
-    });
+    let req = req.map(Body::Streamed);
     let started = Instant::now();
     let sent: std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Response<Incoming>, BoxError>> + Send>,
@@ -440,10 +435,7 @@ async fn forward(
     match result {
         Ok(resp) => {
             let elapsed = started.elapsed().as_millis().to_string();
-            let mut resp = resp.map(|b| {
-                b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-                    .boxed()
-            });
+            let mut resp = resp.map(Body::Streamed);
             for h in &HOP_BY_HOP {
                 resp.headers_mut().remove(h);
             }

@@ -1,4 +1,5 @@
 //! HTTP: routing of requests by a route configuration, and the connection manager.
 
+pub mod body;
 pub mod manager;
 pub mod routing;
