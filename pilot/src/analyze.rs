@@ -181,7 +181,6 @@ impl Checker<'_> {
                 if rt.attempts < 0 {
                     self.error(&f(".retries.attempts"), "must not be negative");
                 }
-                self.warn(&f(".retries"), NOT_YET);
             }
             if let Some(fault) = &h.fault {
                 if fault.delay.is_none() && fault.abort.is_none() {

@@ -25,6 +25,10 @@ use outrigger_proxy::dataplane::server;
 use outrigger_proxy::testing::http_listener;
 use outrigger_proxy::xds::store::Snapshot;
 
+/// Requests the upstreams answered on `/fail…` (always 503) and `/flaky…` (503 twice, then 200).
+static FAILS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static FLAKY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// An upstream that answers with what it saw; `/slow…` waits two seconds first.
 async fn upstream(name: &'static str) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -38,6 +42,27 @@ async fn upstream(name: &'static str) -> SocketAddr {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
                     if req.uri().path().starts_with("/slow") || name == "sluggish" {
                         tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    let attempt = req
+                        .headers()
+                        .get("x-envoy-attempt-count")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    if req.uri().path().starts_with("/fail") {
+                        FAILS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let mut r = Response::new(Full::new(Bytes::from(format!(
+                            "failed attempt {attempt}"
+                        ))));
+                        *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                        return Ok::<_, std::convert::Infallible>(r);
+                    }
+                    if req.uri().path().starts_with("/flaky")
+                        && FLAKY.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 3 != 2
+                    {
+                        let mut r = Response::new(Full::new(Bytes::from("flaked")));
+                        *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                        return Ok(r);
                     }
                     let h = |n: &str| {
                         req.headers()
@@ -108,6 +133,7 @@ fn route(path: PathMatch, headers: Vec<HeaderMatch>, action: Action) -> Route {
 fn to(cluster: &str) -> Action {
     Action::Forward(Forward {
         target: Target::Cluster(cluster.into()),
+        retry: None,
         timeout: Some(Duration::from_secs(15)),
         prefix_rewrite: None,
         host_rewrite: None,
@@ -176,6 +202,7 @@ async fn http_routing_and_local_replies() {
                     vec![],
                     Action::Forward(Forward {
                         target: Target::Cluster("v1".into()),
+                        retry: None,
                         timeout: None,
                         prefix_rewrite: Some("/".into()),
                         host_rewrite: None,
@@ -210,6 +237,7 @@ async fn http_routing_and_local_replies() {
                     vec![],
                     Action::Forward(Forward {
                         target: Target::Cluster("v1".into()),
+                        retry: None,
                         timeout: Some(Duration::from_millis(500)),
                         prefix_rewrite: None,
                         host_rewrite: None,
@@ -232,6 +260,7 @@ async fn http_routing_and_local_replies() {
                         vec![],
                         Action::Forward(Forward {
                             target: Target::Cluster("v1".into()),
+                            retry: None,
                             timeout: None,
                             prefix_rewrite: None,
                             host_rewrite: Some("ratings.internal".into()),
@@ -512,4 +541,103 @@ async fn least_request_steers_away_from_a_slow_endpoint() {
     let fast = text.matches("\"server\":\"quick\"").count();
     assert_eq!(slow + fast, 48, "{text}");
     assert!(slow <= 6, "the slow endpoint got {slow} of 48");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_replay_until_the_policy_is_exhausted() {
+    use outrigger_proxy::config::route::{RetryOn, RetryPolicy};
+    use std::sync::atomic::Ordering::SeqCst;
+    let v1 = upstream("v1").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut wire = http_listener("http", u32::from(port), "80");
+    wire.address = Some(outrigger_proxy::testing::socket(
+        "127.0.0.1",
+        u32::from(port),
+    ));
+    let policy = |retries| RetryPolicy {
+        on: RetryOn {
+            server_error: true,
+            ..RetryOn::default()
+        },
+        num_retries: retries,
+        per_try_timeout: None,
+        retriable_status_codes: vec![],
+        previous_hosts: true,
+        host_selection_max_attempts: 5,
+        backoff: (Duration::from_millis(1), Duration::from_millis(5)),
+    };
+    let retrying = |prefix: &str, retries| {
+        route(
+            PathMatch::Prefix(prefix.into()),
+            vec![],
+            Action::Forward(Forward {
+                target: Target::Cluster("v1".into()),
+                retry: Some(policy(retries)),
+                timeout: Some(Duration::from_secs(5)),
+                prefix_rewrite: None,
+                host_rewrite: None,
+            }),
+        )
+    };
+    let rc = RouteConfig {
+        name: "80".into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "all".into(),
+            domains: vec![Domain::Any],
+            routes: vec![retrying("/fail", 3), retrying("/flaky", 2)],
+            headers: HeaderOps::default(),
+        }],
+        ignore_port_in_host_matching: true,
+        ignored: vec![],
+    };
+    let mut snap = Snapshot::default();
+    snap.listeners
+        .insert("http".into(), Arc::new(Listener::try_from(&wire).unwrap()));
+    snap.routes.insert("80".into(), Arc::new(rc));
+    let c = static_cluster("v1", &[v1]);
+    snap.clusters.insert(c.name.clone(), Arc::new(c));
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(snap));
+    tokio::spawn(server::serve(rx));
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let base = format!("http://127.0.0.1:{port}");
+    let b = base.clone();
+    let (before, (code, _, body), after) = tokio::task::spawn_blocking(move || {
+        let before = FAILS.load(SeqCst);
+        let r = curl(&[&format!("{b}/fail")]);
+        (before, r, FAILS.load(SeqCst))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 503);
+    assert_eq!(after - before, 4, "3 retries: exactly 4 upstream requests");
+    assert_eq!(
+        body, "failed attempt 4",
+        "x-envoy-attempt-count on each attempt"
+    );
+    // A body is replayed on every attempt.
+    let b = base.clone();
+    let (before, (code, _, _), after) = tokio::task::spawn_blocking(move || {
+        let before = FAILS.load(SeqCst);
+        let r = curl(&["-X", "POST", "--data", "hello", &format!("{b}/fail")]);
+        (before, r, FAILS.load(SeqCst))
+    })
+    .await
+    .unwrap();
+    assert_eq!((code, after - before), (503, 4));
+    // Two failures then a success: the client sees the success.
+    let b = base.clone();
+    let (code, _, body) = tokio::task::spawn_blocking(move || curl(&[&format!("{b}/flaky")]))
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"server\":\"v1\""), "{body}");
 }

@@ -172,9 +172,112 @@ pub enum Target {
     Header(String),
 }
 
+/// The conditions of Envoy's `retry_on`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// `5xx`: any 5xx, a reset, a connect failure or a per-try timeout.
+    pub server_error: bool,
+    /// `gateway-error`: 502, 503, 504, and per-try timeouts.
+    pub gateway_error: bool,
+    /// `reset`: the upstream reset or closed before answering, or a per-try timeout.
+    pub reset: bool,
+    pub connect_failure: bool,
+    /// `retriable-4xx`: 409.
+    pub retriable_4xx: bool,
+    pub refused_stream: bool,
+    /// `retriable-status-codes`: the policy's list.
+    pub status_codes: bool,
+    /// gRPC: `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable`.
+    pub grpc: [bool; 5],
+}
+
+/// A route's retry policy (`route.retry_policy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub on: RetryOn,
+    pub num_retries: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub retriable_status_codes: Vec<u16>,
+    /// `previous_hosts`: a retry avoids the hosts already tried.
+    pub previous_hosts: bool,
+    pub host_selection_max_attempts: u32,
+    /// Exponential backoff with full jitter: base and maximum interval.
+    pub backoff: (Duration, Duration),
+}
+
+/// The gRPC status codes the `grpc` flags of `RetryOn` stand for.
+pub const GRPC_RETRY_CODES: [u32; 5] = [1, 4, 13, 8, 14];
+
+impl RetryPolicy {
+    fn parse(p: &wire::RetryPolicy, ignored: &mut Vec<String>) -> Result<RetryPolicy, ConfigError> {
+        let mut on = RetryOn::default();
+        for c in p
+            .retry_on
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+        {
+            match c {
+                "5xx" => on.server_error = true,
+                "gateway-error" => on.gateway_error = true,
+                "reset" | "reset-before-request" => on.reset = true,
+                "connect-failure" => on.connect_failure = true,
+                "retriable-4xx" => on.retriable_4xx = true,
+                "refused-stream" => on.refused_stream = true,
+                "retriable-status-codes" => on.status_codes = true,
+                "cancelled" => on.grpc[0] = true,
+                "deadline-exceeded" => on.grpc[1] = true,
+                "internal" => on.grpc[2] = true,
+                "resource-exhausted" => on.grpc[3] = true,
+                "unavailable" => on.grpc[4] = true,
+                other => ignored.push(format!("retry_on condition '{other}'")),
+            }
+        }
+        let base = match &p.retry_back_off {
+            Some(b) => match &b.base_interval {
+                Some(d) => duration(d, "retry_policy.retry_back_off.base_interval")?,
+                None => Duration::from_millis(25),
+            },
+            None => Duration::from_millis(25),
+        };
+        let max = match p
+            .retry_back_off
+            .as_ref()
+            .and_then(|b| b.max_interval.as_ref())
+        {
+            Some(d) => duration(d, "retry_policy.retry_back_off.max_interval")?,
+            None => base * 10,
+        };
+        Ok(RetryPolicy {
+            on,
+            num_retries: p.num_retries.map(|n| n.value).unwrap_or(1),
+            per_try_timeout: match &p.per_try_timeout {
+                Some(d) => {
+                    Some(duration(d, "retry_policy.per_try_timeout")?).filter(|d| !d.is_zero())
+                }
+                None => None,
+            },
+            retriable_status_codes: p
+                .retriable_status_codes
+                .iter()
+                .filter_map(|c| u16::try_from(*c).ok())
+                .collect(),
+            previous_hosts: p
+                .retry_host_predicate
+                .iter()
+                .any(|h| h.name.contains("previous_hosts")),
+            host_selection_max_attempts: u32::try_from(p.host_selection_retry_max_attempts.max(1))
+                .unwrap_or(1),
+            backoff: (base, max.max(base)),
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Forward {
     pub target: Target,
+    /// Envoy's retries: `None` when the route has no retry policy.
+    pub retry: Option<RetryPolicy>,
     /// `None`: no timeout (Envoy's `0s`); an absent field means Envoy's default of 15 s.
     pub timeout: Option<Duration>,
     pub prefix_rewrite: Option<String>,
@@ -325,8 +428,18 @@ fn action(r: &wire::Route) -> Result<Action, ConfigError> {
                 }
                 None => return Err(ConfigError::new("route", "no cluster specifier")),
             };
+            let mut not_understood = Vec::new();
+            let retry = ra
+                .retry_policy
+                .as_ref()
+                .map(|p| RetryPolicy::parse(p, &mut not_understood))
+                .transpose()?;
+            for n in not_understood {
+                tracing::debug!(condition = %n, "retry condition not supported; ignored");
+            }
             Ok(Action::Forward(Forward {
                 target,
+                retry,
                 timeout: match &ra.timeout {
                     None => Some(DEFAULT_ROUTE_TIMEOUT),
                     Some(d) => Some(duration(d, "route.timeout")?).filter(|t| !t.is_zero()),

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
+use http_body::Body as _;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -18,6 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use super::retry;
 use super::routing::{RequestHead, needs_headers, route, virtual_host};
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::listener::{HttpFilter, HttpManager, RouteSource};
@@ -148,33 +150,6 @@ async fn connect_upstream(
     Ok(sender)
 }
 
-/// Sends an HTTP/1.1 request (origin-form URI) on this downstream connection's upstream
-/// connection to `addr`, or a new one. A reused connection that turns out closed before the
-/// request was written is replaced once.
-async fn send_affine(
-    affinity: &Affinity,
-    addr: SocketAddr,
-    bind: Option<IpAddr>,
-    timeout: Duration,
-    req: Request<Body>,
-) -> Result<Response<Incoming>, BoxError> {
-    let (mut sender, reused) = match affinity.take(addr) {
-        Some(s) => (s, true),
-        None => (connect_upstream(addr, bind, timeout).await?, false),
-    };
-    let resp = match sender.try_send_request(req).await {
-        Ok(r) => r,
-        Err(mut e) if reused && e.message().is_some() => {
-            let req = e.take_message().ok_or("request lost")?;
-            sender = connect_upstream(addr, bind, timeout).await?;
-            sender.send_request(req).await?
-        }
-        Err(e) => return Err(e.into_error().into()),
-    };
-    affinity.put(addr, sender);
-    Ok(resp)
-}
-
 fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Body::Local(Full::new(body.into())));
     *r.status_mut() = status;
@@ -278,10 +253,93 @@ fn head_of(req: &Request<Incoming>) -> RequestHead {
     }
 }
 
+/// Request bodies up to this size are buffered so that a retry can replay them (Envoy's
+/// `per_request_buffer_limit_bytes` idea); larger or unsized bodies are streamed once.
+const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// Why an upstream send failed.
+enum SendError {
+    Connect(BoxError),
+    Other(BoxError),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) => write!(f, "connect: {e}"),
+            SendError::Other(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// One attempt: the request to `addr` with the cluster's protocol and source address.
+async fn send_once(
+    ctx: &ConnContext,
+    cluster: &crate::config::cluster::Cluster,
+    addr: SocketAddr,
+    http2: bool,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, SendError> {
+    if http2 {
+        let client = ctx
+            .upstreams
+            .client(cluster.bind_source, cluster.connect_timeout, true);
+        return client.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                SendError::Connect(e.into())
+            } else {
+                SendError::Other(e.into())
+            }
+        });
+    }
+    let (bind, timeout) = (cluster.bind_source, cluster.connect_timeout);
+    let (mut sender, reused) = match ctx.affinity.take(addr) {
+        Some(s) => (s, true),
+        None => (
+            connect_upstream(addr, bind, timeout)
+                .await
+                .map_err(SendError::Connect)?,
+            false,
+        ),
+    };
+    let resp = match sender.try_send_request(req).await {
+        Ok(r) => r,
+        // A kept connection closed before the request went out: once more on a new one.
+        Err(mut e) if reused && e.message().is_some() => {
+            let req = e
+                .take_message()
+                .ok_or_else(|| SendError::Other("request lost".into()))?;
+            sender = connect_upstream(addr, bind, timeout)
+                .await
+                .map_err(SendError::Connect)?;
+            sender
+                .send_request(req)
+                .await
+                .map_err(|e| SendError::Other(e.into()))?
+        }
+        Err(e) => return Err(SendError::Other(e.into_error().into())),
+    };
+    ctx.affinity.put(addr, sender);
+    Ok(resp)
+}
+
+fn no_upstream(e: NoUpstream) -> Response<Body> {
+    match e {
+        NoUpstream::UnknownCluster(_) => {
+            local_reply(StatusCode::SERVICE_UNAVAILABLE, ResponseFlag::NC, "")
+        }
+        NoUpstream::NoHealthyEndpoint(_) => local_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ResponseFlag::UH,
+            "no healthy upstream",
+        ),
+    }
+}
+
 async fn forward(
     ctx: &ConnContext,
     snap: &Snapshot,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     f: &Forward,
     matched: &PathMatch,
     head: &RequestHead,
@@ -300,52 +358,15 @@ async fn forward(
     let Some(cluster) = snap.clusters.get(cluster_name) else {
         return local_reply(StatusCode::SERVICE_UNAVAILABLE, ResponseFlag::NC, "");
     };
-    let n = ctx
-        .counter
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let loads = &ctx.loads;
-    let addr = match endpoint(
-        snap,
-        cluster,
-        ctx.original_dst,
-        n,
-        fastrand::u64(..),
-        &|d| loads.get(d),
-    ) {
-        Ok(a) => a,
-        Err(NoUpstream::UnknownCluster(_)) => {
-            return local_reply(StatusCode::SERVICE_UNAVAILABLE, ResponseFlag::NC, "");
-        }
-        Err(NoUpstream::NoHealthyEndpoint(_)) => {
-            return local_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ResponseFlag::UH,
-                "no healthy upstream",
-            );
-        }
-    };
-    // In flight until the response headers are in (LEAST_REQUEST's measure).
-    let _in_flight = (cluster.lb_policy == crate::config::cluster::LbPolicy::LeastRequest)
-        .then(|| ctx.loads.start(&addr));
-    let addr = match addr.resolve().await {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::debug!(cluster = %cluster_name, error = %e, "endpoint name does not resolve");
-            return local_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ResponseFlag::UH,
-                "no healthy upstream",
-            );
-        }
-    };
     let http2 = match cluster.upstream_protocol {
         UpstreamProtocol::Http1 => false,
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::Downstream => req.version() == http::Version::HTTP_2,
     };
-    // The upstream URI: the (possibly rewritten) path and query; HTTP/1.1 goes out on this
-    // connection's own upstream connection in origin form, HTTP/2 through the shared client,
-    // which needs the absolute form. An origin-form request without a rewrite is sent as is.
+    let (mut parts, body) = req.into_parts();
+    // The upstream path: rewritten, or as received. HTTP/1.1 goes out on this connection's own
+    // upstream connection in origin form (an origin-form request without a rewrite keeps its
+    // URI); HTTP/2 through the shared client, which needs the absolute form.
     let rewritten = match (&f.prefix_rewrite, matched) {
         (Some(rewrite), PathMatch::Prefix(prefix) | PathMatch::PathSeparatedPrefix(prefix)) => head
             .path
@@ -353,32 +374,33 @@ async fn forward(
             .map(|rest| format!("{rewrite}{rest}")),
         _ => None,
     };
-    if http2 || rewritten.is_some() || req.uri().authority().is_some() {
+    let pq = (http2 || rewritten.is_some() || parts.uri.authority().is_some()).then(|| {
         let path = rewritten.as_deref().unwrap_or(&head.path);
-        let pq = match &head.query {
+        match &head.query {
             Some(q) => format!("{path}?{q}"),
             None => path.to_string(),
-        };
-        let uri: Result<Uri, _> = if http2 {
-            format!("http://{addr}{pq}").parse()
-        } else {
-            pq.parse()
-        };
-        let Ok(uri) = uri else {
-            return local_reply(
-                StatusCode::BAD_REQUEST,
-                ResponseFlag::NR,
-                "bad request path",
-            );
-        };
-        *req.uri_mut() = uri;
+        }
+    });
+    if let Some(pq) = &pq
+        && !http2
+    {
+        match pq.parse() {
+            Ok(u) => parts.uri = u,
+            Err(_) => {
+                return local_reply(
+                    StatusCode::BAD_REQUEST,
+                    ResponseFlag::NR,
+                    "bad request path",
+                );
+            }
+        }
     }
-    *req.version_mut() = if http2 {
+    parts.version = if http2 {
         http::Version::HTTP_2
     } else {
         http::Version::HTTP_11
     };
-    let headers = req.headers_mut();
+    let headers = &mut parts.headers;
     for h in &HOP_BY_HOP {
         headers.remove(h);
     }
@@ -405,54 +427,172 @@ async fn forward(
             HeaderValue::from_static("http"),
         );
     }
-    let req = req.map(Body::Streamed);
+    // A body small enough to keep is buffered when the route retries; otherwise the request
+    // is sent once.
+    let retry = f.retry.as_ref().filter(|p| p.num_retries > 0);
+    let mut streamed = Some(body);
+    let replay: Option<Bytes> = match (retry, &streamed) {
+        (Some(_), Some(b)) if b.is_end_stream() => Some(Bytes::new()),
+        (Some(_), Some(b)) if b.size_hint().exact().is_some_and(|n| n <= REPLAY_LIMIT) => {
+            use http_body_util::BodyExt;
+            match streamed.take().map(|b| b.collect()) {
+                Some(c) => match c.await {
+                    Ok(all) => Some(all.to_bytes()),
+                    Err(_) => {
+                        return local_reply(
+                            StatusCode::BAD_REQUEST,
+                            ResponseFlag::NR,
+                            "request body read error",
+                        );
+                    }
+                },
+                None => None,
+            }
+        }
+        _ => None,
+    };
+    let retry = retry.filter(|_| replay.is_some());
     let started = Instant::now();
-    let sent: std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<Incoming>, BoxError>> + Send>,
-    > = if http2 {
-        let client = ctx
-            .upstreams
-            .client(cluster.bind_source, cluster.connect_timeout, true);
-        Box::pin(async move { client.request(req).await.map_err(BoxError::from) })
-    } else {
-        let affinity = ctx.affinity.clone();
-        let (bind, timeout) = (cluster.bind_source, cluster.connect_timeout);
-        Box::pin(async move { send_affine(&affinity, addr, bind, timeout, req).await })
-    };
-    let result = match f.timeout {
-        Some(t) => match tokio::time::timeout(t, sent).await {
-            Ok(r) => r,
-            Err(_) => {
-                return local_reply(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    ResponseFlag::UT,
-                    "upstream request timeout",
-                );
+    let deadline = f.timeout.map(|t| started + t);
+    let mut tried: Vec<super::super::upstream::Dest> = Vec::new();
+    let mut attempt: u32 = 0;
+    let loads = &ctx.loads;
+    loop {
+        attempt += 1;
+        // The endpoint: with previous_hosts, a retry looks for one not tried yet.
+        let picks = match retry {
+            Some(p) if p.previous_hosts && attempt > 1 => p.host_selection_max_attempts.max(1),
+            _ => 1,
+        };
+        let mut chosen = None;
+        for _ in 0..picks {
+            let n = ctx
+                .counter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match endpoint(
+                snap,
+                cluster,
+                ctx.original_dst,
+                n,
+                fastrand::u64(..),
+                &|d| loads.get(d),
+            ) {
+                Ok(d) => {
+                    let fresh = !tried.contains(&d);
+                    chosen = Some(d);
+                    if fresh {
+                        break;
+                    }
+                }
+                Err(e) => return no_upstream(e),
             }
-        },
-        None => sent.await,
-    };
-    match result {
-        Ok(resp) => {
-            let elapsed = started.elapsed().as_millis().to_string();
-            let mut resp = resp.map(Body::Streamed);
-            for h in &HOP_BY_HOP {
-                resp.headers_mut().remove(h);
-            }
-            if let Ok(v) = HeaderValue::from_str(&elapsed) {
-                resp.headers_mut()
-                    .insert(HeaderName::from_static("x-envoy-upstream-service-time"), v);
-            }
-            resp
         }
-        Err(e) => {
-            tracing::debug!(cluster = %cluster_name, upstream = %addr, error = %e, "upstream request failed");
-            local_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ResponseFlag::UF,
-                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
-            )
+        let Some(dest) = chosen else {
+            return no_upstream(NoUpstream::NoHealthyEndpoint(cluster_name.to_string()));
+        };
+        tried.push(dest.clone());
+        // In flight until the response headers are in (LEAST_REQUEST's measure).
+        let _in_flight = (cluster.lb_policy == crate::config::cluster::LbPolicy::LeastRequest)
+            .then(|| ctx.loads.start(&dest));
+        let addr = match dest.resolve().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(cluster = %cluster_name, error = %e, "endpoint name does not resolve");
+                return no_upstream(NoUpstream::NoHealthyEndpoint(cluster_name.to_string()));
+            }
+        };
+        let mut attempt_parts = parts.clone();
+        if http2 && let Some(pq) = &pq {
+            match format!("http://{addr}{pq}").parse() {
+                Ok(u) => attempt_parts.uri = u,
+                Err(_) => {
+                    return local_reply(
+                        StatusCode::BAD_REQUEST,
+                        ResponseFlag::NR,
+                        "bad request path",
+                    );
+                }
+            }
         }
+        if retry.is_some()
+            && let Ok(v) = HeaderValue::from_str(&attempt.to_string())
+        {
+            attempt_parts
+                .headers
+                .insert(HeaderName::from_static("x-envoy-attempt-count"), v);
+        }
+        let body = match (&replay, streamed.take()) {
+            (Some(bytes), _) => Body::Local(Full::new(bytes.clone())),
+            (None, Some(b)) => Body::Streamed(b),
+            (None, None) => Body::Local(Full::new(Bytes::new())),
+        };
+        let req = Request::from_parts(attempt_parts, body);
+        // This attempt's time: the per-try timeout, within what is left of the route's.
+        let now = Instant::now();
+        let left = deadline.map(|d| d.saturating_duration_since(now));
+        let per_try = retry.and_then(|p| p.per_try_timeout);
+        let limit = match (left, per_try) {
+            (Some(l), Some(t)) => Some(l.min(t)),
+            (l, t) => l.or(t),
+        };
+        let sent = send_once(ctx, cluster, addr, http2, req);
+        let result = match limit {
+            Some(t) => tokio::time::timeout(t, sent).await.ok(),
+            None => Some(sent.await),
+        };
+        let route_expired = deadline.is_some_and(|d| Instant::now() >= d);
+        let outcome = match &result {
+            None => retry::Outcome::PerTryTimeout,
+            Some(Ok(resp)) => retry::Outcome::Response {
+                status: resp.status().as_u16(),
+                grpc: resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok()),
+            },
+            Some(Err(SendError::Connect(_))) => retry::Outcome::ConnectFailure,
+            Some(Err(SendError::Other(_))) => retry::Outcome::Reset,
+        };
+        if let Some(p) = retry
+            && attempt <= p.num_retries
+            && !route_expired
+            && retry::retriable(p, outcome)
+        {
+            let wait = retry::backoff(p, attempt, fastrand::f64());
+            if deadline.is_none_or(|d| Instant::now() + wait < d) {
+                tracing::debug!(cluster = %cluster_name, upstream = %addr, attempt, ?outcome, "retrying");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        }
+        return match result {
+            None => local_reply(
+                StatusCode::GATEWAY_TIMEOUT,
+                ResponseFlag::UT,
+                "upstream request timeout",
+            ),
+            Some(Ok(resp)) => {
+                let elapsed = started.elapsed().as_millis().to_string();
+                let mut resp = resp.map(Body::Streamed);
+                for h in &HOP_BY_HOP {
+                    resp.headers_mut().remove(h);
+                }
+                if let Ok(v) = HeaderValue::from_str(&elapsed) {
+                    resp.headers_mut()
+                        .insert(HeaderName::from_static("x-envoy-upstream-service-time"), v);
+                }
+                resp
+            }
+            Some(Err(e)) => {
+                tracing::debug!(cluster = %cluster_name, upstream = %addr, error = %e, "upstream request failed");
+                local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ResponseFlag::UF,
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                )
+            }
+        };
     }
 }
 

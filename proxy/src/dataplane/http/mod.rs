@@ -2,4 +2,5 @@
 
 pub mod body;
 pub mod manager;
+pub mod retry;
 pub mod routing;
