@@ -230,8 +230,8 @@ impl Checker<'_> {
                     format!("{code} is not a redirect status"),
                 );
             }
-            if h.mirror.is_some() || h.mirrors.is_some() {
-                self.warn(&f(".mirror"), NOT_YET);
+            if h.mirrors.is_some() {
+                self.warn(&f(".mirrors"), "not translated yet (use `mirror`); ignored");
             }
             if h.cors_policy.is_some() {
                 self.warn(&f(".corsPolicy"), NOT_YET);

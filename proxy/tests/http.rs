@@ -28,6 +28,8 @@ use outrigger_proxy::xds::store::Snapshot;
 /// Requests the upstreams answered on `/fail…` (always 503) and `/flaky…` (503 twice, then 200).
 static FAILS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static FLAKY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// The Host headers the "shadow" upstream saw (mirrored requests).
+static SHADOWED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 /// An upstream that answers with what it saw; `/slow…` waits two seconds first.
 async fn upstream(name: &'static str) -> SocketAddr {
@@ -49,6 +51,13 @@ async fn upstream(name: &'static str) -> SocketAddr {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("")
                         .to_string();
+                    if name == "shadow" {
+                        let host = req.headers().get("host").and_then(|v| v.to_str().ok());
+                        SHADOWED
+                            .lock()
+                            .unwrap()
+                            .push(host.unwrap_or("").to_string());
+                    }
                     if req.uri().path().starts_with("/fail") {
                         FAILS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         let mut r = Response::new(Full::new(Bytes::from(format!(
@@ -134,6 +143,7 @@ fn to(cluster: &str) -> Action {
     Action::Forward(Forward {
         target: Target::Cluster(cluster.into()),
         retry: None,
+        mirrors: vec![],
         timeout: Some(Duration::from_secs(15)),
         prefix_rewrite: None,
         host_rewrite: None,
@@ -203,6 +213,7 @@ async fn http_routing_and_local_replies() {
                     Action::Forward(Forward {
                         target: Target::Cluster("v1".into()),
                         retry: None,
+                        mirrors: vec![],
                         timeout: None,
                         prefix_rewrite: Some("/".into()),
                         host_rewrite: None,
@@ -238,6 +249,7 @@ async fn http_routing_and_local_replies() {
                     Action::Forward(Forward {
                         target: Target::Cluster("v1".into()),
                         retry: None,
+                        mirrors: vec![],
                         timeout: Some(Duration::from_millis(500)),
                         prefix_rewrite: None,
                         host_rewrite: None,
@@ -261,6 +273,7 @@ async fn http_routing_and_local_replies() {
                         Action::Forward(Forward {
                             target: Target::Cluster("v1".into()),
                             retry: None,
+                            mirrors: vec![],
                             timeout: None,
                             prefix_rewrite: None,
                             host_rewrite: Some("ratings.internal".into()),
@@ -577,6 +590,7 @@ async fn retries_replay_until_the_policy_is_exhausted() {
             Action::Forward(Forward {
                 target: Target::Cluster("v1".into()),
                 retry: Some(policy(retries)),
+                mirrors: vec![],
                 timeout: Some(Duration::from_secs(5)),
                 prefix_rewrite: None,
                 host_rewrite: None,
@@ -640,4 +654,98 @@ async fn retries_replay_until_the_policy_is_exhausted() {
         .unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"server\":\"v1\""), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_receive_a_copy_of_every_request() {
+    use outrigger_proxy::config::route::{Chance, Mirror};
+    let v1 = upstream("v1").await;
+    let shadow = upstream("shadow").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut wire = http_listener("http", u32::from(port), "80");
+    wire.address = Some(outrigger_proxy::testing::socket(
+        "127.0.0.1",
+        u32::from(port),
+    ));
+    let rc = RouteConfig {
+        name: "80".into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "all".into(),
+            domains: vec![Domain::Any],
+            routes: vec![route(
+                PathMatch::Prefix("/".into()),
+                vec![],
+                Action::Forward(Forward {
+                    target: Target::Cluster("v1".into()),
+                    mirrors: vec![Mirror {
+                        cluster: "shadow".into(),
+                        chance: Chance(1_000_000),
+                    }],
+                    retry: None,
+                    timeout: Some(Duration::from_secs(5)),
+                    prefix_rewrite: None,
+                    host_rewrite: None,
+                }),
+            )],
+            headers: HeaderOps::default(),
+        }],
+        ignore_port_in_host_matching: true,
+        ignored: vec![],
+    };
+    let mut snap = Snapshot::default();
+    snap.listeners
+        .insert("http".into(), Arc::new(Listener::try_from(&wire).unwrap()));
+    snap.routes.insert("80".into(), Arc::new(rc));
+    for c in [
+        static_cluster("v1", &[v1]),
+        static_cluster("shadow", &[shadow]),
+    ] {
+        snap.clusters.insert(c.name.clone(), Arc::new(c));
+    }
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(snap));
+    tokio::spawn(server::serve(rx));
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = format!("http://127.0.0.1:{port}/bill");
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-H", "Host: ratings:9080", "-w", "\n"]);
+        for _ in 0..20 {
+            cmd.arg(&url);
+        }
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.matches("\"server\":\"v1\"").count(),
+        20,
+        "the client sees the primary: {text}"
+    );
+    assert!(!text.contains("shadow"), "{text}");
+    let mut seen = 0;
+    for _ in 0..100 {
+        seen = SHADOWED.lock().unwrap().len();
+        if seen >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, 20, "every request mirrored");
+    assert!(
+        SHADOWED
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|h| h == "ratings-shadow:9080")
+    );
 }

@@ -273,9 +273,18 @@ impl RetryPolicy {
     }
 }
 
+/// `request_mirror_policies[]`: a copy of the request to another cluster, for this share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    pub cluster: String,
+    pub chance: Chance,
+}
+
 #[derive(Debug, Clone)]
 pub struct Forward {
     pub target: Target,
+    /// Fire-and-forget copies (Envoy's shadowing).
+    pub mirrors: Vec<Mirror>,
     /// Envoy's retries: `None` when the route has no retry policy.
     pub retry: Option<RetryPolicy>,
     /// `None`: no timeout (Envoy's `0s`); an absent field means Envoy's default of 15 s.
@@ -437,8 +446,30 @@ fn action(r: &wire::Route) -> Result<Action, ConfigError> {
             for n in not_understood {
                 tracing::debug!(condition = %n, "retry condition not supported; ignored");
             }
+            let mirrors = ra
+                .request_mirror_policies
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    if m.cluster.is_empty() {
+                        return Err(ConfigError::new(
+                            format!("route.request_mirror_policies[{i}]"),
+                            "only a named cluster is supported (not cluster_header)",
+                        ));
+                    }
+                    Ok(Mirror {
+                        cluster: m.cluster.clone(),
+                        chance: chance(
+                            m.runtime_fraction
+                                .as_ref()
+                                .and_then(|f| f.default_value.as_ref()),
+                        ),
+                    })
+                })
+                .collect::<Result<_, _>>()?;
             Ok(Action::Forward(Forward {
                 target,
+                mirrors,
                 retry,
                 timeout: match &ra.timeout {
                     None => Some(DEFAULT_ROUTE_TIMEOUT),

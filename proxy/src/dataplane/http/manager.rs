@@ -195,6 +195,13 @@ fn request_id() -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn shadow_hosts_keep_the_port() {
+        assert_eq!(super::shadow_host("ratings:9080"), "ratings-shadow:9080");
+        assert_eq!(super::shadow_host("ratings"), "ratings-shadow");
+        assert_eq!(super::shadow_host("[fd00::1]:80"), "[fd00::1]-shadow:80");
+    }
+
+    #[test]
     fn request_ids_are_v4_uuids() {
         let id = super::request_id();
         assert_eq!(id.len(), 36);
@@ -323,6 +330,90 @@ async fn send_once(
     Ok(resp)
 }
 
+/// `host:port` → `host-shadow:port`, as Envoy marks mirrored requests.
+fn shadow_host(host: &str) -> String {
+    let split = match host.find(']') {
+        Some(end) => end + 1,
+        None => match host.rsplit_once(':') {
+            Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h.len(),
+            _ => host.len(),
+        },
+    };
+    let (name, port) = host.split_at(split);
+    format!("{name}-shadow{port}")
+}
+
+/// Sends a copy of the request to an endpoint of `cluster` in the background; its answer is
+/// dropped and its failure only logged, so the primary request never waits for it.
+fn mirror(
+    ctx: &ConnContext,
+    snap: &Snapshot,
+    cluster_name: &str,
+    parts: &http::request::Parts,
+    body: Bytes,
+    timeout: Option<Duration>,
+) {
+    let Some(cluster) = snap.clusters.get(cluster_name) else {
+        tracing::debug!(cluster = %cluster_name, "mirror cluster unknown; not mirrored");
+        return;
+    };
+    let n = ctx
+        .counter
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let Ok(dest) = endpoint(
+        snap,
+        cluster,
+        ctx.original_dst,
+        n,
+        fastrand::u64(..),
+        &|_| 0,
+    ) else {
+        return;
+    };
+    let mut parts = parts.clone();
+    parts.version = http::Version::HTTP_11;
+    if let Some(host) = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        && let Ok(v) = HeaderValue::from_str(&shadow_host(host))
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let client = ctx
+        .upstreams
+        .client(cluster.bind_source, cluster.connect_timeout, false);
+    let name = cluster_name.to_string();
+    tokio::spawn(async move {
+        let Ok(addr) = dest.resolve().await else {
+            return;
+        };
+        let Ok(uri) = format!("http://{addr}{path}").parse() else {
+            return;
+        };
+        parts.uri = uri;
+        let req = Request::from_parts(parts, Body::Local(Full::new(body)));
+        let sent = tokio::time::timeout(
+            timeout.unwrap_or(Duration::from_secs(15)),
+            client.request(req),
+        );
+        match sent.await {
+            Ok(Ok(resp)) => {
+                // Read the answer to its end so the connection can be reused.
+                use http_body_util::BodyExt;
+                let _ = resp.into_body().collect().await;
+            }
+            Ok(Err(e)) => tracing::debug!(cluster = %name, error = %e, "mirrored request failed"),
+            Err(_) => tracing::debug!(cluster = %name, "mirrored request timed out"),
+        }
+    });
+}
+
 fn no_upstream(e: NoUpstream) -> Response<Body> {
     match e {
         NoUpstream::UnknownCluster(_) => {
@@ -430,10 +521,11 @@ async fn forward(
     // A body small enough to keep is buffered when the route retries; otherwise the request
     // is sent once.
     let retry = f.retry.as_ref().filter(|p| p.num_retries > 0);
+    let copies = retry.is_some() || !f.mirrors.is_empty();
     let mut streamed = Some(body);
-    let replay: Option<Bytes> = match (retry, &streamed) {
-        (Some(_), Some(b)) if b.is_end_stream() => Some(Bytes::new()),
-        (Some(_), Some(b)) if b.size_hint().exact().is_some_and(|n| n <= REPLAY_LIMIT) => {
+    let replay: Option<Bytes> = match (copies, &streamed) {
+        (true, Some(b)) if b.is_end_stream() => Some(Bytes::new()),
+        (true, Some(b)) if b.size_hint().exact().is_some_and(|n| n <= REPLAY_LIMIT) => {
             use http_body_util::BodyExt;
             match streamed.take().map(|b| b.collect()) {
                 Some(c) => match c.await {
@@ -452,6 +544,13 @@ async fn forward(
         _ => None,
     };
     let retry = retry.filter(|_| replay.is_some());
+    if let Some(bytes) = &replay {
+        for m in &f.mirrors {
+            if m.chance.hit(fastrand::u32(..1_000_000)) {
+                mirror(ctx, snap, &m.cluster, &parts, bytes.clone(), f.timeout);
+            }
+        }
+    }
     let started = Instant::now();
     let deadline = f.timeout.map(|t| started + t);
     let mut tried: Vec<super::super::upstream::Dest> = Vec::new();

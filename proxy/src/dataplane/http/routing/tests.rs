@@ -30,6 +30,7 @@ fn r(name: &str, path: PathMatch, headers: Vec<HeaderMatch>, query: Vec<QueryMat
         action: Action::Forward(Forward {
             target: Target::Cluster(name.into()),
             retry: None,
+            mirrors: vec![],
             timeout: None,
             prefix_rewrite: None,
             host_rewrite: None,
