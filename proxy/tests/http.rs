@@ -145,6 +145,7 @@ fn to(cluster: &str) -> Action {
         retry: None,
         mirrors: vec![],
         timeout: Some(Duration::from_secs(15)),
+        grpc_timeout_max: None,
         prefix_rewrite: None,
         host_rewrite: None,
     })
@@ -215,6 +216,7 @@ async fn http_routing_and_local_replies() {
                         retry: None,
                         mirrors: vec![],
                         timeout: None,
+                        grpc_timeout_max: None,
                         prefix_rewrite: Some("/".into()),
                         host_rewrite: None,
                     }),
@@ -251,6 +253,7 @@ async fn http_routing_and_local_replies() {
                         retry: None,
                         mirrors: vec![],
                         timeout: Some(Duration::from_millis(500)),
+                        grpc_timeout_max: None,
                         prefix_rewrite: None,
                         host_rewrite: None,
                     }),
@@ -275,6 +278,7 @@ async fn http_routing_and_local_replies() {
                             retry: None,
                             mirrors: vec![],
                             timeout: None,
+                            grpc_timeout_max: None,
                             prefix_rewrite: None,
                             host_rewrite: Some("ratings.internal".into()),
                         }),
@@ -391,6 +395,14 @@ async fn http_routing_and_local_replies() {
         (504, "upstream request timeout"),
         "UT"
     );
+
+    // x-envoy-upstream-rq-timeout-ms replaces the route's 500 ms: the two-second answer arrives.
+    let (code, _, _) = curl(&[
+        &format!("{base}/slow"),
+        "-H",
+        "x-envoy-upstream-rq-timeout-ms: 4000",
+    ]);
+    assert_eq!(code, 200, "the header's timeout applies");
 
     // h2c with prior knowledge downstream, HTTP/1.1 upstream.
     let (code, headers, body) = curl(&["--http2-prior-knowledge", &format!("{base}/v1/h2")]);
@@ -592,6 +604,7 @@ async fn retries_replay_until_the_policy_is_exhausted() {
                 retry: Some(policy(retries)),
                 mirrors: vec![],
                 timeout: Some(Duration::from_secs(5)),
+                grpc_timeout_max: None,
                 prefix_rewrite: None,
                 host_rewrite: None,
             }),
@@ -687,6 +700,7 @@ async fn mirrors_receive_a_copy_of_every_request() {
                     }],
                     retry: None,
                     timeout: Some(Duration::from_secs(5)),
+                    grpc_timeout_max: None,
                     prefix_rewrite: None,
                     host_rewrite: None,
                 }),

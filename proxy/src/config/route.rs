@@ -289,6 +289,9 @@ pub struct Forward {
     pub retry: Option<RetryPolicy>,
     /// `None`: no timeout (Envoy's `0s`); an absent field means Envoy's default of 15 s.
     pub timeout: Option<Duration>,
+    /// `max_stream_duration.grpc_timeout_header_max`: the `grpc-timeout` header sets the
+    /// timeout, capped by this (`Some(ZERO)`: no cap); `None`: the header is not used.
+    pub grpc_timeout_max: Option<Duration>,
     pub prefix_rewrite: Option<String>,
     pub host_rewrite: Option<String>,
 }
@@ -474,6 +477,17 @@ fn action(r: &wire::Route) -> Result<Action, ConfigError> {
                 timeout: match &ra.timeout {
                     None => Some(DEFAULT_ROUTE_TIMEOUT),
                     Some(d) => Some(duration(d, "route.timeout")?).filter(|t| !t.is_zero()),
+                },
+                grpc_timeout_max: match ra
+                    .max_stream_duration
+                    .as_ref()
+                    .and_then(|m| m.grpc_timeout_header_max.as_ref())
+                {
+                    Some(d) => Some(duration(
+                        d,
+                        "route.max_stream_duration.grpc_timeout_header_max",
+                    )?),
+                    None => None,
                 },
                 prefix_rewrite: Some(ra.prefix_rewrite.clone()).filter(|p| !p.is_empty()),
                 host_rewrite: match &ra.host_rewrite_specifier {

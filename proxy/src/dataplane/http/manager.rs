@@ -195,6 +195,19 @@ fn request_id() -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn grpc_timeouts_parse() {
+        use std::time::Duration;
+        assert_eq!(
+            super::grpc_timeout("100m"),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(super::grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(super::grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(super::grpc_timeout("x"), None);
+        assert_eq!(super::grpc_timeout(""), None);
+    }
+
+    #[test]
     fn shadow_hosts_keep_the_port() {
         assert_eq!(super::shadow_host("ratings:9080"), "ratings-shadow:9080");
         assert_eq!(super::shadow_host("ratings"), "ratings-shadow");
@@ -328,6 +341,59 @@ async fn send_once(
     };
     ctx.affinity.put(addr, sender);
     Ok(resp)
+}
+
+/// A `grpc-timeout` header value (`100m`, `5S`, …) as a duration.
+pub fn grpc_timeout(v: &str) -> Option<Duration> {
+    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The request's timeout and per-try override, as Envoy derives them: the route's, replaced by
+/// `x-envoy-upstream-rq-timeout-ms` (0: none) or, on gRPC routes, by `grpc-timeout` within
+/// `grpc_timeout_header_max`; `x-envoy-upstream-rq-per-try-timeout-ms` for each try. The
+/// headers are consumed, and the upstream learns the timeout from
+/// `x-envoy-expected-rq-timeout-ms`.
+fn timeouts(f: &Forward, headers: &mut http::HeaderMap) -> (Option<Duration>, Option<Duration>) {
+    let ms = |headers: &mut http::HeaderMap, name: &'static str| {
+        headers
+            .remove(name)
+            .and_then(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()))
+    };
+    let mut timeout = f.timeout;
+    if let Some(max) = f.grpc_timeout_max
+        && let Some(t) = headers
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout)
+    {
+        timeout = Some(if max.is_zero() { t } else { t.min(max) });
+    }
+    if let Some(n) = ms(headers, "x-envoy-upstream-rq-timeout-ms") {
+        timeout = (n > 0).then(|| Duration::from_millis(n));
+    }
+    let per_try = ms(headers, "x-envoy-upstream-rq-per-try-timeout-ms")
+        .filter(|n| *n > 0)
+        .map(Duration::from_millis);
+    let expected = match (timeout, per_try) {
+        (Some(t), Some(p)) => Some(t.min(p)),
+        (t, p) => t.or(p),
+    };
+    if let Some(e) = expected
+        && let Ok(v) = HeaderValue::from_str(&e.as_millis().to_string())
+    {
+        headers.insert(HeaderName::from_static("x-envoy-expected-rq-timeout-ms"), v);
+    }
+    (timeout, per_try)
 }
 
 /// `host:port` → `host-shadow:port`, as Envoy marks mirrored requests.
@@ -551,8 +617,9 @@ async fn forward(
             }
         }
     }
+    let (timeout, per_try_override) = timeouts(f, &mut parts.headers);
     let started = Instant::now();
-    let deadline = f.timeout.map(|t| started + t);
+    let deadline = timeout.map(|t| started + t);
     let mut tried: Vec<super::super::upstream::Dest> = Vec::new();
     let mut attempt: u32 = 0;
     let loads = &ctx.loads;
@@ -629,7 +696,7 @@ async fn forward(
         // This attempt's time: the per-try timeout, within what is left of the route's.
         let now = Instant::now();
         let left = deadline.map(|d| d.saturating_duration_since(now));
-        let per_try = retry.and_then(|p| p.per_try_timeout);
+        let per_try = per_try_override.or(retry.and_then(|p| p.per_try_timeout));
         let limit = match (left, per_try) {
             (Some(l), Some(t)) => Some(l.min(t)),
             (l, t) => l.or(t),

@@ -32,6 +32,7 @@ fn r(name: &str, path: PathMatch, headers: Vec<HeaderMatch>, query: Vec<QueryMat
             retry: None,
             mirrors: vec![],
             timeout: None,
+            grpc_timeout_max: None,
             prefix_rewrite: None,
             host_rewrite: None,
         }),
