@@ -208,11 +208,6 @@ impl Checker<'_> {
                     self.percent(&f(".fault.abort.percentage"), &a.percentage);
                 }
             }
-            if let Some(rw) = &h.rewrite
-                && rw.uri_regex_rewrite.is_some()
-            {
-                self.warn(&f(".rewrite.uriRegexRewrite"), NOT_YET);
-            }
             if let Some(d) = &h.direct_response
                 && !(200..=599).contains(&d.status)
             {

@@ -147,6 +147,7 @@ fn to(cluster: &str) -> Action {
         timeout: Some(Duration::from_secs(15)),
         grpc_timeout_max: None,
         prefix_rewrite: None,
+        regex_rewrite: None,
         host_rewrite: None,
     })
 }
@@ -218,6 +219,7 @@ async fn http_routing_and_local_replies() {
                         timeout: None,
                         grpc_timeout_max: None,
                         prefix_rewrite: Some("/".into()),
+                        regex_rewrite: None,
                         host_rewrite: None,
                     }),
                 ),
@@ -232,11 +234,16 @@ async fn http_routing_and_local_replies() {
                 route(
                     PathMatch::Exact("/old".into()),
                     vec![],
-                    Action::Redirect {
+                    Action::Redirect(outrigger_proxy::config::route::Redirect {
+                        scheme: None,
                         host: None,
-                        path: Some("/new".into()),
+                        port: None,
+                        path: Some(outrigger_proxy::config::route::PathRedirect::Path(
+                            "/new".into(),
+                        )),
+                        strip_query: false,
                         status: 301,
-                    },
+                    }),
                 ),
                 route(PathMatch::Prefix("/down".into()), vec![], to("down")),
                 route(PathMatch::Prefix("/empty".into()), vec![], to("empty")),
@@ -255,6 +262,7 @@ async fn http_routing_and_local_replies() {
                         timeout: Some(Duration::from_millis(500)),
                         grpc_timeout_max: None,
                         prefix_rewrite: None,
+                        regex_rewrite: None,
                         host_rewrite: None,
                     }),
                 ),
@@ -280,6 +288,7 @@ async fn http_routing_and_local_replies() {
                             timeout: None,
                             grpc_timeout_max: None,
                             prefix_rewrite: None,
+                            regex_rewrite: None,
                             host_rewrite: Some("ratings.internal".into()),
                         }),
                     )
@@ -606,6 +615,7 @@ async fn retries_replay_until_the_policy_is_exhausted() {
                 timeout: Some(Duration::from_secs(5)),
                 grpc_timeout_max: None,
                 prefix_rewrite: None,
+                regex_rewrite: None,
                 host_rewrite: None,
             }),
         )
@@ -702,6 +712,7 @@ async fn mirrors_receive_a_copy_of_every_request() {
                     timeout: Some(Duration::from_secs(5)),
                     grpc_timeout_max: None,
                     prefix_rewrite: None,
+                    regex_rewrite: None,
                     host_rewrite: None,
                 }),
             )],

@@ -293,17 +293,67 @@ pub struct Forward {
     /// timeout, capped by this (`Some(ZERO)`: no cap); `None`: the header is not used.
     pub grpc_timeout_max: Option<Duration>,
     pub prefix_rewrite: Option<String>,
+    /// `regex_rewrite`: the path's matches replaced (`\\1` groups as in RE2).
+    pub regex_rewrite: Option<(Regex, String)>,
     pub host_rewrite: Option<String>,
+}
+
+/// Envoy's RE2 substitution (`\\1`) in the regex crate's syntax (`${1}`).
+fn substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some(d)) if d.is_ascii_digit() => {
+                out.push_str(&format!("${{{d}}}"));
+                chars.next();
+            }
+            ('$', _) => out.push_str("$$"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn regex_substitution(
+    m: &matcher::RegexMatchAndSubstitute,
+    field: &str,
+) -> Result<(Regex, String), ConfigError> {
+    let pattern = m
+        .pattern
+        .as_ref()
+        .ok_or_else(|| ConfigError::new(field, "no pattern"))?;
+    let re = Regex::new(&pattern.regex)
+        .map_err(|e| ConfigError::new(field, format!("invalid regex '{}': {e}", pattern.regex)))?;
+    Ok((re, substitution(&m.substitution)))
+}
+
+/// How a redirect rewrites the path.
+#[derive(Debug, Clone)]
+pub enum PathRedirect {
+    /// The whole path (and query, if it has one).
+    Path(String),
+    /// The matched prefix replaced.
+    Prefix(String),
+    /// A regex substitution of the path (`\\1` groups as in RE2).
+    Regex(Regex, String),
+}
+
+/// `route.redirect`.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<PathRedirect>,
+    pub strip_query: bool,
+    pub status: u16,
 }
 
 #[derive(Debug, Clone)]
 pub enum Action {
     Forward(Forward),
-    Redirect {
-        host: Option<String>,
-        path: Option<String>,
-        status: u16,
-    },
+    Redirect(Redirect),
     Direct {
         status: u16,
         body: Option<String>,
@@ -490,6 +540,11 @@ fn action(r: &wire::Route) -> Result<Action, ConfigError> {
                     None => None,
                 },
                 prefix_rewrite: Some(ra.prefix_rewrite.clone()).filter(|p| !p.is_empty()),
+                regex_rewrite: ra
+                    .regex_rewrite
+                    .as_ref()
+                    .map(|r| regex_substitution(r, "route.regex_rewrite"))
+                    .transpose()?,
                 host_rewrite: match &ra.host_rewrite_specifier {
                     Some(wire::route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) => {
                         Some(h.clone())
@@ -514,15 +569,34 @@ fn action(r: &wire::Route) -> Result<Action, ConfigError> {
                         ));
                     }
                 };
+            use wire::redirect_action::SchemeRewriteSpecifier as S;
             let path = match &rd.path_rewrite_specifier {
-                Some(P::PathRedirect(p)) => Some(p.clone()),
-                _ => None,
+                Some(P::PathRedirect(p)) => Some(PathRedirect::Path(p.clone())),
+                Some(P::PrefixRewrite(p)) => Some(PathRedirect::Prefix(p.clone())),
+                Some(P::RegexRewrite(r)) => {
+                    let (re, sub) = regex_substitution(r, "redirect.regex_rewrite")?;
+                    Some(PathRedirect::Regex(re, sub))
+                }
+                Some(P::PathRewrite(_)) => {
+                    return Err(ConfigError::new(
+                        "redirect.path_rewrite",
+                        "path template rewrites are not supported",
+                    ));
+                }
+                None => None,
             };
-            Ok(Action::Redirect {
+            Ok(Action::Redirect(Redirect {
+                scheme: match &rd.scheme_rewrite_specifier {
+                    Some(S::HttpsRedirect(true)) => Some("https".into()),
+                    Some(S::SchemeRedirect(s)) if !s.is_empty() => Some(s.clone()),
+                    _ => None,
+                },
                 host: Some(rd.host_redirect.clone()).filter(|h| !h.is_empty()),
+                port: u16::try_from(rd.port_redirect).ok().filter(|p| *p != 0),
                 path,
+                strip_query: rd.strip_query,
                 status,
-            })
+            }))
         }
         Some(A::DirectResponse(d)) => {
             let status = u16::try_from(d.status)
@@ -762,6 +836,12 @@ mod tests {
             Domain::Prefix("reviews:".into())
         );
         assert!(Domain::parse("a*b").is_err());
+    }
+
+    #[test]
+    fn re2_substitutions_become_regex_crate_ones() {
+        assert_eq!(substitution("/v2/\\1/\\2"), "/v2/${1}/${2}");
+        assert_eq!(substitution("cost $5"), "cost $$5");
     }
 
     #[test]

@@ -20,7 +20,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::retry;
-use super::routing::{RequestHead, needs_headers, route, virtual_host};
+use super::routing::{
+    RequestHead, needs_headers, redirect_location, rewritten_path, route, virtual_host,
+};
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::listener::{HttpFilter, HttpManager, RouteSource};
 use crate::config::route::{Action, Forward, HeaderAction, HeaderOps, PathMatch};
@@ -524,13 +526,7 @@ async fn forward(
     // The upstream path: rewritten, or as received. HTTP/1.1 goes out on this connection's own
     // upstream connection in origin form (an origin-form request without a rewrite keeps its
     // URI); HTTP/2 through the shared client, which needs the absolute form.
-    let rewritten = match (&f.prefix_rewrite, matched) {
-        (Some(rewrite), PathMatch::Prefix(prefix) | PathMatch::PathSeparatedPrefix(prefix)) => head
-            .path
-            .strip_prefix(prefix.as_str())
-            .map(|rest| format!("{rewrite}{rest}")),
-        _ => None,
-    };
+    let rewritten = rewritten_path(f, matched, &head.path);
     let pq = (http2 || rewritten.is_some() || parts.uri.authority().is_some()).then(|| {
         let path = rewritten.as_deref().unwrap_or(&head.path);
         match &head.query {
@@ -857,17 +853,16 @@ pub async fn handle(
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
             full(status, body.clone().unwrap_or_default())
         }
-        Action::Redirect { host, path, status } => {
-            let host = host.clone().unwrap_or_else(|| head.host.clone());
-            let path = path.clone().unwrap_or_else(|| head.path.clone());
-            let mut r = full(
-                StatusCode::from_u16(*status).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+        Action::Redirect(r) => {
+            let mut resp = full(
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY),
                 Bytes::new(),
             );
-            if let Ok(v) = HeaderValue::from_str(&format!("http://{host}{path}")) {
-                r.headers_mut().insert(header::LOCATION, v);
+            if let Ok(v) = HeaderValue::from_str(&redirect_location(r, &head, &route.matcher.path))
+            {
+                resp.headers_mut().insert(header::LOCATION, v);
             }
-            r
+            resp
         }
         Action::NonForwarding => local_reply(StatusCode::NOT_FOUND, ResponseFlag::NR, ""),
         Action::Forward(f) => forward(&ctx, &snap, req, f, &route.matcher.path, &head).await,

@@ -1,8 +1,8 @@
 //! Choosing the virtual host and route of a request (pure).
 
 use crate::config::route::{
-    Domain, HeaderCondition, HeaderMatch, PathMatch, Route, RouteConfig, RouteMatch, StringMatch,
-    VirtualHost,
+    Domain, Forward, HeaderCondition, HeaderMatch, PathMatch, PathRedirect, Redirect, Route,
+    RouteConfig, RouteMatch, StringMatch, VirtualHost,
 };
 
 /// The parts of a request routing looks at.
@@ -169,6 +169,56 @@ fn path_matches(m: &RouteMatch, path: &str) -> bool {
         }
         PathMatch::Connect => false,
     }
+}
+
+/// The path a forwarded request goes upstream with, when the route rewrites it:
+/// `prefix_rewrite` replaces the matched prefix, `regex_rewrite` substitutes the path.
+pub fn rewritten_path(f: &Forward, matched: &PathMatch, path: &str) -> Option<String> {
+    if let (Some(rewrite), PathMatch::Prefix(prefix) | PathMatch::PathSeparatedPrefix(prefix)) =
+        (&f.prefix_rewrite, matched)
+    {
+        return path
+            .strip_prefix(prefix.as_str())
+            .map(|rest| format!("{rewrite}{rest}"));
+    }
+    f.regex_rewrite
+        .as_ref()
+        .map(|(re, sub)| re.replace_all(path, sub.as_str()).into_owned())
+}
+
+/// The `Location` of a redirect (Envoy's `RedirectAction`): scheme, host, port and path
+/// replaced as configured; the query kept unless stripped or given by `path_redirect`.
+pub fn redirect_location(r: &Redirect, req: &RequestHead, matched: &PathMatch) -> String {
+    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let mut host = r.host.clone().unwrap_or_else(|| req.host.clone());
+    if let Some(port) = r.port {
+        host = format!("{}:{port}", strip_port(&host));
+    } else if r.scheme.is_some() && r.host.is_none() {
+        // A scheme change drops the original (scheme-specific) port.
+        host = strip_port(&host).to_string();
+    }
+    let (path, keep_query) = match &r.path {
+        Some(PathRedirect::Path(p)) => (p.clone(), !p.contains('?')),
+        Some(PathRedirect::Prefix(p)) => match matched {
+            PathMatch::Prefix(prefix) | PathMatch::PathSeparatedPrefix(prefix) => (
+                req.path
+                    .strip_prefix(prefix.as_str())
+                    .map(|rest| format!("{p}{rest}"))
+                    .unwrap_or_else(|| req.path.clone()),
+                true,
+            ),
+            _ => (p.clone(), true),
+        },
+        Some(PathRedirect::Regex(re, sub)) => {
+            (re.replace_all(&req.path, sub.as_str()).into_owned(), true)
+        }
+        None => (req.path.clone(), true),
+    };
+    let query = match (&req.query, keep_query && !r.strip_query) {
+        (Some(q), true) => format!("?{q}"),
+        _ => String::new(),
+    };
+    format!("{scheme}://{host}{path}{query}")
 }
 
 /// Whether routing in `vh` reads request headers (header matchers, or a cluster named by a

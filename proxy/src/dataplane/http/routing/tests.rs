@@ -34,6 +34,7 @@ fn r(name: &str, path: PathMatch, headers: Vec<HeaderMatch>, query: Vec<QueryMat
             timeout: None,
             grpc_timeout_max: None,
             prefix_rewrite: None,
+            regex_rewrite: None,
             host_rewrite: None,
         }),
         headers: Default::default(),
@@ -240,4 +241,77 @@ fn pseudo_headers_match_method_and_authority() {
     assert_eq!(route(&v, &head).map(|r| r.name.as_str()), Some("host"));
     head.method = "POST".into();
     assert_eq!(route(&v, &head).map(|r| r.name.as_str()), Some("post"));
+}
+
+#[test]
+fn redirects_rewrite_scheme_host_port_and_path() {
+    use crate::config::route::{PathRedirect, Redirect};
+    let base = Redirect {
+        scheme: None,
+        host: None,
+        port: None,
+        path: None,
+        strip_query: false,
+        status: 301,
+    };
+    let head = req("shop:8080", "/old/items?page=2", &[]);
+    let prefix = PathMatch::Prefix("/old".into());
+    let loc = |r: Redirect| redirect_location(&r, &head, &prefix);
+    assert_eq!(loc(base.clone()), "http://shop:8080/old/items?page=2");
+    assert_eq!(
+        loc(Redirect {
+            scheme: Some("https".into()),
+            ..base.clone()
+        }),
+        "https://shop/old/items?page=2"
+    );
+    assert_eq!(
+        loc(Redirect {
+            host: Some("other".into()),
+            port: Some(9443),
+            path: Some(PathRedirect::Prefix("/new".into())),
+            ..base.clone()
+        }),
+        "http://other:9443/new/items?page=2"
+    );
+    assert_eq!(
+        loc(Redirect {
+            path: Some(PathRedirect::Path("/x?y=1".into())),
+            ..base.clone()
+        }),
+        "http://shop:8080/x?y=1",
+        "a path_redirect with a query replaces it"
+    );
+    assert_eq!(
+        loc(Redirect {
+            strip_query: true,
+            path: Some(PathRedirect::Regex(
+                regex::Regex::new("^/old/(.*)$").unwrap(),
+                "/v2/${1}".into()
+            )),
+            ..base
+        }),
+        "http://shop:8080/v2/items"
+    );
+}
+
+#[test]
+fn regex_rewrites_substitute_the_path() {
+    let f = Forward {
+        target: Target::Cluster("c".into()),
+        retry: None,
+        mirrors: vec![],
+        timeout: None,
+        grpc_timeout_max: None,
+        prefix_rewrite: None,
+        regex_rewrite: Some((
+            regex::Regex::new("^/service/([^/]+)(/.*)$").unwrap(),
+            "${2}/instance/${1}".into(),
+        )),
+        host_rewrite: None,
+    };
+    assert_eq!(
+        rewritten_path(&f, &PathMatch::Prefix("/".into()), "/service/foo/v1/api").as_deref(),
+        Some("/v1/api/instance/foo")
+    );
 }
