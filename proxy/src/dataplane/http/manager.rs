@@ -366,7 +366,7 @@ pub fn grpc_timeout(v: &str) -> Option<Duration> {
 /// headers are consumed, and the upstream learns the timeout from
 /// `x-envoy-expected-rq-timeout-ms`.
 fn timeouts(f: &Forward, headers: &mut http::HeaderMap) -> (Option<Duration>, Option<Duration>) {
-    let ms = |headers: &mut http::HeaderMap, name: &'static str| {
+    let ms = |headers: &mut http::HeaderMap, name: HeaderName| {
         headers
             .remove(name)
             .and_then(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()))
@@ -380,12 +380,18 @@ fn timeouts(f: &Forward, headers: &mut http::HeaderMap) -> (Option<Duration>, Op
     {
         timeout = Some(if max.is_zero() { t } else { t.min(max) });
     }
-    if let Some(n) = ms(headers, "x-envoy-upstream-rq-timeout-ms") {
+    if let Some(n) = ms(
+        headers,
+        HeaderName::from_static("x-envoy-upstream-rq-timeout-ms"),
+    ) {
         timeout = (n > 0).then(|| Duration::from_millis(n));
     }
-    let per_try = ms(headers, "x-envoy-upstream-rq-per-try-timeout-ms")
-        .filter(|n| *n > 0)
-        .map(Duration::from_millis);
+    let per_try = ms(
+        headers,
+        HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms"),
+    )
+    .filter(|n| *n > 0)
+    .map(Duration::from_millis);
     let expected = match (timeout, per_try) {
         (Some(t), Some(p)) => Some(t.min(p)),
         (t, p) => t.or(p),
@@ -617,6 +623,9 @@ async fn forward(
     let started = Instant::now();
     let deadline = timeout.map(|t| started + t);
     let mut tried: Vec<super::super::upstream::Dest> = Vec::new();
+    let mut once = retry
+        .is_none()
+        .then(|| std::mem::replace(&mut parts, Request::new(()).into_parts().0));
     let mut attempt: u32 = 0;
     let loads = &ctx.loads;
     loop {
@@ -652,7 +661,9 @@ async fn forward(
         let Some(dest) = chosen else {
             return no_upstream(NoUpstream::NoHealthyEndpoint(cluster_name.to_string()));
         };
-        tried.push(dest.clone());
+        if retry.is_some() {
+            tried.push(dest.clone());
+        }
         // In flight until the response headers are in (LEAST_REQUEST's measure).
         let _in_flight = (cluster.lb_policy == crate::config::cluster::LbPolicy::LeastRequest)
             .then(|| ctx.loads.start(&dest));
@@ -663,7 +674,11 @@ async fn forward(
                 return no_upstream(NoUpstream::NoHealthyEndpoint(cluster_name.to_string()));
             }
         };
-        let mut attempt_parts = parts.clone();
+        // Without retries there is one attempt: the head moves instead of being copied.
+        let mut attempt_parts = match (retry, once.take()) {
+            (None, Some(p)) => p,
+            _ => parts.clone(),
+        };
         if http2 && let Some(pq) = &pq {
             match format!("http://{addr}{pq}").parse() {
                 Ok(u) => attempt_parts.uri = u,
