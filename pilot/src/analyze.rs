@@ -273,12 +273,29 @@ impl Checker<'_> {
                     &format!("{field}.connectionPool.tcp.connectTimeout"),
                     &tcp.connect_timeout,
                 );
-                if tcp.max_connections.is_some() || tcp.tcp_keepalive.is_some() {
-                    self.warn(&format!("{field}.connectionPool.tcp"), NOT_YET);
+                if tcp.tcp_keepalive.is_some()
+                    || tcp.idle_timeout.is_some()
+                    || tcp.max_connection_duration.is_some()
+                {
+                    self.warn(
+                        &format!("{field}.connectionPool.tcp"),
+                        "only maxConnections and connectTimeout are honoured by outrigger-proxy yet",
+                    );
                 }
             }
-            if cp.http.is_some() {
-                self.warn(&format!("{field}.connectionPool.http"), NOT_YET);
+            if let Some(serde_yaml::Value::Mapping(http)) = &cp.http {
+                let honoured = ["http1MaxPendingRequests", "http2MaxRequests", "maxRetries"];
+                let other: Vec<&str> = http
+                    .keys()
+                    .filter_map(|k| k.as_str())
+                    .filter(|k| !honoured.contains(k))
+                    .collect();
+                if !other.is_empty() {
+                    self.warn(
+                        &format!("{field}.connectionPool.http"),
+                        format!("{}: {NOT_YET}", other.join(", ")),
+                    );
+                }
             }
         }
         for (name, v) in [

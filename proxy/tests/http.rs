@@ -120,6 +120,7 @@ fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
         bind_source: None,
         upstream_protocol: Default::default(),
         locality_weighted: false,
+        limits: Default::default(),
         ignored: vec![],
     }
 }
@@ -773,4 +774,71 @@ async fn mirrors_receive_a_copy_of_every_request() {
             .iter()
             .all(|h| h == "ratings-shadow:9080")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_overflow_answers_503_uo() {
+    use outrigger_proxy::config::cluster::Limits;
+    // One connection, one pending request: of three concurrent requests to a two-second
+    // endpoint, one is served, one waits and is served next, one overflows at once.
+    let slow = upstream("sluggish").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut wire = http_listener("http", u32::from(port), "80");
+    wire.address = Some(outrigger_proxy::testing::socket(
+        "127.0.0.1",
+        u32::from(port),
+    ));
+    let mut snap = Snapshot::default();
+    snap.listeners
+        .insert("http".into(), Arc::new(Listener::try_from(&wire).unwrap()));
+    let rc = RouteConfig::try_from(&outrigger_proxy::testing::route_config("80", "cb")).unwrap();
+    snap.routes.insert("80".into(), Arc::new(rc));
+    let mut c = static_cluster("cb", &[slow]);
+    c.limits = Limits {
+        max_connections: 1,
+        max_pending_requests: 1,
+        max_requests: 1024,
+        max_retries: 3,
+    };
+    snap.clusters.insert(c.name.clone(), Arc::new(c));
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(snap));
+    tokio::spawn(server::serve(rx));
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = format!("http://127.0.0.1:{port}/x");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args([
+                "-s",
+                "--parallel",
+                "--parallel-immediate",
+                "--parallel-max",
+                "3",
+            ])
+            .args([
+                "-w",
+                "\\nRESULT %{http_code} %header{x-envoy-overloaded}\\n",
+            ])
+            .args([&url, &url, &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("RESULT "))
+        .map(str::trim)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["200", "200", "503 true"], "{text}");
 }

@@ -55,14 +55,27 @@ fn original_dst(name: &str, bind: bool) -> cluster::Cluster {
 }
 
 /// Istio's default thresholds: everything unlimited, remaining capacity tracked.
-fn default_circuit_breakers() -> cluster::CircuitBreakers {
-    let max = wire::u32_value(u32::MAX);
+/// Istio's thresholds: unlimited unless the DestinationRule's connection pool says otherwise
+/// (`tcp.maxConnections`, `http.http1MaxPendingRequests`, `http.http2MaxRequests`,
+/// `http.maxRetries`).
+fn circuit_breakers(pool: Option<&crate::resources::ConnectionPool>) -> cluster::CircuitBreakers {
+    let http = |key: &str| {
+        pool.and_then(|p| p.http.as_ref())
+            .and_then(|h| h.get(key))
+            .and_then(serde_yaml::Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+    };
+    let tcp_max = pool
+        .and_then(|p| p.tcp.as_ref())
+        .and_then(|t| t.max_connections)
+        .and_then(|v| u32::try_from(v).ok());
+    let value = |v: Option<u32>| wire::u32_value(v.unwrap_or(u32::MAX));
     cluster::CircuitBreakers {
         thresholds: vec![cluster::circuit_breakers::Thresholds {
-            max_connections: max,
-            max_pending_requests: max,
-            max_requests: max,
-            max_retries: max,
+            max_connections: value(tcp_max),
+            max_pending_requests: value(http("http1MaxPendingRequests")),
+            max_requests: value(http("http2MaxRequests")),
+            max_retries: value(http("maxRetries")),
             track_remaining: true,
             ..Default::default()
         }],
@@ -113,7 +126,7 @@ fn outbound(
         name: name.clone(),
         connect_timeout: Some(wire::duration(connect_timeout)),
         lb_policy: lb_policy as i32,
-        circuit_breakers: Some(default_circuit_breakers()),
+        circuit_breakers: Some(circuit_breakers(pool)),
         ..Default::default()
     };
     let mut metadata = vec![

@@ -347,4 +347,37 @@ mod tests {
             "50% in millionths"
         );
     }
+
+    #[test]
+    fn connection_pools_become_circuit_breakers() {
+        use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+        let yaml = concat!(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: bill}\n",
+            "spec: {clusterIP: 10.96.0.5, ports: [{name: http, port: 80}]}\n---\n",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: bill}\n",
+            "spec:\n  host: bill\n  trafficPolicy:\n    connectionPool:\n",
+            "      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1, maxRetries: 2}\n",
+        );
+        let objects = crate::load::parse_file(std::path::Path::new("m.yaml"), yaml).objects;
+        let mesh = Mesh {
+            registry: crate::registry::Registry::build(&objects),
+            objects,
+        };
+        let x = generate(&mesh, &client());
+        let c = Cluster::decode(
+            x.clusters["outbound|80||bill.default.svc.cluster.local"]
+                .value
+                .as_slice(),
+        )
+        .unwrap();
+        let t = &c.circuit_breakers.unwrap().thresholds[0];
+        assert_eq!(t.max_connections.unwrap().value, 1);
+        assert_eq!(t.max_pending_requests.unwrap().value, 1);
+        assert_eq!(t.max_retries.unwrap().value, 2);
+        assert_eq!(
+            t.max_requests.unwrap().value,
+            u32::MAX,
+            "unset: unlimited, as istiod"
+        );
+    }
 }

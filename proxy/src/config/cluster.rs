@@ -50,7 +50,52 @@ pub struct Cluster {
     pub upstream_protocol: UpstreamProtocol,
     /// `common_lb_config.locality_weighted_lb_config`: pick a locality by its weight first.
     pub locality_weighted: bool,
+    /// Circuit-breaker thresholds of the default priority.
+    pub limits: Limits,
     pub ignored: Vec<Ignored>,
+}
+
+/// `circuit_breakers.thresholds` (priority DEFAULT), with Envoy's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    pub max_retries: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
+}
+
+fn limits(c: &wire::Cluster) -> Limits {
+    let d = Limits::default();
+    let Some(t) = c.circuit_breakers.as_ref().and_then(|cb| {
+        cb.thresholds
+            .iter()
+            .find(|t| t.priority == core::RoutingPriority::Default as i32)
+    }) else {
+        return d;
+    };
+    Limits {
+        max_connections: t
+            .max_connections
+            .map(|v| v.value)
+            .unwrap_or(d.max_connections),
+        max_pending_requests: t
+            .max_pending_requests
+            .map(|v| v.value)
+            .unwrap_or(d.max_pending_requests),
+        max_requests: t.max_requests.map(|v| v.value).unwrap_or(d.max_requests),
+        max_retries: t.max_retries.map(|v| v.value).unwrap_or(d.max_retries),
+    }
 }
 
 /// `HttpProtocolOptions.upstream_protocol_options` (and the deprecated cluster fields).
@@ -367,6 +412,7 @@ impl TryFrom<&wire::Cluster> for Cluster {
             tls: c.transport_socket.is_some(),
             bind_source,
             upstream_protocol: upstream_protocol(c)?,
+            limits: limits(c),
             locality_weighted: matches!(
                 c.common_lb_config.as_ref().and_then(|l| l.locality_config_specifier.as_ref()),
                 Some(wire::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))

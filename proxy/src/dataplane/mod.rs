@@ -1,5 +1,6 @@
 //! The data path: accepting connections, choosing listener and filter chain, forwarding.
 
+pub mod breaker;
 pub mod http;
 pub mod relay;
 pub mod select;

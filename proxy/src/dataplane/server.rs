@@ -95,6 +95,7 @@ pub struct Counters {
     rr: AtomicU64,
     http: Arc<AtomicU64>,
     loads: Arc<super::upstream::Loads>,
+    breakers: Arc<super::breaker::Breakers>,
 }
 
 async fn connect(
@@ -227,6 +228,7 @@ pub async fn handle(
                     upstreams: upstreams.clone(),
                     counter: counters.http.clone(),
                     loads: counters.loads.clone(),
+                    breakers: counters.breakers.clone(),
                     affinity: Default::default(),
                 };
                 serve_connection(ctx, stream).await;

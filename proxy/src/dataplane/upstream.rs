@@ -257,6 +257,7 @@ mod tests {
             bind_source: None,
             upstream_protocol: Default::default(),
             locality_weighted: false,
+            limits: Default::default(),
             ignored: vec![],
         }
     }

@@ -46,6 +46,8 @@ pub enum ResponseFlag {
     UT,
     /// Aborted by fault injection.
     FI,
+    /// Upstream overflow (circuit breaking).
+    UO,
 }
 
 impl ResponseFlag {
@@ -57,6 +59,7 @@ impl ResponseFlag {
             ResponseFlag::UF => "UF",
             ResponseFlag::UT => "UT",
             ResponseFlag::FI => "FI",
+            ResponseFlag::UO => "UO",
         }
     }
 }
@@ -242,6 +245,7 @@ pub struct ConnContext {
     pub upstreams: Arc<Upstreams>,
     pub counter: Arc<std::sync::atomic::AtomicU64>,
     pub loads: Arc<crate::dataplane::upstream::Loads>,
+    pub breakers: Arc<crate::dataplane::breaker::Breakers>,
     pub affinity: Arc<Affinity>,
 }
 
@@ -622,6 +626,8 @@ async fn forward(
     let (timeout, per_try_override) = timeouts(f, &mut parts.headers);
     let started = Instant::now();
     let deadline = timeout.map(|t| started + t);
+    let breaker = ctx.breakers.get(cluster_name, cluster.limits);
+    let mut _retrying = None;
     let mut tried: Vec<super::super::upstream::Dest> = Vec::new();
     let mut once = retry
         .is_none()
@@ -658,6 +664,23 @@ async fn forward(
                 Err(e) => return no_upstream(e),
             }
         }
+        // Circuit breaking: a connection for this request, or a place among the pending ones.
+        let _admitted = match breaker.admit().await {
+            Ok(a) => a,
+            Err(why) => {
+                tracing::debug!(cluster = %cluster_name, ?why, "circuit breaker overflow");
+                let mut r = local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ResponseFlag::UO,
+                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                );
+                r.headers_mut().insert(
+                    HeaderName::from_static("x-envoy-overloaded"),
+                    HeaderValue::from_static("true"),
+                );
+                return r;
+            }
+        };
         let Some(dest) = chosen else {
             return no_upstream(NoUpstream::NoHealthyEndpoint(cluster_name.to_string()));
         };
@@ -737,7 +760,10 @@ async fn forward(
             && retry::retriable(p, outcome)
         {
             let wait = retry::backoff(p, attempt, fastrand::f64());
-            if deadline.is_none_or(|d| Instant::now() + wait < d) {
+            // max_retries: a retry needs a place among the cluster's concurrent retries.
+            let slot = breaker.retry();
+            if slot.is_some() && deadline.is_none_or(|d| Instant::now() + wait < d) {
+                _retrying = slot;
                 tracing::debug!(cluster = %cluster_name, upstream = %addr, attempt, ?outcome, "retrying");
                 tokio::time::sleep(wait).await;
                 continue;

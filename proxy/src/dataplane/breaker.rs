@@ -1,0 +1,187 @@
+//! Circuit breaking per cluster, as Envoy's thresholds: concurrent requests (`max_requests`),
+//! connections in use (`max_connections`; an HTTP/1.1 request holds one while it waits for its
+//! response), requests waiting for one (`max_pending_requests`), and concurrent retries
+//! (`max_retries`). Overflow is answered 503 with response flag UO.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::cluster::Limits;
+
+/// One cluster's breaker.
+#[derive(Debug)]
+pub struct Breaker {
+    limits: Limits,
+    connections: Arc<Semaphore>,
+    pending: AtomicU32,
+    requests: AtomicU32,
+    retries: AtomicU32,
+    /// Envoy's `upstream_rq_pending_overflow`.
+    pub pending_overflow: AtomicU64,
+    /// Requests refused by `max_requests`.
+    pub requests_overflow: AtomicU64,
+    /// Envoy's `upstream_rq_retry_overflow`.
+    pub retry_overflow: AtomicU64,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    Requests,
+    Pending,
+}
+
+/// Held while a request is admitted.
+#[derive(Debug)]
+pub struct Admitted {
+    breaker: Arc<Breaker>,
+    _connection: OwnedSemaphorePermit,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.breaker.requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Held while a retry is in flight.
+#[derive(Debug)]
+pub struct Retrying(Arc<Breaker>);
+
+impl Drop for Retrying {
+    fn drop(&mut self) {
+        self.0.retries.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Breaker {
+    pub fn new(limits: Limits) -> Breaker {
+        let permits = (limits.max_connections as usize).min(Semaphore::MAX_PERMITS);
+        Breaker {
+            limits,
+            connections: Arc::new(Semaphore::new(permits)),
+            pending: AtomicU32::new(0),
+            requests: AtomicU32::new(0),
+            retries: AtomicU32::new(0),
+            pending_overflow: AtomicU64::new(0),
+            requests_overflow: AtomicU64::new(0),
+            retry_overflow: AtomicU64::new(0),
+        }
+    }
+
+    /// Admits a request: under `max_requests`, with a connection now or after waiting among at
+    /// most `max_pending_requests` others.
+    pub async fn admit(self: &Arc<Self>) -> Result<Admitted, Overflow> {
+        if self.requests.fetch_add(1, Ordering::AcqRel) >= self.limits.max_requests {
+            self.requests.fetch_sub(1, Ordering::AcqRel);
+            self.requests_overflow.fetch_add(1, Ordering::Relaxed);
+            return Err(Overflow::Requests);
+        }
+        let permit = match self.connections.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if self.pending.fetch_add(1, Ordering::AcqRel) >= self.limits.max_pending_requests {
+                    self.pending.fetch_sub(1, Ordering::AcqRel);
+                    self.requests.fetch_sub(1, Ordering::AcqRel);
+                    self.pending_overflow.fetch_add(1, Ordering::Relaxed);
+                    return Err(Overflow::Pending);
+                }
+                let p = self.connections.clone().acquire_owned().await;
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+                match p {
+                    Ok(p) => p,
+                    Err(_) => {
+                        self.requests.fetch_sub(1, Ordering::AcqRel);
+                        return Err(Overflow::Pending);
+                    }
+                }
+            }
+        };
+        Ok(Admitted {
+            breaker: self.clone(),
+            _connection: permit,
+        })
+    }
+
+    /// A retry, if fewer than `max_retries` are in flight.
+    pub fn retry(self: &Arc<Self>) -> Option<Retrying> {
+        if self.retries.fetch_add(1, Ordering::AcqRel) >= self.limits.max_retries {
+            self.retries.fetch_sub(1, Ordering::AcqRel);
+            self.retry_overflow.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Retrying(self.clone()))
+    }
+}
+
+/// The breakers of all clusters; a cluster whose thresholds change gets a new one.
+#[derive(Debug, Default)]
+pub struct Breakers {
+    by_cluster: Mutex<HashMap<String, Arc<Breaker>>>,
+}
+
+impl Breakers {
+    pub fn get(&self, cluster: &str, limits: Limits) -> Arc<Breaker> {
+        let mut m = self.by_cluster.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = m.get(cluster)
+            && b.limits == limits
+        {
+            return b.clone();
+        }
+        let b = Arc::new(Breaker::new(limits));
+        m.insert(cluster.to_string(), b.clone());
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(c: u32, p: u32, r: u32, retries: u32) -> Limits {
+        Limits {
+            max_connections: c,
+            max_pending_requests: p,
+            max_requests: r,
+            max_retries: retries,
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_pending_and_requests_overflow() {
+        let b = Arc::new(Breaker::new(limits(1, 1, 10, 3)));
+        let first = b.admit().await.unwrap();
+        // The second waits for the connection; a third finds the pending queue full.
+        let b2 = b.clone();
+        let second = tokio::spawn(async move { b2.admit().await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        assert_eq!(b.admit().await.unwrap_err(), Overflow::Pending);
+        assert_eq!(b.pending_overflow.load(Ordering::Relaxed), 1);
+        drop(first);
+        assert_eq!(second.await.unwrap(), Ok(()));
+
+        let b = Arc::new(Breaker::new(limits(100, 100, 1, 3)));
+        let _one = b.admit().await.unwrap();
+        assert_eq!(b.admit().await.unwrap_err(), Overflow::Requests);
+    }
+
+    #[test]
+    fn retries_are_bounded_and_released() {
+        let b = Arc::new(Breaker::new(limits(1, 1, 1, 1)));
+        let r = b.retry().expect("first retry");
+        assert!(b.retry().is_none(), "max_retries 1");
+        drop(r);
+        assert!(b.retry().is_some());
+    }
+
+    #[test]
+    fn changed_thresholds_replace_the_breaker() {
+        let all = Breakers::default();
+        let a = all.get("c", limits(1, 1, 1, 1));
+        assert!(Arc::ptr_eq(&a, &all.get("c", limits(1, 1, 1, 1))));
+        assert!(!Arc::ptr_eq(&a, &all.get("c", limits(2, 1, 1, 1))));
+    }
+}
