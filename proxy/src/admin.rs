@@ -33,6 +33,8 @@ pub struct AdminState {
     pub node_id: String,
     /// Signalled by `/quitquitquit`.
     pub quit: watch::Sender<bool>,
+    /// Istio's request metrics, for `/stats/prometheus`.
+    pub metrics: Arc<crate::stats::Metrics>,
 }
 
 /// An `Any` rendered as Envoy renders it in a config dump (`@type`, proto field names).
@@ -256,7 +258,7 @@ fn listeners_text(snap: &Snapshot) -> String {
         .collect()
 }
 
-fn prometheus(snap: &Snapshot, ready: bool) -> String {
+fn prometheus(snap: &Snapshot, ready: bool, metrics: &crate::stats::Metrics) -> String {
     let active = snap
         .listeners
         .values()
@@ -267,7 +269,7 @@ fn prometheus(snap: &Snapshot, ready: bool) -> String {
         u8::from(ready),
         snap.clusters.len(),
         active
-    )
+    ) + &metrics.prometheus()
 }
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -354,7 +356,7 @@ pub fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes
         (_, "/stats/prometheus") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            prometheus(&snap, ready),
+            prometheus(&snap, ready, &state.metrics),
         ),
         (_, "/stats") => reply(
             StatusCode::OK,
@@ -394,7 +396,11 @@ fn status(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         "/stats/prometheus" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            prometheus(&state.snapshot.borrow(), *state.ready.borrow()),
+            prometheus(
+                &state.snapshot.borrow(),
+                *state.ready.borrow(),
+                &state.metrics,
+            ),
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", ""),
     }

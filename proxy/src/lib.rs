@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod dataplane;
 pub mod dump;
+pub mod stats;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod validate;

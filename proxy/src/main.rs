@@ -313,7 +313,12 @@ fn run_proxy(args: RunArgs) -> ExitCode {
             }
         };
         let (quit_tx, mut quit_rx) = tokio::sync::watch::channel(false);
+        let telemetry = std::sync::Arc::new(outrigger_proxy::stats::Telemetry {
+            metrics: Default::default(),
+            me: own_workload(&identity),
+        });
         let state = std::sync::Arc::new(AdminState {
+            metrics: telemetry.metrics.clone(),
             snapshot: handle.snapshot.clone(),
             ready: handle.ready.clone(),
             failing: std::sync::atomic::AtomicBool::new(false),
@@ -334,7 +339,7 @@ fn run_proxy(args: RunArgs) -> ExitCode {
             _ = async {
                 // Serve nothing until the first listeners and clusters are in.
                 let _ = handle.ready.wait_for(|r| *r).await;
-                dataplane::server::serve(handle.snapshot.clone()).await;
+                dataplane::server::serve_with(handle.snapshot.clone(), telemetry.clone()).await;
             } => {}
             _ = shutdown() => tracing::info!("shutting down"),
         }
@@ -344,6 +349,35 @@ fn run_proxy(args: RunArgs) -> ExitCode {
         let _ = std::fs::remove_file(&embedded_socket);
     }
     code
+}
+
+/// This proxy's workload for the metrics: pilot-agent's WORKLOAD_NAME, else the pod's
+/// Deployment name; app and version from its labels.
+fn own_workload(id: &Identity) -> outrigger_proxy::stats::Workload {
+    let label = |k: &str| {
+        id.extra
+            .get("LABELS")
+            .and_then(|l| l.get(k))
+            .and_then(|v| v.as_str())
+            .map(String::from)
+    };
+    let name = id
+        .extra
+        .get("WORKLOAD_NAME")
+        .and_then(|v| v.as_str())
+        .map(String::from)
+        .unwrap_or_else(|| outrigger_proxy::stats::Workload::name_of_pod(&id.pod_name));
+    outrigger_proxy::stats::Workload {
+        app: label("app")
+            .or_else(|| label("app.kubernetes.io/name"))
+            .unwrap_or_else(|| name.clone()),
+        version: label("version")
+            .or_else(|| label("app.kubernetes.io/version"))
+            .unwrap_or_else(|| "unknown".into()),
+        name,
+        namespace: id.namespace.clone(),
+        cluster: id.cluster_id.clone(),
+    }
 }
 
 /// Starts outrigger-pilot in this process on a private Unix socket, watching `dir`.

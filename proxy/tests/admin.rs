@@ -49,6 +49,7 @@ async fn admin_endpoints() {
     });
     let (quit, mut quit_rx) = tokio::sync::watch::channel(false);
     let state = Arc::new(AdminState {
+        metrics: Default::default(),
         snapshot: handle.snapshot.clone(),
         ready: handle.ready.clone(),
         failing: AtomicBool::new(false),

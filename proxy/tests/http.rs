@@ -112,6 +112,7 @@ fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
                         address: Address::Socket(*a),
                         health: Health::Healthy,
                         weight: 1,
+                        workload: None,
                     })
                     .collect(),
             }],
@@ -121,6 +122,7 @@ fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
         upstream_protocol: Default::default(),
         locality_weighted: false,
         limits: Default::default(),
+        service: None,
         ignored: vec![],
     }
 }

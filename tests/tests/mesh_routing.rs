@@ -74,6 +74,59 @@ fn weighted_split_is_90_10_within_3_points() {
         Some(36),
         "{r}"
     );
+    // Istio's request metrics on :15090, as Prometheus scrapes them: the client reports as the
+    // source, each server as the destination.
+    let metric = |pod: usize, reporter: &str, workload: &str| -> u64 {
+        let text = m.pods[pod].ns.ok(
+            "curl",
+            &[
+                "-s",
+                "--max-time",
+                "3",
+                "http://127.0.0.1:15090/stats/prometheus",
+            ],
+        );
+        text.lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .filter(|l| l.contains(&format!("reporter=\"{reporter}\"")))
+            .filter(|l| l.contains(&format!("destination_workload=\"{workload}\"")))
+            .filter(|l| {
+                l.contains("destination_service=\"bill-service.default.svc.cluster.local\"")
+                    || reporter == "destination"
+            })
+            .filter(|l| l.contains("response_code=\"200\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let (v1_src, v2_src) = (
+        metric(0, "source", "bill-service-v1"),
+        metric(0, "source", "bill-service-v2"),
+    );
+    eprintln!("istio_requests_total at the client: v1 {v1_src}, v2 {v2_src}");
+    assert_eq!(
+        v1_src + v2_src,
+        2000,
+        "every request counted by the client's sidecar"
+    );
+    assert_eq!(
+        metric(1, "destination", "bill-service-v1"),
+        v1_src,
+        "and by v1's"
+    );
+    assert_eq!(
+        metric(2, "destination", "bill-service-v2"),
+        v2_src,
+        "and by v2's"
+    );
+    let client_metrics = m.pods[0]
+        .ns
+        .ok("curl", &["-s", "http://127.0.0.1:15090/stats/prometheus"]);
+    assert!(
+        client_metrics.contains("source_workload=\"client\""),
+        "{client_metrics}"
+    );
+    assert!(client_metrics.contains("istio_request_duration_milliseconds_bucket{"));
+
     // The proxy's own view names istiod's resources.
     let clusters = m.admin(0, "/clusters");
     assert!(

@@ -52,6 +52,8 @@ pub struct Cluster {
     pub locality_weighted: bool,
     /// Circuit-breaker thresholds of the default priority.
     pub limits: Limits,
+    /// The Istio service this cluster reaches (for telemetry labels).
+    pub service: Option<ServiceRef>,
     pub ignored: Vec<Ignored>,
 }
 
@@ -164,6 +166,58 @@ pub struct Endpoint {
     pub address: Address,
     pub health: Health,
     pub weight: u32,
+    /// Istio's `metadata.filter_metadata.istio.workload`: `name;namespace;app;version;cluster`.
+    pub workload: Option<String>,
+}
+
+/// The `istio` filter metadata string field `key`.
+fn istio_string(m: Option<&core::Metadata>, key: &str) -> Option<String> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    match m?
+        .filter_metadata
+        .get("istio")?
+        .fields
+        .get(key)?
+        .kind
+        .as_ref()?
+    {
+        Kind::StringValue(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The service a cluster belongs to (`metadata.filter_metadata.istio.services[0]`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServiceRef {
+    pub host: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+fn service_ref(m: Option<&core::Metadata>) -> Option<ServiceRef> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let Kind::ListValue(list) = m?
+        .filter_metadata
+        .get("istio")?
+        .fields
+        .get("services")?
+        .kind
+        .as_ref()?
+    else {
+        return None;
+    };
+    let Kind::StructValue(first) = list.values.first()?.kind.as_ref()? else {
+        return None;
+    };
+    let get = |k: &str| match first.fields.get(k).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StringValue(s)) => s.clone(),
+        _ => String::new(),
+    };
+    Some(ServiceRef {
+        host: get("host"),
+        name: get("name"),
+        namespace: get("namespace"),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -266,6 +320,7 @@ impl LoadAssignment {
                             address,
                             health,
                             weight,
+                            workload: istio_string(e.metadata.as_ref(), "workload"),
                         })
                     })
                     .collect::<Result<_, ConfigError>>()?;
@@ -413,6 +468,7 @@ impl TryFrom<&wire::Cluster> for Cluster {
             bind_source,
             upstream_protocol: upstream_protocol(c)?,
             limits: limits(c),
+            service: service_ref(c.metadata.as_ref()),
             locality_weighted: matches!(
                 c.common_lb_config.as_ref().and_then(|l| l.locality_config_specifier.as_ref()),
                 Some(wire::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))

@@ -96,6 +96,7 @@ pub struct Counters {
     http: Arc<AtomicU64>,
     loads: Arc<super::upstream::Loads>,
     breakers: Arc<super::breaker::Breakers>,
+    telemetry: Arc<crate::stats::Telemetry>,
 }
 
 async fn connect(
@@ -229,6 +230,8 @@ pub async fn handle(
                     counter: counters.http.clone(),
                     loads: counters.loads.clone(),
                     breakers: counters.breakers.clone(),
+                    telemetry: counters.telemetry.clone(),
+                    inbound: accepting.name == "virtualInbound",
                     affinity: Default::default(),
                 };
                 serve_connection(ctx, stream).await;
@@ -259,8 +262,19 @@ struct Bound {
 
 /// Keeps one accept loop per bound listener of the current snapshot: binds new ones, closes
 /// removed ones, and hands every connection the snapshot of its accept time.
-pub async fn serve(mut snapshots: watch::Receiver<Arc<Snapshot>>) {
-    let counters = Arc::new(Counters::default());
+pub async fn serve(snapshots: watch::Receiver<Arc<Snapshot>>) {
+    serve_with(snapshots, Arc::default()).await
+}
+
+/// The same, reporting Istio's request metrics through `telemetry`.
+pub async fn serve_with(
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    telemetry: Arc<crate::stats::Telemetry>,
+) {
+    let counters = Arc::new(Counters {
+        telemetry,
+        ..Counters::default()
+    });
     let upstreams = Arc::new(Upstreams::default());
     let mut bound: BTreeMap<String, Bound> = BTreeMap::new();
     loop {

@@ -168,6 +168,23 @@ fn candidates(localities: &[LocalityEndpoints], locality_roll: Option<u64>) -> V
     Vec::new()
 }
 
+/// The Istio workload (`istio.workload` metadata) of the endpoint `dest` of `cluster`.
+pub fn endpoint_workload(snap: &Snapshot, cluster: &Cluster, dest: &Dest) -> Option<String> {
+    let localities: &[LocalityEndpoints] = match &cluster.discovery {
+        Discovery::Eds { service_name } => snap.endpoints.get(service_name)?.localities.as_slice(),
+        _ => cluster.load_assignment.as_ref()?.localities.as_slice(),
+    };
+    localities
+        .iter()
+        .flat_map(|l| &l.endpoints)
+        .find(|e| match (&e.address, dest) {
+            (Address::Socket(a), Dest::Ip(d)) => a == d,
+            (Address::Dns(h, p), Dest::Name(dh, dp)) => h == dh && p == dp,
+            _ => false,
+        })
+        .and_then(|e| e.workload.clone())
+}
+
 /// The endpoint to connect to. `counter` advances round robin; `roll` drives random choices;
 /// `active` says how many requests an endpoint has in flight (LEAST_REQUEST).
 pub fn endpoint(
@@ -258,6 +275,7 @@ mod tests {
             upstream_protocol: Default::default(),
             locality_weighted: false,
             limits: Default::default(),
+            service: None,
             ignored: vec![],
         }
     }
@@ -267,6 +285,7 @@ mod tests {
             address: Address::Socket(addr.parse().unwrap()),
             health,
             weight,
+            workload: None,
         }
     }
 
@@ -334,6 +353,7 @@ mod tests {
                     address: Address::Dns("localhost".into(), 8080),
                     health: Health::Healthy,
                     weight: 1,
+                    workload: None,
                 }],
             }],
         });
@@ -366,6 +386,7 @@ mod tests {
                         address: Address::Socket(a.parse().unwrap()),
                         health: Health::Healthy,
                         weight: 1,
+                        workload: None,
                     })
                     .collect(),
             }],
@@ -423,6 +444,7 @@ mod tests {
                 address: Address::Socket(addr.parse().unwrap()),
                 health: Health::Healthy,
                 weight: 1,
+                workload: None,
             }],
         };
         c.load_assignment = Some(LoadAssignment {

@@ -247,6 +247,9 @@ pub struct ConnContext {
     pub loads: Arc<crate::dataplane::upstream::Loads>,
     pub breakers: Arc<crate::dataplane::breaker::Breakers>,
     pub affinity: Arc<Affinity>,
+    pub telemetry: Arc<crate::stats::Telemetry>,
+    /// Accepted by `virtualInbound`: this proxy reports as the destination.
+    pub inbound: bool,
 }
 
 /// The request's headers as routing reads them (only built when a route looks at headers).
@@ -277,6 +280,13 @@ fn head_of(req: &Request<Incoming>) -> RequestHead {
         headers: Vec::new(),
         method: req.method().as_str().to_string(),
     }
+}
+
+/// Where a forwarded request went, for the metrics (a response extension).
+#[derive(Debug, Clone)]
+struct UpstreamInfo {
+    service: Option<crate::config::cluster::ServiceRef>,
+    workload: Option<String>,
 }
 
 /// Request bodies up to this size are buffered so that a retry can replay them (Envoy's
@@ -778,6 +788,10 @@ async fn forward(
             Some(Ok(resp)) => {
                 let elapsed = started.elapsed().as_millis().to_string();
                 let mut resp = resp.map(Body::Streamed);
+                resp.extensions_mut().insert(UpstreamInfo {
+                    service: cluster.service.clone(),
+                    workload: crate::dataplane::upstream::endpoint_workload(snap, cluster, &dest),
+                });
                 for h in &HOP_BY_HOP {
                     resp.headers_mut().remove(h);
                 }
@@ -848,11 +862,73 @@ fn response_headers(headers: &mut http::HeaderMap, ops: [&HeaderOps; 2]) {
     }
 }
 
-/// Routes and answers one request.
+/// Counts the request in Istio's metrics, as the reporting side sees it.
+fn record(ctx: &ConnContext, head: &RequestHead, resp: &Response<Body>, received: Instant) {
+    let info = resp.extensions().get::<UpstreamInfo>();
+    let host = super::routing::strip_port(&head.host).to_string();
+    let service = match info.and_then(|i| i.service.clone()) {
+        Some(s) => (s.host, s.name, s.namespace),
+        None => {
+            let name = host.split('.').next().unwrap_or("unknown").to_string();
+            (host.clone(), name, "unknown".into())
+        }
+    };
+    let me = ctx.telemetry.me.clone();
+    let peer = info
+        .and_then(|i| i.workload.as_deref())
+        .map(crate::stats::Workload::from_istio)
+        .unwrap_or_else(crate::stats::Workload::unknown);
+    let (reporter, source, destination) = if ctx.inbound {
+        ("destination", crate::stats::Workload::unknown(), me)
+    } else {
+        ("source", me, peer)
+    };
+    let protocol = if head
+        .headers
+        .iter()
+        .any(|(k, v)| k == "content-type" && v.starts_with("application/grpc"))
+        || resp.headers().contains_key("grpc-status")
+    {
+        "grpc"
+    } else {
+        "http"
+    };
+    let labels = crate::stats::RequestLabels {
+        reporter,
+        source,
+        destination,
+        service,
+        protocol,
+        response_code: resp.status().as_u16(),
+        response_flags: resp
+            .extensions()
+            .get::<ResponseFlag>()
+            .map(|f| f.as_str().to_string())
+            .unwrap_or_else(|| "-".into()),
+        grpc_status: resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+    };
+    ctx.telemetry
+        .metrics
+        .record(labels, received.elapsed().as_secs_f64() * 1000.0);
+}
+
+/// Routes and answers one request, and counts it.
 pub async fn handle(
     ctx: Arc<ConnContext>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let received = Instant::now();
+    let (resp, head) = respond(&ctx, req).await;
+    record(&ctx, &head, &resp, received);
+    Ok(resp)
+}
+
+async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Body>, RequestHead) {
     let mut head = head_of(&req);
     let snap = ctx.live.borrow().clone();
     let rc = match &ctx.manager.routes {
@@ -864,7 +940,10 @@ pub async fn handle(
         head.headers = headers_of(&req);
     }
     let Some((vh, route)) = vh.and_then(|vh| route(vh, &head).map(|r| (vh, r))) else {
-        return Ok(local_reply(StatusCode::NOT_FOUND, ResponseFlag::NR, ""));
+        return (
+            local_reply(StatusCode::NOT_FOUND, ResponseFlag::NR, ""),
+            head,
+        );
     };
     if let Some(fault) = &route.fault
         && ctx
@@ -885,7 +964,7 @@ pub async fn handle(
             let mut resp = local_reply(status, ResponseFlag::FI, "fault filter abort");
             response_headers(resp.headers_mut(), [&route.headers, &vh.headers]);
             tracing::info!(host = %head.host, path = %head.path, status = status.as_u16(), response_flags = "FI", "local reply");
-            return Ok(resp);
+            return (resp, head);
         }
     }
     request_headers(req.headers_mut(), [&route.headers, &vh.headers]);
@@ -906,13 +985,13 @@ pub async fn handle(
             resp
         }
         Action::NonForwarding => local_reply(StatusCode::NOT_FOUND, ResponseFlag::NR, ""),
-        Action::Forward(f) => forward(&ctx, &snap, req, f, &route.matcher.path, &head).await,
+        Action::Forward(f) => forward(ctx, &snap, req, f, &route.matcher.path, &head).await,
     };
     response_headers(resp.headers_mut(), [&route.headers, &vh.headers]);
     if let Some(flag) = resp.extensions().get::<ResponseFlag>() {
         tracing::info!(host = %head.host, path = %head.path, status = resp.status().as_u16(), response_flags = flag.as_str(), "local reply");
     }
-    Ok(resp)
+    (resp, head)
 }
 
 /// Envoy's `max_request_headers_kb` default (60 KiB).
