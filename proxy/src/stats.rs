@@ -96,9 +96,10 @@ struct Series {
     sum_ms: f64,
 }
 
+/// Series by a hash of what tells them apart; the labels are built on a series' first request.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<RequestLabels, Series>>,
+    requests: Mutex<std::collections::HashMap<u64, (RequestLabels, Series)>>,
 }
 
 fn escape(v: &str) -> String {
@@ -108,9 +109,11 @@ fn escape(v: &str) -> String {
 }
 
 impl Metrics {
-    pub fn record(&self, labels: RequestLabels, duration_ms: f64) {
+    pub fn record(&self, key: u64, labels: impl FnOnce() -> RequestLabels, duration_ms: f64) {
         let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        let s = m.entry(labels).or_default();
+        let (_, s) = m
+            .entry(key)
+            .or_insert_with(|| (labels(), Series::default()));
         s.count += 1;
         s.sum_ms += duration_ms;
         for (i, le) in BUCKETS_MS.iter().enumerate() {
@@ -126,6 +129,8 @@ impl Metrics {
         if m.is_empty() {
             return String::new();
         }
+        // Sorted by labels, so that scrapes are stable.
+        let m: BTreeMap<&RequestLabels, &Series> = m.values().map(|(l, s)| (l, s)).collect();
         let mut total = String::from("# TYPE istio_requests_total counter\n");
         let mut hist = String::from("# TYPE istio_request_duration_milliseconds histogram\n");
         for (l, s) in m.iter() {
@@ -242,8 +247,8 @@ mod tests {
             response_flags: "-".into(),
             grpc_status: String::new(),
         };
-        m.record(labels.clone(), 3.0);
-        m.record(labels, 700.0);
+        m.record(1, || labels.clone(), 3.0);
+        m.record(1, || labels, 700.0);
         let text = m.prometheus();
         assert!(text.contains("# TYPE istio_requests_total counter"));
         let line = text

@@ -285,8 +285,9 @@ fn head_of(req: &Request<Incoming>) -> RequestHead {
 /// Where a forwarded request went, for the metrics (a response extension).
 #[derive(Debug, Clone)]
 struct UpstreamInfo {
-    service: Option<crate::config::cluster::ServiceRef>,
-    workload: Option<String>,
+    snap: Arc<Snapshot>,
+    cluster: Arc<crate::config::cluster::Cluster>,
+    dest: super::super::upstream::Dest,
 }
 
 /// Request bodies up to this size are buffered so that a retry can replay them (Envoy's
@@ -517,7 +518,7 @@ fn no_upstream(e: NoUpstream) -> Response<Body> {
 
 async fn forward(
     ctx: &ConnContext,
-    snap: &Snapshot,
+    snap: &Arc<Snapshot>,
     req: Request<Incoming>,
     f: &Forward,
     matched: &PathMatch,
@@ -788,10 +789,13 @@ async fn forward(
             Some(Ok(resp)) => {
                 let elapsed = started.elapsed().as_millis().to_string();
                 let mut resp = resp.map(Body::Streamed);
-                resp.extensions_mut().insert(UpstreamInfo {
-                    service: cluster.service.clone(),
-                    workload: crate::dataplane::upstream::endpoint_workload(snap, cluster, &dest),
-                });
+                if let Some(c) = snap.clusters.get(cluster_name) {
+                    resp.extensions_mut().insert(UpstreamInfo {
+                        snap: snap.clone(),
+                        cluster: c.clone(),
+                        dest: dest.clone(),
+                    });
+                }
                 for h in &HOP_BY_HOP {
                     resp.headers_mut().remove(h);
                 }
@@ -864,57 +868,76 @@ fn response_headers(headers: &mut http::HeaderMap, ops: [&HeaderOps; 2]) {
 
 /// Counts the request in Istio's metrics, as the reporting side sees it.
 fn record(ctx: &ConnContext, head: &RequestHead, resp: &Response<Body>, received: Instant) {
+    use std::hash::{Hash, Hasher};
     let info = resp.extensions().get::<UpstreamInfo>();
-    let host = super::routing::strip_port(&head.host).to_string();
-    let service = match info.and_then(|i| i.service.clone()) {
-        Some(s) => (s.host, s.name, s.namespace),
-        None => {
-            let name = host.split('.').next().unwrap_or("unknown").to_string();
-            (host.clone(), name, "unknown".into())
+    let grpc_status = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let flag = resp
+        .extensions()
+        .get::<ResponseFlag>()
+        .map(|f| f.as_str())
+        .unwrap_or("-");
+    // What makes a series different, hashed; the labels are built once per series.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ctx.inbound.hash(&mut h);
+    match info {
+        Some(i) => {
+            i.cluster.name.hash(&mut h);
+            i.dest.hash(&mut h);
+            if i.cluster.service.is_none() {
+                head.host.hash(&mut h);
+            }
         }
-    };
-    let me = ctx.telemetry.me.clone();
-    let peer = info
-        .and_then(|i| i.workload.as_deref())
-        .map(crate::stats::Workload::from_istio)
-        .unwrap_or_else(crate::stats::Workload::unknown);
-    let (reporter, source, destination) = if ctx.inbound {
-        ("destination", crate::stats::Workload::unknown(), me)
-    } else {
-        ("source", me, peer)
-    };
-    let protocol = if head
-        .headers
-        .iter()
-        .any(|(k, v)| k == "content-type" && v.starts_with("application/grpc"))
-        || resp.headers().contains_key("grpc-status")
-    {
-        "grpc"
-    } else {
-        "http"
-    };
-    let labels = crate::stats::RequestLabels {
-        reporter,
-        source,
-        destination,
-        service,
-        protocol,
-        response_code: resp.status().as_u16(),
-        response_flags: resp
-            .extensions()
-            .get::<ResponseFlag>()
-            .map(|f| f.as_str().to_string())
-            .unwrap_or_else(|| "-".into()),
-        grpc_status: resp
+        None => head.host.hash(&mut h),
+    }
+    resp.status().as_u16().hash(&mut h);
+    flag.hash(&mut h);
+    grpc_status.hash(&mut h);
+    let key = h.finish();
+    let labels = || {
+        let host = super::routing::strip_port(&head.host).to_string();
+        let service = match info.and_then(|i| i.cluster.service.clone()) {
+            Some(s) => (s.host, s.name, s.namespace),
+            None => {
+                let name = host.split('.').next().unwrap_or("unknown").to_string();
+                (host.clone(), name, "unknown".into())
+            }
+        };
+        let me = ctx.telemetry.me.clone();
+        let peer = info
+            .and_then(|i| {
+                crate::dataplane::upstream::endpoint_workload(&i.snap, &i.cluster, &i.dest)
+            })
+            .map(|w| crate::stats::Workload::from_istio(&w))
+            .unwrap_or_else(crate::stats::Workload::unknown);
+        let (reporter, source, destination) = if ctx.inbound {
+            ("destination", crate::stats::Workload::unknown(), me)
+        } else {
+            ("source", me, peer)
+        };
+        let grpc = resp
             .headers()
-            .get("grpc-status")
+            .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string(),
+            .is_some_and(|v| v.starts_with("application/grpc"))
+            || !grpc_status.is_empty();
+        crate::stats::RequestLabels {
+            reporter,
+            source,
+            destination,
+            service,
+            protocol: if grpc { "grpc" } else { "http" },
+            response_code: resp.status().as_u16(),
+            response_flags: flag.to_string(),
+            grpc_status: grpc_status.to_string(),
+        }
     };
     ctx.telemetry
         .metrics
-        .record(labels, received.elapsed().as_secs_f64() * 1000.0);
+        .record(key, labels, received.elapsed().as_secs_f64() * 1000.0);
 }
 
 /// Routes and answers one request, and counts it.
