@@ -168,20 +168,42 @@ pub fn run() -> Result<()> {
         m.pods[client].ns.ok("iptables", &["-t", "nat", "-vnL"])
     );
 
-    step("client sidecar: /stats (the bill-service clusters)");
-    let stats = m.admin(client, "/stats");
-    let lines: Vec<&str> = stats
+    step(
+        "client sidecar: istio_requests_total on :15090/stats/prometheus (what Prometheus scrapes)",
+    );
+    let text = m.pods[client].ns.ok(
+        "curl",
+        &[
+            "-s",
+            "--max-time",
+            "3",
+            "http://127.0.0.1:15090/stats/prometheus",
+        ],
+    );
+    let label = |line: &str, key: &str| -> String {
+        line.split(&format!("{key}=\"")[..])
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("")
+            .to_string()
+    };
+    eprintln!(
+        "    {:<10} {:<18} {:<18} {:>5} {:>6} {:>9}",
+        "reporter", "source", "destination", "code", "flags", "requests"
+    );
+    for line in text
         .lines()
-        .filter(|l| {
-            l.contains("bill-service")
-                && (l.contains("upstream_rq") || l.contains("upstream_cx_total"))
-        })
-        .take(12)
-        .collect();
-    if lines.is_empty() {
-        eprintln!("{}", stats.lines().take(15).collect::<Vec<_>>().join("\n"));
-    } else {
-        eprintln!("{}", lines.join("\n"));
+        .filter(|l| l.starts_with("istio_requests_total{"))
+    {
+        eprintln!(
+            "    {:<10} {:<18} {:<18} {:>5} {:>6} {:>9}",
+            label(line, "reporter"),
+            label(line, "source_workload"),
+            label(line, "destination_workload"),
+            label(line, "response_code"),
+            label(line, "response_flags"),
+            line.rsplit(' ').next().unwrap_or("")
+        );
     }
 
     step("summary");
