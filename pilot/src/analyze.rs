@@ -299,7 +299,6 @@ impl Checker<'_> {
             }
         }
         for (name, v) in [
-            ("outlierDetection", &p.outlier_detection),
             ("tls", &p.tls),
             ("portLevelSettings", &p.port_level_settings),
             ("tunnel", &p.tunnel),

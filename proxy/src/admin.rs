@@ -35,6 +35,8 @@ pub struct AdminState {
     pub quit: watch::Sender<bool>,
     /// Istio's request metrics, for `/stats/prometheus`.
     pub metrics: Arc<crate::stats::Metrics>,
+    /// Outlier ejections, for `/clusters`.
+    pub outliers: Arc<crate::dataplane::outlier::Outliers>,
 }
 
 /// An `Any` rendered as Envoy renders it in a config dump (`@type`, proto field names).
@@ -216,8 +218,10 @@ fn config_dump_unmasked(
     json!({"configs": configs})
 }
 
-/// `/clusters` in Envoy's text form: one `cluster::host::stat::value` line per host property.
-pub fn clusters_text(snap: &Snapshot) -> String {
+/// `/clusters` in Envoy's text form: one `cluster::host::stat::value` line per host property;
+/// hosts ejected by outlier detection show `/failed_outlier_check`.
+pub fn clusters_text(snap: &Snapshot, outliers: &crate::dataplane::outlier::Outliers) -> String {
+    let now = std::time::Instant::now();
     let mut out = String::new();
     for (name, c) in &snap.clusters {
         out.push_str(&format!("{name}::observability_name::{name}\n"));
@@ -230,7 +234,13 @@ pub fn clusters_text(snap: &Snapshot) -> String {
         for l in assignment.iter().flat_map(|a| a.localities.iter()) {
             for e in &l.endpoints {
                 let host = e.address.to_string();
-                let health = if e.health.routable() {
+                let ejected = outliers
+                    .ejected(name, now)
+                    .iter()
+                    .any(|d| d.to_string() == host);
+                let health = if ejected {
+                    "/failed_outlier_check".to_string()
+                } else if e.health.routable() {
                     "healthy".to_string()
                 } else {
                     format!("/failed_eds_health ({:?})", e.health).to_lowercase()
@@ -339,7 +349,11 @@ pub fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes
                 json!({"cluster_statuses": statuses}).to_string(),
             )
         }
-        (_, "/clusters") => reply(StatusCode::OK, "text/plain", clusters_text(&snap)),
+        (_, "/clusters") => reply(
+            StatusCode::OK,
+            "text/plain",
+            clusters_text(&snap, &state.outliers),
+        ),
         (_, "/listeners") if json_format => {
             let statuses: Vec<Value> = snap
                 .listeners

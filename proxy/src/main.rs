@@ -316,9 +316,11 @@ fn run_proxy(args: RunArgs) -> ExitCode {
         let telemetry = std::sync::Arc::new(outrigger_proxy::stats::Telemetry {
             metrics: Default::default(),
             me: own_workload(&identity),
+            outliers: Default::default(),
         });
         let state = std::sync::Arc::new(AdminState {
             metrics: telemetry.metrics.clone(),
+            outliers: telemetry.outliers.clone(),
             snapshot: handle.snapshot.clone(),
             ready: handle.ready.clone(),
             failing: std::sync::atomic::AtomicBool::new(false),

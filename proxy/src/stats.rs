@@ -195,11 +195,13 @@ impl Metrics {
     }
 }
 
-/// What the data path needs to label requests: the metrics and this proxy's own workload.
+/// What the data path shares with the admin API: the metrics, this proxy's own workload, and
+/// the outlier ejections (shown by `/clusters`).
 #[derive(Debug)]
 pub struct Telemetry {
     pub metrics: std::sync::Arc<Metrics>,
     pub me: Workload,
+    pub outliers: std::sync::Arc<crate::dataplane::outlier::Outliers>,
 }
 
 impl Default for Telemetry {
@@ -207,6 +209,7 @@ impl Default for Telemetry {
         Telemetry {
             metrics: Default::default(),
             me: Workload::unknown(),
+            outliers: Default::default(),
         }
     }
 }

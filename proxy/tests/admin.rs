@@ -50,6 +50,7 @@ async fn admin_endpoints() {
     let (quit, mut quit_rx) = tokio::sync::watch::channel(false);
     let state = Arc::new(AdminState {
         metrics: Default::default(),
+        outliers: Default::default(),
         snapshot: handle.snapshot.clone(),
         ready: handle.ready.clone(),
         failing: AtomicBool::new(false),

@@ -58,6 +58,11 @@ async fn upstream(name: &'static str) -> SocketAddr {
                             .unwrap()
                             .push(host.unwrap_or("").to_string());
                     }
+                    if name == "broken" {
+                        let mut r = Response::new(Full::new(Bytes::from("broken")));
+                        *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                        return Ok::<_, std::convert::Infallible>(r);
+                    }
                     if req.uri().path().starts_with("/fail") {
                         FAILS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         let mut r = Response::new(Full::new(Bytes::from(format!(
@@ -123,6 +128,7 @@ fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
         locality_weighted: false,
         limits: Default::default(),
         service: None,
+        outlier: None,
         ignored: vec![],
     }
 }
@@ -843,4 +849,74 @@ async fn circuit_breaker_overflow_answers_503_uo() {
         .collect();
     lines.sort();
     assert_eq!(lines, ["200", "200", "503 true"], "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_a_failing_endpoint() {
+    use outrigger_proxy::config::cluster::Outlier;
+    let good = upstream("v1").await;
+    let broken = upstream("broken").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut wire = http_listener("http", u32::from(port), "80");
+    wire.address = Some(outrigger_proxy::testing::socket(
+        "127.0.0.1",
+        u32::from(port),
+    ));
+    let mut snap = Snapshot::default();
+    snap.listeners
+        .insert("http".into(), Arc::new(Listener::try_from(&wire).unwrap()));
+    let rc = RouteConfig::try_from(&outrigger_proxy::testing::route_config("80", "od")).unwrap();
+    snap.routes.insert("80".into(), Arc::new(rc));
+    let mut c = static_cluster("od", &[good, broken]);
+    c.outlier = Some(Outlier {
+        consecutive_5xx: Some(2),
+        consecutive_gateway: None,
+        base_ejection: Duration::from_secs(30),
+        max_ejection_percent: 100,
+    });
+    snap.clusters.insert(c.name.clone(), Arc::new(c));
+    let snap = Arc::new(snap);
+    let telemetry = Arc::new(outrigger_proxy::stats::Telemetry::default());
+    let (_tx, rx) = tokio::sync::watch::channel(snap.clone());
+    tokio::spawn(server::serve_with(rx, telemetry.clone()));
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = format!("http://127.0.0.1:{port}/x");
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}\\n"]);
+        for _ in 0..20 {
+            cmd.arg(&url).args(["-o", "/dev/null"]);
+        }
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let codes: Vec<&str> = text.lines().collect();
+    assert_eq!(codes.len(), 20, "{text}");
+    let errors = codes.iter().filter(|c| **c == "500").count();
+    assert_eq!(
+        errors, 2,
+        "two consecutive 5xx eject the endpoint; the rest go to the good one: {codes:?}"
+    );
+    let text = outrigger_proxy::admin::clusters_text(&snap, &telemetry.outliers);
+    assert!(
+        text.contains(&format!(
+            "od::{broken}::health_flags::/failed_outlier_check"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("od::{good}::health_flags::healthy")),
+        "{text}"
+    );
 }

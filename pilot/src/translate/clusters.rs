@@ -83,6 +83,39 @@ fn circuit_breakers(pool: Option<&crate::resources::ConnectionPool>) -> cluster:
     }
 }
 
+/// `applyOutlierDetection`: consecutive 5xx and gateway errors enforced at 100%, interval,
+/// base ejection time, maximum ejection percent.
+fn outlier_detection(v: &serde_yaml::Value) -> cluster::OutlierDetection {
+    let n = |k: &str| {
+        v.get(k)
+            .and_then(serde_yaml::Value::as_u64)
+            .and_then(|x| u32::try_from(x).ok())
+    };
+    let d = |k: &str| {
+        v.get(k)
+            .and_then(serde_yaml::Value::as_str)
+            .and_then(|s| crate::duration::parse(s).ok())
+            .map(wire::duration)
+    };
+    let consecutive_5xx = n("consecutive5xxErrors").or(n("consecutiveErrors"));
+    let gateway = n("consecutiveGatewayErrors");
+    cluster::OutlierDetection {
+        // istiod disables the 5xx rule unless it is set, and enforces what is set.
+        consecutive_5xx: wire::u32_value(consecutive_5xx.unwrap_or(0)),
+        enforcing_consecutive_5xx: wire::u32_value(if consecutive_5xx.unwrap_or(0) > 0 {
+            100
+        } else {
+            0
+        }),
+        consecutive_gateway_failure: gateway.and_then(wire::u32_value),
+        enforcing_consecutive_gateway_failure: gateway.and_then(|_| wire::u32_value(100)),
+        interval: d("interval"),
+        base_ejection_time: d("baseEjectionTime"),
+        max_ejection_percent: n("maxEjectionPercent").and_then(wire::u32_value),
+        ..Default::default()
+    }
+}
+
 /// The subset policy merged over the top-level one (field by field, as istiod does).
 fn merged<'a>(
     top: Option<&'a TrafficPolicy>,
@@ -110,6 +143,10 @@ fn outbound(
     let subset_name = subset.map(|(n, _)| n).unwrap_or("");
     let name = outbound_name(port.port, subset_name, &svc.hostname);
     let (lb, pool) = merged(top, subset.and_then(|(_, p)| p));
+    let outlier = subset
+        .and_then(|(_, p)| p)
+        .and_then(|p| p.outlier_detection.as_ref())
+        .or(top.and_then(|p| p.outlier_detection.as_ref()));
     let lb_policy = match lb.and_then(|l| l.simple.as_deref()) {
         Some("ROUND_ROBIN") => L::RoundRobin,
         Some("RANDOM") => L::Random,
@@ -127,6 +164,7 @@ fn outbound(
         connect_timeout: Some(wire::duration(connect_timeout)),
         lb_policy: lb_policy as i32,
         circuit_breakers: Some(circuit_breakers(pool)),
+        outlier_detection: outlier.map(outlier_detection),
         ..Default::default()
     };
     let mut metadata = vec![

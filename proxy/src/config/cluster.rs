@@ -54,7 +54,41 @@ pub struct Cluster {
     pub limits: Limits,
     /// The Istio service this cluster reaches (for telemetry labels).
     pub service: Option<ServiceRef>,
+    /// `outlier_detection`: passive health checking by consecutive errors.
+    pub outlier: Option<Outlier>,
     pub ignored: Vec<Ignored>,
+}
+
+/// `outlier_detection`, with Envoy's defaults (consecutive 5xx: 5, base ejection 30 s, at
+/// most 10% of the hosts ejected, but always one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outlier {
+    pub consecutive_5xx: Option<u32>,
+    pub consecutive_gateway: Option<u32>,
+    pub base_ejection: Duration,
+    pub max_ejection_percent: u32,
+}
+
+fn outlier(c: &wire::Cluster) -> Result<Option<Outlier>, ConfigError> {
+    let Some(o) = &c.outlier_detection else {
+        return Ok(None);
+    };
+    let enforcing = |v: Option<u32>, default: u32| v.unwrap_or(default) > 0;
+    Ok(Some(Outlier {
+        consecutive_5xx: enforcing(o.enforcing_consecutive_5xx.map(|v| v.value), 100)
+            .then(|| o.consecutive_5xx.map(|v| v.value).unwrap_or(5)),
+        consecutive_gateway: enforcing(o.enforcing_consecutive_gateway_failure.map(|v| v.value), 0)
+            .then(|| o.consecutive_gateway_failure.map(|v| v.value).unwrap_or(5)),
+        base_ejection: match &o.base_ejection_time {
+            Some(d) => duration(d, "outlier_detection.base_ejection_time")?,
+            None => Duration::from_secs(30),
+        },
+        max_ejection_percent: o
+            .max_ejection_percent
+            .map(|v| v.value)
+            .unwrap_or(10)
+            .min(100),
+    }))
 }
 
 /// `circuit_breakers.thresholds` (priority DEFAULT), with Envoy's defaults.
@@ -469,6 +503,7 @@ impl TryFrom<&wire::Cluster> for Cluster {
             upstream_protocol: upstream_protocol(c)?,
             limits: limits(c),
             service: service_ref(c.metadata.as_ref()),
+            outlier: outlier(c)?,
             locality_weighted: matches!(
                 c.common_lb_config.as_ref().and_then(|l| l.locality_config_specifier.as_ref()),
                 Some(wire::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))

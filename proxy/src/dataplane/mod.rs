@@ -2,6 +2,7 @@
 
 pub mod breaker;
 pub mod http;
+pub mod outlier;
 pub mod relay;
 pub mod select;
 pub mod server;

@@ -159,6 +159,12 @@ async fn tcp_proxy(
         counters.rr.fetch_add(1, Ordering::Relaxed),
         fastrand::u64(..),
         &|d| counters.loads.get(d),
+        &|d| {
+            counters
+                .telemetry
+                .outliers
+                .is_ejected(&name, d, std::time::Instant::now())
+        },
     )
     .map_err(|_| ConnError::NoHealthyUpstream(name.clone()))?;
     let _in_flight = (cluster.lb_policy == crate::config::cluster::LbPolicy::LeastRequest)

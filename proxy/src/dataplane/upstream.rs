@@ -124,7 +124,11 @@ impl Drop for LoadGuard {
 
 /// The healthy endpoints of the best priority, flattened with their weights. With
 /// `locality_roll`, one locality of that priority is chosen first, by its weight.
-fn candidates(localities: &[LocalityEndpoints], locality_roll: Option<u64>) -> Vec<(Dest, u32)> {
+fn candidates(
+    localities: &[LocalityEndpoints],
+    locality_roll: Option<u64>,
+    ejected: &dyn Fn(&Dest) -> bool,
+) -> Vec<(Dest, u32)> {
     let healthy = |l: &LocalityEndpoints| l.endpoints.iter().any(|e| e.health.routable());
     let mut priorities: Vec<u32> = localities.iter().map(|l| l.priority).collect();
     priorities.sort_unstable();
@@ -161,11 +165,33 @@ fn candidates(localities: &[LocalityEndpoints], locality_roll: Option<u64>) -> V
                 _ => None,
             })
             .collect();
+        // Outlier ejections apply unless every endpoint is out (Envoy's panic mode).
+        let kept: Vec<(Dest, u32)> = list.iter().filter(|(d, _)| !ejected(d)).cloned().collect();
+        if !kept.is_empty() {
+            return kept;
+        }
         if !list.is_empty() {
             return list;
         }
     }
     Vec::new()
+}
+
+/// How many endpoints `cluster` has (all priorities).
+pub fn endpoint_count(snap: &Snapshot, cluster: &Cluster) -> usize {
+    let localities: &[LocalityEndpoints] = match &cluster.discovery {
+        Discovery::Eds { service_name } => snap
+            .endpoints
+            .get(service_name)
+            .map(|a| a.localities.as_slice())
+            .unwrap_or(&[]),
+        _ => cluster
+            .load_assignment
+            .as_ref()
+            .map(|a| a.localities.as_slice())
+            .unwrap_or(&[]),
+    };
+    localities.iter().map(|l| l.endpoints.len()).sum()
 }
 
 /// The Istio workload (`istio.workload` metadata) of the endpoint `dest` of `cluster`.
@@ -194,6 +220,7 @@ pub fn endpoint(
     counter: u64,
     roll: u64,
     active: &dyn Fn(&Dest) -> usize,
+    ejected: &dyn Fn(&Dest) -> bool,
 ) -> Result<Dest, NoUpstream> {
     let localities: &[LocalityEndpoints] = match &cluster.discovery {
         Discovery::OriginalDst => return Ok(Dest::Ip(original_dst)),
@@ -211,6 +238,7 @@ pub fn endpoint(
     let list = candidates(
         localities,
         cluster.locality_weighted.then(|| roll.rotate_left(17)),
+        ejected,
     );
     let total: u64 = list.iter().map(|(_, w)| u64::from(*w)).sum();
     if total == 0 {
@@ -276,6 +304,7 @@ mod tests {
             locality_weighted: false,
             limits: Default::default(),
             service: None,
+            outlier: None,
             ignored: vec![],
         }
     }
@@ -321,7 +350,11 @@ mod tests {
         });
         let dst = "1.1.1.1:1".parse().unwrap();
         let picks: Vec<String> = (0..4)
-            .map(|i| endpoint(&snap, &c, dst, i, 0, &|_| 0).unwrap().to_string())
+            .map(|i| {
+                endpoint(&snap, &c, dst, i, 0, &|_| 0, &|_| false)
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         assert_eq!(
             picks,
@@ -331,11 +364,19 @@ mod tests {
             service_name: "nope".into(),
         });
         assert_eq!(
-            endpoint(&snap, &missing, dst, 0, 0, &|_| 0),
+            endpoint(&snap, &missing, dst, 0, 0, &|_| 0, &|_| false),
             Err(NoUpstream::NoHealthyEndpoint("c".into()))
         );
         assert_eq!(
-            endpoint(&snap, &cluster(Discovery::OriginalDst), dst, 0, 0, &|_| 0),
+            endpoint(
+                &snap,
+                &cluster(Discovery::OriginalDst),
+                dst,
+                0,
+                0,
+                &|_| 0,
+                &|_| false
+            ),
             Ok(Dest::Ip(dst))
         );
     }
@@ -358,7 +399,7 @@ mod tests {
             }],
         });
         let dst = "1.1.1.1:1".parse().unwrap();
-        let d = endpoint(&Snapshot::default(), &c, dst, 0, 0, &|_| 0).unwrap();
+        let d = endpoint(&Snapshot::default(), &c, dst, 0, 0, &|_| 0, &|_| false).unwrap();
         assert_eq!(d, Dest::Name("localhost".into(), 8080));
         let a = d.resolve().await.unwrap();
         assert!(a.ip().is_loopback() && a.port() == 8080, "{a}");
@@ -405,6 +446,7 @@ mod tests {
                     0,
                     r.wrapping_mul(0x2545_F491_4F6C_DD1D),
                     &|d| usize::from(*d == busy) * 5,
+                    &|_| false,
                 )
                 .unwrap()
             })
@@ -421,6 +463,7 @@ mod tests {
                     0,
                     r.wrapping_mul(0x2545_F491_4F6C_DD1D),
                     &|_| 0,
+                    &|_| false,
                 )
                 .unwrap()
             })
@@ -462,6 +505,7 @@ mod tests {
                     r,
                     r.wrapping_mul(0x2545_F491_4F6C_DD1D),
                     &|_| 0,
+                    &|_| false,
                 )
                 .unwrap()
             })

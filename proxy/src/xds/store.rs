@@ -102,7 +102,7 @@ pub struct Rejection {
 enum Converted {
     Listener(Box<Listener>),
     Route(RouteConfig),
-    Cluster(Cluster),
+    Cluster(Box<Cluster>),
     Endpoints(LoadAssignment),
     Secret,
 }
@@ -137,7 +137,7 @@ fn convert(ty: ResourceType, any: &Any) -> (String, Result<Converted, ConfigErro
         ResourceType::Cluster => match decode::<WireCluster>(ty, any) {
             Ok(w) => (
                 w.name.clone(),
-                Cluster::try_from(&w).map(Converted::Cluster),
+                Cluster::try_from(&w).map(|c| Converted::Cluster(Box::new(c))),
             ),
             Err(e) => (String::new(), Err(e)),
         },
@@ -194,7 +194,7 @@ impl Store {
         match c {
             Converted::Listener(l) => drop(s.listeners.insert(name, Arc::new(*l))),
             Converted::Route(r) => drop(s.routes.insert(name, Arc::new(r))),
-            Converted::Cluster(c) => drop(s.clusters.insert(name, Arc::new(c))),
+            Converted::Cluster(c) => drop(s.clusters.insert(name, Arc::new(*c))),
             Converted::Endpoints(e) => drop(s.endpoints.insert(name, Arc::new(e))),
             Converted::Secret => drop(s.secrets.insert(name)),
         }

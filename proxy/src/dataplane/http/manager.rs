@@ -26,6 +26,8 @@ use super::routing::{
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::listener::{HttpFilter, HttpManager, RouteSource};
 use crate::config::route::{Action, Forward, HeaderAction, HeaderOps, PathMatch};
+use crate::dataplane::outlier;
+use crate::dataplane::upstream::endpoint_count;
 use crate::dataplane::upstream::{NoUpstream, cluster_of, endpoint};
 use crate::xds::store::Snapshot;
 
@@ -456,6 +458,7 @@ fn mirror(
         n,
         fastrand::u64(..),
         &|_| 0,
+        &|_| false,
     ) else {
         return;
     };
@@ -638,6 +641,7 @@ async fn forward(
     let started = Instant::now();
     let deadline = timeout.map(|t| started + t);
     let breaker = ctx.breakers.get(cluster_name, cluster.limits);
+    let outliers = &ctx.telemetry.outliers;
     let mut _retrying = None;
     let mut tried: Vec<super::super::upstream::Dest> = Vec::new();
     let mut once = retry
@@ -647,6 +651,7 @@ async fn forward(
     let loads = &ctx.loads;
     loop {
         attempt += 1;
+        let now = Instant::now();
         // The endpoint: with previous_hosts, a retry looks for one not tried yet.
         let picks = match retry {
             Some(p) if p.previous_hosts && attempt > 1 => p.host_selection_max_attempts.max(1),
@@ -664,6 +669,7 @@ async fn forward(
                 n,
                 fastrand::u64(..),
                 &|d| loads.get(d),
+                &|d| outliers.is_ejected(cluster_name, d, now),
             ) {
                 Ok(d) => {
                     let fresh = !tried.contains(&d);
@@ -765,6 +771,14 @@ async fn forward(
             Some(Err(SendError::Connect(_))) => retry::Outcome::ConnectFailure,
             Some(Err(SendError::Other(_))) => retry::Outcome::Reset,
         };
+        if let Some(policy) = &cluster.outlier {
+            let result = match outcome {
+                retry::Outcome::Response { status, .. } => outlier::Result::Status(status),
+                _ => outlier::Result::Failed,
+            };
+            let hosts = endpoint_count(snap, cluster);
+            outliers.report(cluster_name, policy, &dest, result, hosts, Instant::now());
+        }
         if let Some(p) = retry
             && attempt <= p.num_retries
             && !route_expired

@@ -1,0 +1,160 @@
+//! Outlier detection (passive health checking): endpoints that answer with consecutive 5xx (or
+//! gateway errors, or fail to connect) are ejected for the base ejection time multiplied by the
+//! number of times they were ejected, while at most `max_ejection_percent` of the cluster's hosts
+//! (and always at least one) are out.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::upstream::Dest;
+use crate::config::cluster::Outlier;
+
+#[derive(Debug, Default, Clone)]
+struct Host {
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    ejections: u32,
+    ejected_until: Option<Instant>,
+}
+
+/// What an attempt told about its endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Result {
+    /// A response with this status.
+    Status(u16),
+    /// No connection, or a reset before a response (counts as a 5xx and a gateway error).
+    Failed,
+}
+
+#[derive(Debug, Default)]
+pub struct Outliers {
+    hosts: Mutex<HashMap<(String, Dest), Host>>,
+}
+
+impl Outliers {
+    pub fn is_ejected(&self, cluster: &str, d: &Dest, now: Instant) -> bool {
+        let m = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&(cluster.to_string(), d.clone()))
+            .and_then(|h| h.ejected_until)
+            .is_some_and(|until| now < until)
+    }
+
+    /// The endpoints of `cluster` ejected now.
+    pub fn ejected(&self, cluster: &str, now: Instant) -> Vec<Dest> {
+        let m = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter()
+            .filter(|((c, _), h)| c == cluster && h.ejected_until.is_some_and(|u| now < u))
+            .map(|((_, d), _)| d.clone())
+            .collect()
+    }
+
+    /// Records an attempt's result; `hosts` is the cluster's number of endpoints.
+    pub fn report(
+        &self,
+        cluster: &str,
+        policy: &Outlier,
+        d: &Dest,
+        result: Result,
+        hosts: usize,
+        now: Instant,
+    ) {
+        let mut m = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let out_now = m
+            .iter()
+            .filter(|((c, _), h)| c == cluster && h.ejected_until.is_some_and(|u| now < u))
+            .count();
+        let h = m.entry((cluster.to_string(), d.clone())).or_default();
+        let (server_error, gateway) = match result {
+            Result::Failed => (true, true),
+            Result::Status(s) => (s >= 500, matches!(s, 502..=504)),
+        };
+        h.consecutive_5xx = if server_error {
+            h.consecutive_5xx + 1
+        } else {
+            0
+        };
+        h.consecutive_gateway = if gateway {
+            h.consecutive_gateway + 1
+        } else {
+            0
+        };
+        let tripped = policy
+            .consecutive_5xx
+            .is_some_and(|n| h.consecutive_5xx >= n)
+            || policy
+                .consecutive_gateway
+                .is_some_and(|n| h.consecutive_gateway >= n);
+        let already = h.ejected_until.is_some_and(|u| now < u);
+        let allowed = (hosts * policy.max_ejection_percent as usize / 100).max(1);
+        if tripped && !already && out_now < allowed {
+            h.ejections += 1;
+            h.ejected_until = Some(now + policy.base_ejection * h.ejections);
+            h.consecutive_5xx = 0;
+            h.consecutive_gateway = 0;
+            tracing::info!(cluster, endpoint = %d, ejections = h.ejections, "endpoint ejected (outlier detection)");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn policy() -> Outlier {
+        Outlier {
+            consecutive_5xx: Some(3),
+            consecutive_gateway: None,
+            base_ejection: Duration::from_secs(30),
+            max_ejection_percent: 50,
+        }
+    }
+
+    #[test]
+    fn consecutive_errors_eject_for_growing_times() {
+        let o = Outliers::default();
+        let a = Dest::Ip("10.0.0.1:80".parse().unwrap());
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            o.report("c", &policy(), &a, Result::Status(500), 4, t0);
+        }
+        o.report("c", &policy(), &a, Result::Status(200), 4, t0);
+        o.report("c", &policy(), &a, Result::Status(503), 4, t0);
+        assert!(!o.is_ejected("c", &a, t0), "a success resets the count");
+        o.report("c", &policy(), &a, Result::Failed, 4, t0);
+        o.report("c", &policy(), &a, Result::Status(500), 4, t0);
+        assert!(o.is_ejected("c", &a, t0));
+        assert!(o.is_ejected("c", &a, t0 + Duration::from_secs(29)));
+        assert!(!o.is_ejected("c", &a, t0 + Duration::from_secs(31)));
+        // The second ejection lasts twice as long.
+        let t1 = t0 + Duration::from_secs(31);
+        for _ in 0..3 {
+            o.report("c", &policy(), &a, Result::Status(500), 4, t1);
+        }
+        assert!(o.is_ejected("c", &a, t1 + Duration::from_secs(59)));
+        assert_eq!(o.ejected("c", t1), vec![a]);
+    }
+
+    #[test]
+    fn at_most_the_allowed_share_is_ejected_but_always_one() {
+        let o = Outliers::default();
+        let t = Instant::now();
+        let p = Outlier {
+            max_ejection_percent: 10,
+            ..policy()
+        };
+        let (a, b) = (
+            Dest::Ip("10.0.0.1:80".parse().unwrap()),
+            Dest::Ip("10.0.0.2:80".parse().unwrap()),
+        );
+        for d in [&a, &b] {
+            for _ in 0..3 {
+                o.report("c", &p, d, Result::Status(500), 2, t);
+            }
+        }
+        assert!(o.is_ejected("c", &a, t), "10% of 2 hosts still allows one");
+        assert!(!o.is_ejected("c", &b, t), "but not two");
+    }
+}
