@@ -96,10 +96,60 @@ struct Series {
     sum_ms: f64,
 }
 
+#[derive(Debug, Default, Clone)]
+struct TcpSeries {
+    opened: u64,
+    closed: u64,
+    /// Bytes to the client (Istio's "sent": the response direction).
+    sent: u64,
+    /// Bytes from the client.
+    received: u64,
+}
+
 /// Series by a hash of what tells them apart; the labels are built on a series' first request.
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: Mutex<std::collections::HashMap<u64, (RequestLabels, Series)>>,
+    tcp: Mutex<std::collections::HashMap<u64, (RequestLabels, TcpSeries)>>,
+}
+
+/// The Prometheus label text of a series (TCP series have no response code).
+fn label_text(l: &RequestLabels, tcp: bool) -> String {
+    let (src, dst) = (&l.source, &l.destination);
+    let mut pairs = vec![
+        ("reporter", l.reporter.to_string()),
+        ("source_workload", src.name.clone()),
+        ("source_canonical_service", src.app.clone()),
+        ("source_canonical_revision", src.version.clone()),
+        ("source_workload_namespace", src.namespace.clone()),
+        ("source_principal", "unknown".into()),
+        ("source_app", src.app.clone()),
+        ("source_version", src.version.clone()),
+        ("source_cluster", src.cluster.clone()),
+        ("destination_workload", dst.name.clone()),
+        ("destination_workload_namespace", dst.namespace.clone()),
+        ("destination_principal", "unknown".into()),
+        ("destination_app", dst.app.clone()),
+        ("destination_version", dst.version.clone()),
+        ("destination_service", l.service.0.clone()),
+        ("destination_canonical_service", dst.app.clone()),
+        ("destination_canonical_revision", dst.version.clone()),
+        ("destination_service_name", l.service.1.clone()),
+        ("destination_service_namespace", l.service.2.clone()),
+        ("destination_cluster", dst.cluster.clone()),
+        ("request_protocol", l.protocol.to_string()),
+    ];
+    if !tcp {
+        pairs.push(("response_code", l.response_code.to_string()));
+        pairs.push(("grpc_response_status", l.grpc_status.clone()));
+    }
+    pairs.push(("response_flags", l.response_flags.clone()));
+    pairs.push(("connection_security_policy", "none".into()));
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn escape(v: &str) -> String {
@@ -123,50 +173,60 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text of every series.
-    pub fn prometheus(&self) -> String {
-        let m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+    /// A TCP connection opened (counted once its upstream is connected).
+    pub fn tcp_opened(&self, key: u64, labels: impl FnOnce() -> RequestLabels) {
+        let mut m = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, s) = m
+            .entry(key)
+            .or_insert_with(|| (labels(), TcpSeries::default()));
+        s.opened += 1;
+    }
+
+    /// A TCP connection closed after moving these bytes.
+    pub fn tcp_closed(&self, key: u64, sent: u64, received: u64) {
+        let mut m = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, s)) = m.get_mut(&key) {
+            s.closed += 1;
+            s.sent += sent;
+            s.received += received;
+        }
+    }
+
+    fn tcp_prometheus(&self) -> String {
+        let m = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
         if m.is_empty() {
             return String::new();
+        }
+        let m: BTreeMap<&RequestLabels, &TcpSeries> = m.values().map(|(l, s)| (l, s)).collect();
+        let mut out = String::new();
+        let metrics: [(&str, fn(&TcpSeries) -> u64); 4] = [
+            ("istio_tcp_connections_opened_total", |s| s.opened),
+            ("istio_tcp_connections_closed_total", |s| s.closed),
+            ("istio_tcp_sent_bytes_total", |s| s.sent),
+            ("istio_tcp_received_bytes_total", |s| s.received),
+        ];
+        for (name, value) in metrics {
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (l, s) in &m {
+                let _ = writeln!(out, "{name}{{{}}} {}", label_text(l, true), value(s));
+            }
+        }
+        out
+    }
+
+    /// The Prometheus text of every series.
+    pub fn prometheus(&self) -> String {
+        let tcp = self.tcp_prometheus();
+        let m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        if m.is_empty() {
+            return tcp;
         }
         // Sorted by labels, so that scrapes are stable.
         let m: BTreeMap<&RequestLabels, &Series> = m.values().map(|(l, s)| (l, s)).collect();
         let mut total = String::from("# TYPE istio_requests_total counter\n");
         let mut hist = String::from("# TYPE istio_request_duration_milliseconds histogram\n");
         for (l, s) in m.iter() {
-            let (src, dst) = (&l.source, &l.destination);
-            let pairs = [
-                ("reporter", l.reporter.to_string()),
-                ("source_workload", src.name.clone()),
-                ("source_canonical_service", src.app.clone()),
-                ("source_canonical_revision", src.version.clone()),
-                ("source_workload_namespace", src.namespace.clone()),
-                ("source_principal", "unknown".into()),
-                ("source_app", src.app.clone()),
-                ("source_version", src.version.clone()),
-                ("source_cluster", src.cluster.clone()),
-                ("destination_workload", dst.name.clone()),
-                ("destination_workload_namespace", dst.namespace.clone()),
-                ("destination_principal", "unknown".into()),
-                ("destination_app", dst.app.clone()),
-                ("destination_version", dst.version.clone()),
-                ("destination_service", l.service.0.clone()),
-                ("destination_canonical_service", dst.app.clone()),
-                ("destination_canonical_revision", dst.version.clone()),
-                ("destination_service_name", l.service.1.clone()),
-                ("destination_service_namespace", l.service.2.clone()),
-                ("destination_cluster", dst.cluster.clone()),
-                ("request_protocol", l.protocol.to_string()),
-                ("response_code", l.response_code.to_string()),
-                ("grpc_response_status", l.grpc_status.clone()),
-                ("response_flags", l.response_flags.clone()),
-                ("connection_security_policy", "none".into()),
-            ];
-            let labels = pairs
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-                .collect::<Vec<_>>()
-                .join(",");
+            let labels = label_text(l, false);
             let _ = writeln!(total, "istio_requests_total{{{labels}}} {}", s.count);
             for (i, le) in BUCKETS_MS.iter().enumerate() {
                 let _ = writeln!(
@@ -191,7 +251,7 @@ impl Metrics {
                 s.count
             );
         }
-        total + &hist
+        total + &hist + &tcp
     }
 }
 

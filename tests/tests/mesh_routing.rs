@@ -281,6 +281,35 @@ fn tcp_traffic_shifts_by_weight() {
         *counts.entry(a.0.server).or_insert(0) += 1;
     }
     eprintln!("tcp split over 200 connections: {counts:?}");
+    // Istio's TCP metrics at the client's sidecar: every connection, and every byte it sent.
+    let text = m.pods[0].ns.ok(
+        "curl",
+        &[
+            "-s",
+            "--max-time",
+            "3",
+            "http://127.0.0.1:15090/stats/prometheus",
+        ],
+    );
+    let sum = |name: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains("reporter=\"source\""))
+            .filter(|l| {
+                l.contains("destination_service=\"bill-service.default.svc.cluster.local\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(sum("istio_tcp_connections_opened_total"), 200, "{text}");
+    assert_eq!(
+        sum("istio_tcp_received_bytes_total"),
+        200 * 1000,
+        "the bytes the client sent"
+    );
+    assert!(
+        sum("istio_tcp_sent_bytes_total") >= 200 * 1000,
+        "the echoes and the answer lines"
+    );
     let v2 = *counts.get("v2").unwrap_or(&0);
     assert!(
         (25..=55).contains(&v2),

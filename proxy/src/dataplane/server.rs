@@ -144,6 +144,7 @@ async fn tcp_proxy(
     downstream: TcpStream,
     dst: SocketAddr,
     counters: &Counters,
+    inbound: bool,
 ) -> Result<(), ConnError> {
     let name = cluster_of(&t.target, fastrand::u64(..), None)
         .unwrap_or_default()
@@ -176,7 +177,46 @@ async fn tcp_proxy(
     let upstream = connect(&name, addr, cluster.bind_source, cluster.connect_timeout).await?;
     let _ = downstream.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
+    // Istio's TCP metrics: a series per (direction, cluster, endpoint).
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        ("tcp", inbound, &name, addr).hash(&mut h);
+        h.finish()
+    };
+    let metrics = &counters.telemetry.metrics;
+    metrics.tcp_opened(key, || {
+        let me = counters.telemetry.me.clone();
+        let peer =
+            super::upstream::endpoint_workload(snap, cluster, &super::upstream::Dest::Ip(addr))
+                .map(|w| crate::stats::Workload::from_istio(&w))
+                .unwrap_or_else(crate::stats::Workload::unknown);
+        let service = match &cluster.service {
+            Some(s) => (s.host.clone(), s.name.clone(), s.namespace.clone()),
+            None => (name.clone(), name.clone(), "unknown".into()),
+        };
+        let (reporter, source, destination) = if inbound {
+            ("destination", crate::stats::Workload::unknown(), me)
+        } else {
+            ("source", me, peer)
+        };
+        crate::stats::RequestLabels {
+            reporter,
+            source,
+            destination,
+            service,
+            protocol: "tcp",
+            response_code: 0,
+            response_flags: "-".into(),
+            grpc_status: String::new(),
+        }
+    });
     let moved = relay(downstream, upstream, t.idle_timeout).await;
+    metrics.tcp_closed(
+        key,
+        moved.upstream_to_downstream,
+        moved.downstream_to_upstream,
+    );
     tracing::debug!(cluster = %name, upstream = %addr, sent = moved.downstream_to_upstream, received = moved.upstream_to_downstream, idle_timeout = moved.idle_timeout, "tcp connection closed");
     Ok(())
 }
@@ -225,7 +265,10 @@ pub async fn handle(
     let chain = filter_chain(listener, &meta).ok_or(ConnError::NoChain(dst))?;
     for filter in &chain.filters {
         match filter {
-            NetworkFilter::TcpProxy(t) => return tcp_proxy(&snap, t, stream, dst, &counters).await,
+            NetworkFilter::TcpProxy(t) => {
+                let inbound = accepting.name == "virtualInbound";
+                return tcp_proxy(&snap, t, stream, dst, &counters, inbound).await;
+            }
             NetworkFilter::Http(manager) => {
                 let ctx = ConnContext {
                     live,
