@@ -96,6 +96,9 @@ struct Series {
     sum_ms: f64,
 }
 
+/// Reads one counter of a TCP series.
+type TcpField = fn(&TcpSeries) -> u64;
+
 #[derive(Debug, Default, Clone)]
 struct TcpSeries {
     opened: u64,
@@ -199,7 +202,7 @@ impl Metrics {
         }
         let m: BTreeMap<&RequestLabels, &TcpSeries> = m.values().map(|(l, s)| (l, s)).collect();
         let mut out = String::new();
-        let metrics: [(&str, fn(&TcpSeries) -> u64); 4] = [
+        let metrics: [(&str, TcpField); 4] = [
             ("istio_tcp_connections_opened_total", |s| s.opened),
             ("istio_tcp_connections_closed_total", |s| s.closed),
             ("istio_tcp_sent_bytes_total", |s| s.sent),
