@@ -306,6 +306,10 @@ async fn http_routing_and_local_replies() {
             headers: HeaderOps::default(),
         }],
         ignore_port_in_host_matching: true,
+        headers: HeaderOps {
+            response_add: vec![("x-mesh".into(), "outrigger".into(), HeaderAction::Overwrite)],
+            ..HeaderOps::default()
+        },
         ignored: vec![],
     };
     let mut snap = Snapshot::default();
@@ -391,6 +395,10 @@ async fn http_routing_and_local_replies() {
     assert_eq!(code, 200, "{headers}{body}");
     assert!(body.contains("\"host\":\"ratings.internal\""), "{body}");
     assert!(headers.contains("x-served-by: outrigger"), "{headers}");
+    assert!(
+        headers.contains("x-mesh: outrigger"),
+        "route configuration headers: {headers}"
+    );
 
     // Envoy's local replies.
     assert_eq!(curl(&[&format!("{base}/nothing")]).0, 404, "no route: NR");
@@ -638,6 +646,7 @@ async fn retries_replay_until_the_policy_is_exhausted() {
             headers: HeaderOps::default(),
         }],
         ignore_port_in_host_matching: true,
+        headers: Default::default(),
         ignored: vec![],
     };
     let mut snap = Snapshot::default();
@@ -728,6 +737,7 @@ async fn mirrors_receive_a_copy_of_every_request() {
             headers: HeaderOps::default(),
         }],
         ignore_port_in_host_matching: true,
+        headers: Default::default(),
         ignored: vec![],
     };
     let mut snap = Snapshot::default();

@@ -17,6 +17,9 @@ pub struct RouteConfig {
     pub virtual_hosts: Vec<VirtualHost>,
     /// Match `host:port` as `host` (istiod sets it for sidecars).
     pub ignore_port_in_host_matching: bool,
+    /// Header operations for every route of the configuration (applied after the route's and
+    /// the virtual host's).
+    pub headers: HeaderOps,
     pub ignored: Vec<Ignored>,
 }
 
@@ -811,6 +814,12 @@ impl TryFrom<&wire::RouteConfiguration> for RouteConfig {
             name: rc.name.clone(),
             virtual_hosts,
             ignore_port_in_host_matching: rc.ignore_port_in_host_matching,
+            headers: header_ops(
+                &rc.request_headers_to_add,
+                &rc.request_headers_to_remove,
+                &rc.response_headers_to_add,
+                &rc.response_headers_to_remove,
+            )?,
             ignored,
         })
     }

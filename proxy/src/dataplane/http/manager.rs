@@ -861,8 +861,9 @@ fn add_headers(headers: &mut http::HeaderMap, adds: &[(String, String, HeaderAct
     }
 }
 
-/// Applies the route's, then the virtual host's, request header operations.
-fn request_headers(headers: &mut http::HeaderMap, ops: [&HeaderOps; 2]) {
+/// Applies the route's, then the virtual host's, then the route configuration's request header
+/// operations.
+fn request_headers(headers: &mut http::HeaderMap, ops: [&HeaderOps; 3]) {
     for o in ops {
         for h in &o.request_remove {
             headers.remove(h.as_str());
@@ -871,7 +872,7 @@ fn request_headers(headers: &mut http::HeaderMap, ops: [&HeaderOps; 2]) {
     }
 }
 
-fn response_headers(headers: &mut http::HeaderMap, ops: [&HeaderOps; 2]) {
+fn response_headers(headers: &mut http::HeaderMap, ops: [&HeaderOps; 3]) {
     for o in ops {
         for h in &o.response_remove {
             headers.remove(h.as_str());
@@ -982,6 +983,8 @@ async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Bod
             head,
         );
     };
+    let no_ops = HeaderOps::default();
+    let rc_headers = rc.map(|rc| &rc.headers).unwrap_or(&no_ops);
     if let Some(fault) = &route.fault
         && ctx
             .manager
@@ -999,12 +1002,15 @@ async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Bod
         {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             let mut resp = local_reply(status, ResponseFlag::FI, "fault filter abort");
-            response_headers(resp.headers_mut(), [&route.headers, &vh.headers]);
+            response_headers(
+                resp.headers_mut(),
+                [&route.headers, &vh.headers, rc_headers],
+            );
             tracing::info!(host = %head.host, path = %head.path, status = status.as_u16(), response_flags = "FI", "local reply");
             return (resp, head);
         }
     }
-    request_headers(req.headers_mut(), [&route.headers, &vh.headers]);
+    request_headers(req.headers_mut(), [&route.headers, &vh.headers, rc_headers]);
     let mut resp = match &route.action {
         Action::Direct { status, body } => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
@@ -1024,7 +1030,10 @@ async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Bod
         Action::NonForwarding => local_reply(StatusCode::NOT_FOUND, ResponseFlag::NR, ""),
         Action::Forward(f) => forward(ctx, &snap, req, f, &route.matcher.path, &head).await,
     };
-    response_headers(resp.headers_mut(), [&route.headers, &vh.headers]);
+    response_headers(
+        resp.headers_mut(),
+        [&route.headers, &vh.headers, rc_headers],
+    );
     if let Some(flag) = resp.extensions().get::<ResponseFlag>() {
         tracing::info!(host = %head.host, path = %head.path, status = resp.status().as_u16(), response_flags = flag.as_str(), "local reply");
     }

@@ -80,6 +80,7 @@ fn virtual_host_search_order() {
             ),
         ],
         ignore_port_in_host_matching: false,
+        headers: Default::default(),
         ignored: vec![],
     };
     let pick = |h: &str| virtual_host(&rc, h).map(|v| v.name.as_str());
@@ -198,6 +199,7 @@ fn ports_are_ignored_in_host_matching_when_asked() {
             vh("v6", &["[fd00::5]"], vec![]),
         ],
         ignore_port_in_host_matching: false,
+        headers: Default::default(),
         ignored: vec![],
     };
     assert_eq!(
