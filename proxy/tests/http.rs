@@ -186,6 +186,68 @@ fn curl(args: &[&str]) -> (u16, String, String) {
     )
 }
 
+/// Runs the proxy's data path: one HTTP listener on a free loopback port routing by `rc` (RDS
+/// name "80") to `clusters`. Returns once it accepts, with its port, snapshot and telemetry.
+async fn proxy_with(
+    rc: RouteConfig,
+    clusters: Vec<Cluster>,
+) -> (u16, Arc<Snapshot>, Arc<outrigger_proxy::stats::Telemetry>) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut wire = http_listener("http", u32::from(port), "80");
+    wire.address = Some(outrigger_proxy::testing::socket(
+        "127.0.0.1",
+        u32::from(port),
+    ));
+    let mut snap = Snapshot::default();
+    snap.listeners
+        .insert("http".into(), Arc::new(Listener::try_from(&wire).unwrap()));
+    snap.routes.insert("80".into(), Arc::new(rc));
+    for c in clusters {
+        snap.clusters.insert(c.name.clone(), Arc::new(c));
+    }
+    let snap = Arc::new(snap);
+    let telemetry = Arc::new(outrigger_proxy::stats::Telemetry::default());
+    let (tx, rx) = tokio::sync::watch::channel(snap.clone());
+    tokio::spawn(server::serve_with(rx, telemetry.clone()));
+    // The configuration stays published for the rest of the test.
+    tokio::spawn(async move {
+        let _tx = tx;
+        std::future::pending::<()>().await
+    });
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (port, snap, telemetry)
+}
+
+/// A route configuration sending everything to `cluster`.
+fn all_to(cluster: &str) -> RouteConfig {
+    RouteConfig::try_from(&outrigger_proxy::testing::route_config("80", cluster)).unwrap()
+}
+
+/// A route configuration with these routes on a `*` virtual host.
+fn routes(routes: Vec<Route>) -> RouteConfig {
+    RouteConfig {
+        name: "80".into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "all".into(),
+            domains: vec![Domain::Any],
+            routes,
+            headers: HeaderOps::default(),
+        }],
+        ignore_port_in_host_matching: true,
+        headers: HeaderOps::default(),
+        ignored: vec![],
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_routing_and_local_replies() {
     let v1 = upstream("v1").await;
@@ -473,31 +535,7 @@ fn raw(port: u16, request: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_envoys_400_and_431() {
     let v1 = upstream("v1").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut wire = http_listener("http", u32::from(port), "80");
-    wire.address = Some(outrigger_proxy::testing::socket(
-        "127.0.0.1",
-        u32::from(port),
-    ));
-    let mut snap = Snapshot::default();
-    snap.listeners
-        .insert("http".into(), Arc::new(Listener::try_from(&wire).unwrap()));
-    let rc = RouteConfig::try_from(&outrigger_proxy::testing::route_config("80", "v1")).unwrap();
-    snap.routes.insert("80".into(), Arc::new(rc));
-    let c = static_cluster("v1", &[v1]);
-    snap.clusters.insert(c.name.clone(), Arc::new(c));
-    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(snap));
-    tokio::spawn(server::serve(rx));
-    for _ in 0..50 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (port, _, _) = proxy_with(all_to("v1"), vec![static_cluster("v1", &[v1])]).await;
     let big = [
         b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ".as_slice(),
         &[b'a'; 70_000],
@@ -550,32 +588,9 @@ async fn least_request_steers_away_from_a_slow_endpoint() {
     // time, LEAST_REQUEST sends most of them to "quick" (round robin would split 50/50).
     let quick = upstream("quick").await;
     let sluggish = upstream("sluggish").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut wire = http_listener("http", u32::from(port), "80");
-    wire.address = Some(outrigger_proxy::testing::socket(
-        "127.0.0.1",
-        u32::from(port),
-    ));
-    let mut snap = Snapshot::default();
-    snap.listeners
-        .insert("http".into(), Arc::new(Listener::try_from(&wire).unwrap()));
-    let rc = RouteConfig::try_from(&outrigger_proxy::testing::route_config("80", "lr")).unwrap();
-    snap.routes.insert("80".into(), Arc::new(rc));
     let mut c = static_cluster("lr", &[quick, sluggish]);
     c.lb_policy = LbPolicy::LeastRequest;
-    snap.clusters.insert(c.name.clone(), Arc::new(c));
-    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(snap));
-    tokio::spawn(server::serve(rx));
-    for _ in 0..50 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (port, _, _) = proxy_with(all_to("lr"), vec![c]).await;
     let url = format!("http://127.0.0.1:{port}/x");
     let out = tokio::task::spawn_blocking(move || {
         let mut cmd = Command::new("curl");
@@ -599,16 +614,6 @@ async fn retries_replay_until_the_policy_is_exhausted() {
     use outrigger_proxy::config::route::{RetryOn, RetryPolicy};
     use std::sync::atomic::Ordering::SeqCst;
     let v1 = upstream("v1").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut wire = http_listener("http", u32::from(port), "80");
-    wire.address = Some(outrigger_proxy::testing::socket(
-        "127.0.0.1",
-        u32::from(port),
-    ));
     let policy = |retries| RetryPolicy {
         on: RetryOn {
             server_error: true,
@@ -637,32 +642,8 @@ async fn retries_replay_until_the_policy_is_exhausted() {
             }),
         )
     };
-    let rc = RouteConfig {
-        name: "80".into(),
-        virtual_hosts: vec![VirtualHost {
-            name: "all".into(),
-            domains: vec![Domain::Any],
-            routes: vec![retrying("/fail", 3), retrying("/flaky", 2)],
-            headers: HeaderOps::default(),
-        }],
-        ignore_port_in_host_matching: true,
-        headers: Default::default(),
-        ignored: vec![],
-    };
-    let mut snap = Snapshot::default();
-    snap.listeners
-        .insert("http".into(), Arc::new(Listener::try_from(&wire).unwrap()));
-    snap.routes.insert("80".into(), Arc::new(rc));
-    let c = static_cluster("v1", &[v1]);
-    snap.clusters.insert(c.name.clone(), Arc::new(c));
-    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(snap));
-    tokio::spawn(server::serve(rx));
-    for _ in 0..50 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let rc = routes(vec![retrying("/fail", 3), retrying("/flaky", 2)]);
+    let (port, _, _) = proxy_with(rc, vec![static_cluster("v1", &[v1])]).await;
     let base = format!("http://127.0.0.1:{port}");
     let b = base.clone();
     let (before, (code, _, body), after) = tokio::task::spawn_blocking(move || {
@@ -702,62 +683,28 @@ async fn mirrors_receive_a_copy_of_every_request() {
     use outrigger_proxy::config::route::{Chance, Mirror};
     let v1 = upstream("v1").await;
     let shadow = upstream("shadow").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut wire = http_listener("http", u32::from(port), "80");
-    wire.address = Some(outrigger_proxy::testing::socket(
-        "127.0.0.1",
-        u32::from(port),
-    ));
-    let rc = RouteConfig {
-        name: "80".into(),
-        virtual_hosts: vec![VirtualHost {
-            name: "all".into(),
-            domains: vec![Domain::Any],
-            routes: vec![route(
-                PathMatch::Prefix("/".into()),
-                vec![],
-                Action::Forward(Forward {
-                    target: Target::Cluster("v1".into()),
-                    mirrors: vec![Mirror {
-                        cluster: "shadow".into(),
-                        chance: Chance(1_000_000),
-                    }],
-                    retry: None,
-                    timeout: Some(Duration::from_secs(5)),
-                    grpc_timeout_max: None,
-                    prefix_rewrite: None,
-                    regex_rewrite: None,
-                    host_rewrite: None,
-                }),
-            )],
-            headers: HeaderOps::default(),
-        }],
-        ignore_port_in_host_matching: true,
-        headers: Default::default(),
-        ignored: vec![],
-    };
-    let mut snap = Snapshot::default();
-    snap.listeners
-        .insert("http".into(), Arc::new(Listener::try_from(&wire).unwrap()));
-    snap.routes.insert("80".into(), Arc::new(rc));
-    for c in [
+    let rc = routes(vec![route(
+        PathMatch::Prefix("/".into()),
+        vec![],
+        Action::Forward(Forward {
+            target: Target::Cluster("v1".into()),
+            mirrors: vec![Mirror {
+                cluster: "shadow".into(),
+                chance: Chance(1_000_000),
+            }],
+            retry: None,
+            timeout: Some(Duration::from_secs(5)),
+            grpc_timeout_max: None,
+            prefix_rewrite: None,
+            regex_rewrite: None,
+            host_rewrite: None,
+        }),
+    )]);
+    let clusters = vec![
         static_cluster("v1", &[v1]),
         static_cluster("shadow", &[shadow]),
-    ] {
-        snap.clusters.insert(c.name.clone(), Arc::new(c));
-    }
-    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(snap));
-    tokio::spawn(server::serve(rx));
-    for _ in 0..50 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    ];
+    let (port, _, _) = proxy_with(rc, clusters).await;
     let url = format!("http://127.0.0.1:{port}/bill");
     let out = tokio::task::spawn_blocking(move || {
         let mut cmd = Command::new("curl");
@@ -800,21 +747,6 @@ async fn circuit_breaker_overflow_answers_503_uo() {
     // One connection, one pending request: of three concurrent requests to a two-second
     // endpoint, one is served, one waits and is served next, one overflows at once.
     let slow = upstream("sluggish").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut wire = http_listener("http", u32::from(port), "80");
-    wire.address = Some(outrigger_proxy::testing::socket(
-        "127.0.0.1",
-        u32::from(port),
-    ));
-    let mut snap = Snapshot::default();
-    snap.listeners
-        .insert("http".into(), Arc::new(Listener::try_from(&wire).unwrap()));
-    let rc = RouteConfig::try_from(&outrigger_proxy::testing::route_config("80", "cb")).unwrap();
-    snap.routes.insert("80".into(), Arc::new(rc));
     let mut c = static_cluster("cb", &[slow]);
     c.limits = Limits {
         max_connections: 1,
@@ -822,15 +754,7 @@ async fn circuit_breaker_overflow_answers_503_uo() {
         max_requests: 1024,
         max_retries: 3,
     };
-    snap.clusters.insert(c.name.clone(), Arc::new(c));
-    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(snap));
-    tokio::spawn(server::serve(rx));
-    for _ in 0..50 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (port, _, _) = proxy_with(all_to("cb"), vec![c]).await;
     let url = format!("http://127.0.0.1:{port}/x");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("curl")
@@ -866,21 +790,6 @@ async fn outlier_detection_ejects_a_failing_endpoint() {
     use outrigger_proxy::config::cluster::Outlier;
     let good = upstream("v1").await;
     let broken = upstream("broken").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut wire = http_listener("http", u32::from(port), "80");
-    wire.address = Some(outrigger_proxy::testing::socket(
-        "127.0.0.1",
-        u32::from(port),
-    ));
-    let mut snap = Snapshot::default();
-    snap.listeners
-        .insert("http".into(), Arc::new(Listener::try_from(&wire).unwrap()));
-    let rc = RouteConfig::try_from(&outrigger_proxy::testing::route_config("80", "od")).unwrap();
-    snap.routes.insert("80".into(), Arc::new(rc));
     let mut c = static_cluster("od", &[good, broken]);
     c.outlier = Some(Outlier {
         consecutive_5xx: Some(2),
@@ -888,17 +797,7 @@ async fn outlier_detection_ejects_a_failing_endpoint() {
         base_ejection: Duration::from_secs(30),
         max_ejection_percent: 100,
     });
-    snap.clusters.insert(c.name.clone(), Arc::new(c));
-    let snap = Arc::new(snap);
-    let telemetry = Arc::new(outrigger_proxy::stats::Telemetry::default());
-    let (_tx, rx) = tokio::sync::watch::channel(snap.clone());
-    tokio::spawn(server::serve_with(rx, telemetry.clone()));
-    for _ in 0..50 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (port, snap, telemetry) = proxy_with(all_to("od"), vec![c]).await;
     let url = format!("http://127.0.0.1:{port}/x");
     let out = tokio::task::spawn_blocking(move || {
         let mut cmd = Command::new("curl");
