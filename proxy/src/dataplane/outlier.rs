@@ -27,15 +27,24 @@ pub enum Result {
     Failed,
 }
 
+/// Per cluster, per endpoint (looked up by `&str`, no allocation per request).
 #[derive(Debug, Default)]
 pub struct Outliers {
-    hosts: Mutex<HashMap<(String, Dest), Host>>,
+    hosts: Mutex<HashMap<String, HashMap<Dest, Host>>>,
+}
+
+fn out(hosts: &HashMap<Dest, Host>, now: Instant) -> impl Iterator<Item = &Dest> {
+    hosts
+        .iter()
+        .filter(move |(_, h)| h.ejected_until.is_some_and(|u| now < u))
+        .map(|(d, _)| d)
 }
 
 impl Outliers {
     pub fn is_ejected(&self, cluster: &str, d: &Dest, now: Instant) -> bool {
         let m = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(&(cluster.to_string(), d.clone()))
+        m.get(cluster)
+            .and_then(|c| c.get(d))
             .and_then(|h| h.ejected_until)
             .is_some_and(|until| now < until)
     }
@@ -43,10 +52,9 @@ impl Outliers {
     /// The endpoints of `cluster` ejected now.
     pub fn ejected(&self, cluster: &str, now: Instant) -> Vec<Dest> {
         let m = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        m.iter()
-            .filter(|((c, _), h)| c == cluster && h.ejected_until.is_some_and(|u| now < u))
-            .map(|((_, d), _)| d.clone())
-            .collect()
+        m.get(cluster)
+            .map(|c| out(c, now).cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Records an attempt's result; `hosts` is the cluster's number of endpoints.
@@ -60,11 +68,9 @@ impl Outliers {
         now: Instant,
     ) {
         let mut m = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        let out_now = m
-            .iter()
-            .filter(|((c, _), h)| c == cluster && h.ejected_until.is_some_and(|u| now < u))
-            .count();
-        let h = m.entry((cluster.to_string(), d.clone())).or_default();
+        let c = m.entry(cluster.to_string()).or_default();
+        let out_now = out(c, now).count();
+        let h = c.entry(d.clone()).or_default();
         let (server_error, gateway) = match result {
             Result::Failed => (true, true),
             Result::Status(s) => (s >= 500, matches!(s, 502..=504)),

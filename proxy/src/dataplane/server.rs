@@ -161,10 +161,11 @@ async fn tcp_proxy(
         fastrand::u64(..),
         &|d| counters.loads.get(d),
         &|d| {
-            counters
-                .telemetry
-                .outliers
-                .is_ejected(&name, d, std::time::Instant::now())
+            cluster.outlier.is_some()
+                && counters
+                    .telemetry
+                    .outliers
+                    .is_ejected(&name, d, std::time::Instant::now())
         },
     )
     .map_err(|_| ConnError::NoHealthyUpstream(name.clone()))?;

@@ -652,6 +652,12 @@ async fn forward(
     loop {
         attempt += 1;
         let now = Instant::now();
+        // Ejections only matter (and only cost a lookup) where outlier detection is on.
+        let ejected: &dyn Fn(&super::super::upstream::Dest) -> bool = if cluster.outlier.is_some() {
+            &|d| outliers.is_ejected(cluster_name, d, now)
+        } else {
+            &|_| false
+        };
         // The endpoint: with previous_hosts, a retry looks for one not tried yet.
         let picks = match retry {
             Some(p) if p.previous_hosts && attempt > 1 => p.host_selection_max_attempts.max(1),
@@ -669,7 +675,7 @@ async fn forward(
                 n,
                 fastrand::u64(..),
                 &|d| loads.get(d),
-                &|d| outliers.is_ejected(cluster_name, d, now),
+                ejected,
             ) {
                 Ok(d) => {
                     let fresh = !tried.contains(&d);
