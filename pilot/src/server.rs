@@ -33,15 +33,30 @@ pub enum ResourceType {
 }
 
 impl ResourceType {
+    pub const ALL: [ResourceType; 5] = [
+        ResourceType::Cluster,
+        ResourceType::Endpoints,
+        ResourceType::Listener,
+        ResourceType::Route,
+        ResourceType::Secret,
+    ];
+
+    pub fn type_url(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            ResourceType::Endpoints => {
+                "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+            }
+            ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            ResourceType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            ResourceType::Secret => {
+                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+            }
+        }
+    }
+
     pub fn from_url(url: &str) -> Option<ResourceType> {
-        Some(match url.rsplit('/').next()? {
-            "envoy.config.cluster.v3.Cluster" => ResourceType::Cluster,
-            "envoy.config.endpoint.v3.ClusterLoadAssignment" => ResourceType::Endpoints,
-            "envoy.config.listener.v3.Listener" => ResourceType::Listener,
-            "envoy.config.route.v3.RouteConfiguration" => ResourceType::Route,
-            "envoy.extensions.transport_sockets.tls.v3.Secret" => ResourceType::Secret,
-            _ => return None,
-        })
+        ResourceType::ALL.into_iter().find(|t| t.type_url() == url)
     }
 
     /// LDS and CDS are wildcard subscriptions; RDS, EDS and SDS name what they want.
@@ -59,6 +74,14 @@ fn resources(xds: &Xds, ty: ResourceType) -> Option<&BTreeMap<String, Any>> {
         // Workload certificates come from the agent's SDS, not from here.
         ResourceType::Secret => None,
     }
+}
+
+/// The selected resources, owned (to remember what was sent).
+fn owned(xds: &Xds, ty: ResourceType, names: &[String]) -> Vec<(String, Any)> {
+    selected(xds, ty, names)
+        .into_iter()
+        .map(|(n, a)| (n.clone(), a.clone()))
+        .collect()
 }
 
 fn selected<'a>(xds: &'a Xds, ty: ResourceType, names: &[String]) -> Vec<(&'a String, &'a Any)> {
@@ -151,8 +174,40 @@ impl Server {
     }
 }
 
-fn generate(state: &Published, proxy: &ProxyNode) -> Xds {
-    translate::generate(&state.mesh, proxy)
+/// One stream's proxy, and the configuration generated for it.
+struct Connected {
+    proxy: ProxyNode,
+    node_id: String,
+    xds: Xds,
+    version: u64,
+}
+
+impl Connected {
+    /// From the node of the stream's first request (which must carry one).
+    fn new(
+        node: Option<&Node>,
+        state: &mut watch::Receiver<Arc<Published>>,
+        mode: &str,
+    ) -> Result<Connected, Status> {
+        let node =
+            node.ok_or_else(|| Status::invalid_argument("the first request must carry the node"))?;
+        let s = state.borrow_and_update().clone();
+        let proxy = proxy_of(node, &s.mesh);
+        tracing::info!(node = %node.id, namespace = %proxy.namespace, mode, "proxy connected");
+        Ok(Connected {
+            xds: translate::generate(&s.mesh, &proxy),
+            version: s.version,
+            node_id: node.id.clone(),
+            proxy,
+        })
+    }
+
+    /// Generates again for the latest published version.
+    fn refresh(&mut self, state: &mut watch::Receiver<Arc<Published>>) {
+        let s = state.borrow_and_update().clone();
+        self.xds = translate::generate(&s.mesh, &self.proxy);
+        self.version = s.version;
+    }
 }
 
 fn log_nack(node: &str, type_url: &str, message: &str) {
@@ -178,10 +233,7 @@ impl AggregatedDiscoveryService for Server {
         let mut state = self.state.clone();
         tokio::spawn(async move {
             let mut nonce = 0u64;
-            let mut proxy: Option<ProxyNode> = None;
-            let mut node: Option<Node> = None;
-            let mut xds = Xds::default();
-            let mut version = 0;
+            let mut conn: Option<Connected> = None;
             // Per type: the names subscribed, and what was last sent.
             let mut subs: BTreeMap<ResourceType, Vec<String>> = BTreeMap::new();
             let mut sent: BTreeMap<ResourceType, Vec<(String, Any)>> = BTreeMap::new();
@@ -189,25 +241,19 @@ impl AggregatedDiscoveryService for Server {
                 tokio::select! {
                     msg = incoming.next() => {
                         let Some(Ok(r)) = msg else { return };
-                        if node.is_none() {
-                            let Some(n) = r.node.clone() else {
-                                let _ = tx.send(Err(Status::invalid_argument("the first request must carry the node"))).await;
-                                return;
-                            };
-                            let s = state.borrow_and_update().clone();
-                            let p = proxy_of(&n, &s.mesh);
-                            tracing::info!(node = %n.id, namespace = %p.namespace, "proxy connected (state of the world)");
-                            xds = generate(&s, &p);
-                            version = s.version;
-                            proxy = Some(p);
-                            node = Some(n);
+                        if conn.is_none() {
+                            match Connected::new(r.node.as_ref(), &mut state, "state of the world") {
+                                Ok(c) => conn = Some(c),
+                                Err(e) => { let _ = tx.send(Err(e)).await; return }
+                            }
                         }
+                        let Some(c) = conn.as_ref() else { return };
                         let Some(ty) = ResourceType::from_url(&r.type_url) else {
                             tracing::debug!(type_url = %r.type_url, "unknown type requested; ignored");
                             continue;
                         };
                         if let Some(e) = &r.error_detail {
-                            log_nack(&node.as_ref().map(|n| n.id.clone()).unwrap_or_default(), &r.type_url, &e.message);
+                            log_nack(&c.node_id, &r.type_url, &e.message);
                         }
                         let changed = subs.get(&ty) != Some(&r.resource_names);
                         if !r.response_nonce.is_empty() && !changed {
@@ -215,30 +261,28 @@ impl AggregatedDiscoveryService for Server {
                         }
                         subs.insert(ty, r.resource_names.clone());
                         nonce += 1;
-                        let chosen: Vec<(String, Any)> = selected(&xds, ty, &r.resource_names).into_iter().map(|(n, a)| (n.clone(), a.clone())).collect();
+                        let chosen = owned(&c.xds, ty, &r.resource_names);
                         sent.insert(ty, chosen.clone());
-                        let resp = DiscoveryResponse { version_info: version.to_string(), resources: chosen.into_iter().map(|(_, a)| a).collect(), type_url: r.type_url.clone(), nonce: nonce.to_string(), ..Default::default() };
+                        let resp = DiscoveryResponse { version_info: c.version.to_string(), resources: chosen.into_iter().map(|(_, a)| a).collect(), type_url: r.type_url.clone(), nonce: nonce.to_string(), ..Default::default() };
                         if tx.send(Ok(resp)).await.is_err() { return }
                     }
                     changed = state.changed() => {
                         if changed.is_err() { return }
-                        let Some(p) = &proxy else { continue };
-                        let s = state.borrow_and_update().clone();
-                        xds = generate(&s, p);
-                        version = s.version;
+                        let Some(c) = conn.as_mut() else { continue };
+                        c.refresh(&mut state);
                         for ty in PUSH_ORDER {
                             let Some(names) = subs.get(&ty) else { continue };
-                            let chosen: Vec<(String, Any)> = selected(&xds, ty, names).into_iter().map(|(n, a)| (n.clone(), a.clone())).collect();
+                            let chosen = owned(&c.xds, ty, names);
                             if sent.get(&ty) == Some(&chosen) {
                                 continue;
                             }
                             sent.insert(ty, chosen.clone());
                             nonce += 1;
-                            let url = format!("type.googleapis.com/{}", type_name(ty));
-                            let resp = DiscoveryResponse { version_info: version.to_string(), resources: chosen.into_iter().map(|(_, a)| a).collect(), type_url: url, nonce: nonce.to_string(), ..Default::default() };
+                            let url = ty.type_url();
+                            let resp = DiscoveryResponse { version_info: c.version.to_string(), resources: chosen.into_iter().map(|(_, a)| a).collect(), type_url: url.into(), nonce: nonce.to_string(), ..Default::default() };
                             if tx.send(Ok(resp)).await.is_err() { return }
                         }
-                        tracing::debug!(version, "pushed (state of the world)");
+                        tracing::debug!(version = c.version, node = %c.node_id, "pushed (state of the world)");
                     }
                 }
             }
@@ -255,32 +299,23 @@ impl AggregatedDiscoveryService for Server {
         let mut state = self.state.clone();
         tokio::spawn(async move {
             let mut nonce = 0u64;
-            let mut proxy: Option<ProxyNode> = None;
-            let mut node_id = String::new();
-            let mut xds = Xds::default();
-            let mut version = 0;
+            let mut conn: Option<Connected> = None;
             let mut subs: BTreeMap<ResourceType, Vec<String>> = BTreeMap::new();
             let mut sent: BTreeMap<ResourceType, BTreeMap<String, Any>> = BTreeMap::new();
             loop {
                 tokio::select! {
                     msg = incoming.next() => {
                         let Some(Ok(r)) = msg else { return };
-                        if proxy.is_none() {
-                            let Some(n) = r.node.clone() else {
-                                let _ = tx.send(Err(Status::invalid_argument("the first request must carry the node"))).await;
-                                return;
-                            };
-                            let s = state.borrow_and_update().clone();
-                            let p = proxy_of(&n, &s.mesh);
-                            tracing::info!(node = %n.id, namespace = %p.namespace, "proxy connected (delta)");
-                            xds = generate(&s, &p);
-                            version = s.version;
-                            proxy = Some(p);
-                            node_id = n.id.clone();
+                        if conn.is_none() {
+                            match Connected::new(r.node.as_ref(), &mut state, "delta") {
+                                Ok(c) => conn = Some(c),
+                                Err(e) => { let _ = tx.send(Err(e)).await; return }
+                            }
                         }
+                        let Some(c) = conn.as_ref() else { return };
                         let Some(ty) = ResourceType::from_url(&r.type_url) else { continue };
                         if let Some(e) = &r.error_detail {
-                            log_nack(&node_id, &r.type_url, &e.message);
+                            log_nack(&c.node_id, &r.type_url, &e.message);
                         }
                         let first = !subs.contains_key(&ty);
                         let s = subs.entry(ty).or_default();
@@ -294,7 +329,7 @@ impl AggregatedDiscoveryService for Server {
                         }
                         let names = s.clone();
                         let already = sent.entry(ty).or_default();
-                        let wanted: Vec<(String, Any)> = selected(&xds, ty, &names).into_iter()
+                        let wanted: Vec<(String, Any)> = selected(&c.xds, ty, &names).into_iter()
                             .filter(|(n, _)| first || r.resource_names_subscribe.contains(n) || !already.contains_key(*n))
                             .map(|(n, a)| (n.clone(), a.clone())).collect();
                         if wanted.is_empty() && !first && !ty.wildcard() {
@@ -305,18 +340,16 @@ impl AggregatedDiscoveryService for Server {
                             already.insert(n.clone(), a.clone());
                         }
                         nonce += 1;
-                        let resp = delta_response(ty, &r.type_url, version, nonce, wanted, vec![]);
+                        let resp = delta_response(&r.type_url, c.version, nonce, wanted, vec![]);
                         if tx.send(Ok(resp)).await.is_err() { return }
                     }
                     changed = state.changed() => {
                         if changed.is_err() { return }
-                        let Some(p) = &proxy else { continue };
-                        let s = state.borrow_and_update().clone();
-                        xds = generate(&s, p);
-                        version = s.version;
+                        let Some(c) = conn.as_mut() else { continue };
+                        c.refresh(&mut state);
                         for ty in PUSH_ORDER {
                             let Some(names) = subs.get(&ty) else { continue };
-                            let now: BTreeMap<String, Any> = selected(&xds, ty, names).into_iter().map(|(n, a)| (n.clone(), a.clone())).collect();
+                            let now: BTreeMap<String, Any> = owned(&c.xds, ty, names).into_iter().collect();
                             let before = sent.entry(ty).or_default();
                             let updated: Vec<(String, Any)> = now.iter().filter(|(n, a)| before.get(*n) != Some(*a)).map(|(n, a)| (n.clone(), a.clone())).collect();
                             let removed: Vec<String> = before.keys().filter(|n| !now.contains_key(*n)).cloned().collect();
@@ -325,11 +358,11 @@ impl AggregatedDiscoveryService for Server {
                             }
                             *before = now;
                             nonce += 1;
-                            let url = format!("type.googleapis.com/{}", type_name(ty));
-                            let resp = delta_response(ty, &url, version, nonce, updated, removed);
+                            let url = ty.type_url();
+                            let resp = delta_response(url, c.version, nonce, updated, removed);
                             if tx.send(Ok(resp)).await.is_err() { return }
                         }
-                        tracing::debug!(version, node = %node_id, "pushed (delta)");
+                        tracing::debug!(version = c.version, node = %c.node_id, "pushed (delta)");
                     }
                 }
             }
@@ -338,18 +371,7 @@ impl AggregatedDiscoveryService for Server {
     }
 }
 
-fn type_name(ty: ResourceType) -> &'static str {
-    match ty {
-        ResourceType::Cluster => "envoy.config.cluster.v3.Cluster",
-        ResourceType::Endpoints => "envoy.config.endpoint.v3.ClusterLoadAssignment",
-        ResourceType::Listener => "envoy.config.listener.v3.Listener",
-        ResourceType::Route => "envoy.config.route.v3.RouteConfiguration",
-        ResourceType::Secret => "envoy.extensions.transport_sockets.tls.v3.Secret",
-    }
-}
-
 fn delta_response(
-    _ty: ResourceType,
     type_url: &str,
     version: u64,
     nonce: u64,
