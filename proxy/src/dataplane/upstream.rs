@@ -411,64 +411,48 @@ mod tests {
         );
     }
 
+    /// How many of 1000 picks (spread rolls; the counter is the pick's index) land on `target`.
+    fn picks_of(c: &Cluster, target: &str, active: &dyn Fn(&Dest) -> usize) -> usize {
+        let target = Dest::Ip(target.parse().unwrap());
+        let dst = "1.1.1.1:1".parse().unwrap();
+        let snap = Snapshot::default();
+        (0..1000u64)
+            .map(|r| {
+                let roll = r.wrapping_mul(0x2545_F491_4F6C_DD1D);
+                endpoint(&snap, c, dst, r, roll, active, &|_| false).unwrap()
+            })
+            .filter(|d| *d == target)
+            .count()
+    }
+
+    fn locality(zone: &str, weight: Option<u32>, addrs: &[&str]) -> LocalityEndpoints {
+        LocalityEndpoints {
+            locality: Locality {
+                zone: zone.into(),
+                ..Locality::default()
+            },
+            priority: 0,
+            weight,
+            endpoints: addrs.iter().map(|a| ep(a, Health::Healthy, 1)).collect(),
+        }
+    }
+
     #[test]
     fn least_request_prefers_the_less_loaded_of_two_choices() {
         let mut c = cluster(Discovery::Static);
         c.lb_policy = LbPolicy::LeastRequest;
-        let eps = |addrs: &[&str]| LoadAssignment {
+        c.load_assignment = Some(LoadAssignment {
             cluster_name: "c".into(),
-            localities: vec![LocalityEndpoints {
-                locality: Locality::default(),
-                priority: 0,
-                weight: None,
-                endpoints: addrs
-                    .iter()
-                    .map(|a| Endpoint {
-                        address: Address::Socket(a.parse().unwrap()),
-                        health: Health::Healthy,
-                        weight: 1,
-                        workload: None,
-                    })
-                    .collect(),
-            }],
-        };
-        c.load_assignment = Some(eps(&["10.0.0.1:80", "10.0.0.2:80"]));
-        let busy: Dest = Dest::Ip("10.0.0.1:80".parse().unwrap());
-        let dst = "1.1.1.1:1".parse().unwrap();
-        let snap = Snapshot::default();
+            localities: vec![locality("", None, &["10.0.0.1:80", "10.0.0.2:80"])],
+        });
+        let busy = Dest::Ip("10.0.0.1:80".parse().unwrap());
         // With .1 busy, the idle .2 always wins: the two choices are distinct.
-        let picks = (0..1000u64)
-            .map(|r| {
-                endpoint(
-                    &snap,
-                    &c,
-                    dst,
-                    0,
-                    r.wrapping_mul(0x2545_F491_4F6C_DD1D),
-                    &|d| usize::from(*d == busy) * 5,
-                    &|_| false,
-                )
-                .unwrap()
-            })
-            .filter(|d| *d == busy)
-            .count();
-        assert_eq!(picks, 0);
+        assert_eq!(
+            picks_of(&c, "10.0.0.1:80", &|d| usize::from(*d == busy) * 5),
+            0
+        );
         // Unloaded: both endpoints get traffic.
-        let idle = (0..1000u64)
-            .map(|r| {
-                endpoint(
-                    &snap,
-                    &c,
-                    dst,
-                    0,
-                    r.wrapping_mul(0x2545_F491_4F6C_DD1D),
-                    &|_| 0,
-                    &|_| false,
-                )
-                .unwrap()
-            })
-            .filter(|d| *d == busy)
-            .count();
+        let idle = picks_of(&c, "10.0.0.1:80", &|_| 0);
         assert!((400..=600).contains(&idle), "{idle}");
     }
 
@@ -476,41 +460,14 @@ mod tests {
     fn locality_weights_pick_the_locality_first() {
         let mut c = cluster(Discovery::Static);
         c.locality_weighted = true;
-        let loc = |zone: &str, weight: u32, addr: &str| LocalityEndpoints {
-            locality: Locality {
-                zone: zone.into(),
-                ..Locality::default()
-            },
-            priority: 0,
-            weight: Some(weight),
-            endpoints: vec![Endpoint {
-                address: Address::Socket(addr.parse().unwrap()),
-                health: Health::Healthy,
-                weight: 1,
-                workload: None,
-            }],
-        };
         c.load_assignment = Some(LoadAssignment {
             cluster_name: "c".into(),
-            localities: vec![loc("a", 80, "10.0.0.1:80"), loc("b", 20, "10.0.0.2:80")],
+            localities: vec![
+                locality("a", Some(80), &["10.0.0.1:80"]),
+                locality("b", Some(20), &["10.0.0.2:80"]),
+            ],
         });
-        let dst = "1.1.1.1:1".parse().unwrap();
-        let snap = Snapshot::default();
-        let b = (0..1000u64)
-            .map(|r| {
-                endpoint(
-                    &snap,
-                    &c,
-                    dst,
-                    r,
-                    r.wrapping_mul(0x2545_F491_4F6C_DD1D),
-                    &|_| 0,
-                    &|_| false,
-                )
-                .unwrap()
-            })
-            .filter(|d| *d == Dest::Ip("10.0.0.2:80".parse().unwrap()))
-            .count();
+        let b = picks_of(&c, "10.0.0.2:80", &|_| 0);
         assert!((150..=250).contains(&b), "about 20% to zone b: {b}");
     }
 
