@@ -33,7 +33,7 @@ impl fmt::Display for Kind {
 
 // Resources are few and long-lived; boxing would only add noise.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Spec {
     VirtualService(r::VirtualService),
     DestinationRule(r::DestinationRule),
@@ -49,7 +49,7 @@ pub enum Spec {
 /// (kind, namespace, name): what makes two documents the same resource.
 pub type Key = (Kind, String, String);
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Object {
     pub kind: Kind,
     pub name: String,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::analyze;
 use crate::findings::{Finding, Level};
-use crate::load::{self, Key, Kind, Object, Spec};
+use crate::load::{self, Key, Object, Spec};
 use crate::registry::Registry;
 
 /// One consistent view of the mesh.
@@ -15,12 +15,6 @@ pub struct Mesh {
     pub registry: Registry,
     /// Every applied resource, in load order.
     pub objects: Vec<Object>,
-}
-
-impl Mesh {
-    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Object> {
-        self.objects.iter().filter(move |o| o.kind == kind)
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +137,7 @@ impl Loader {
                         return Some(o);
                     }
                     match self.good.get(&o.key()) {
-                        Some(old) if round == 0 && !same_origin_and_spec(old, &o) => {
+                        Some(old) if round == 0 && *old != o => {
                             findings.push(Finding::warning(
                                 &o.origin,
                                 Some(&o.describe()),
@@ -169,10 +163,6 @@ impl Loader {
     }
 }
 
-fn same_origin_and_spec(a: &Object, b: &Object) -> bool {
-    a.origin == b.origin && format!("{:?}", a.spec) == format!("{:?}", b.spec)
-}
-
 /// Sorts findings for display: errors first, then by file and document.
 pub fn sort_findings(f: &mut [Finding]) {
     f.sort_by(|a, b| (a.level, &a.origin).cmp(&(b.level, &b.origin)));
@@ -196,6 +186,25 @@ pub fn mesh_virtual_services(
 mod tests {
     use super::*;
 
+    /// A scratch directory, removed when the test ends (also when it fails).
+    struct Scratch(std::path::PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let dir =
+                std::env::temp_dir().join(format!("outrigger-pilot-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     const BASE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: bill}\nspec: {clusterIP: 10.96.0.5, selector: {app: bill}, ports: [{name: http, port: 80}]}\n---\n\
         apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: bill}\nspec: {host: bill, subsets: [{name: v1, labels: {version: v1}}]}\n";
 
@@ -207,9 +216,8 @@ mod tests {
 
     #[test]
     fn a_bad_edit_keeps_the_last_good_version() {
-        let dir = std::env::temp_dir().join(format!("outrigger-pilot-mesh-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = Scratch::new("mesh");
+        let dir = scratch.0.clone();
         std::fs::write(dir.join("a.yaml"), BASE).unwrap();
         std::fs::write(
             dir.join("b.yaml"),
@@ -253,15 +261,12 @@ mod tests {
         let (mesh, f) = loader.load(&dir).unwrap();
         assert!(f.iter().any(|x| x.message.contains("add up to 110")));
         assert_eq!(mesh_virtual_services(&mesh).count(), 1);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn two_virtual_services_for_one_host_and_unknown_hosts_are_errors() {
-        let dir =
-            std::env::temp_dir().join(format!("outrigger-pilot-mesh2-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = Scratch::new("mesh2");
+        let dir = scratch.0.clone();
         std::fs::write(dir.join("a.yaml"), BASE).unwrap();
         std::fs::write(
             dir.join("b.yaml"),
@@ -295,6 +300,5 @@ mod tests {
             "{errors:?}"
         );
         assert_eq!(mesh_virtual_services(&mesh).count(), 1);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
