@@ -76,24 +76,24 @@ impl PortPredicate {
     }
 }
 
-/// Where every inspector of the listener is disabled, if anywhere.
-fn sniff_disabled(filters: &[wire::ListenerFilter]) -> Option<PortPredicate> {
-    let inspectors: Vec<&wire::ListenerFilter> = filters
+/// Where every inspector of the listener is disabled, if anywhere: `filters` pairs each parsed
+/// listener filter with its wire form.
+fn sniff_disabled(filters: &[(ListenerFilter, &wire::ListenerFilter)]) -> Option<PortPredicate> {
+    let each = filters
         .iter()
-        .filter(|f| f.name.contains("inspector") || matches!(&f.config_type, Some(wire::listener_filter::ConfigType::TypedConfig(a)) if a.type_url.contains("Inspector")))
-        .collect();
-    if inspectors.is_empty() {
-        return None;
-    }
-    let each = inspectors
-        .iter()
-        .map(|f| {
-            f.filter_disabled
+        .filter(|(f, _)| {
+            matches!(
+                f,
+                ListenerFilter::HttpInspector | ListenerFilter::TlsInspector
+            )
+        })
+        .map(|(_, w)| {
+            w.filter_disabled
                 .as_ref()
                 .and_then(PortPredicate::from_wire)
         })
         .collect::<Option<Vec<_>>>()?;
-    Some(PortPredicate::And(each))
+    (!each.is_empty()).then_some(PortPredicate::And(each))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -483,12 +483,13 @@ impl TryFrom<&wire::Listener> for Listener {
             }
         };
         let mut ignored = Vec::new();
-        let listener_filters = l
+        let parsed: Vec<(ListenerFilter, &wire::ListenerFilter)> = l
             .listener_filters
             .iter()
-            .filter_map(|f| listener_filter(f, &mut ignored))
+            .filter_map(|w| listener_filter(w, &mut ignored).map(|f| (f, w)))
             .collect();
-        let sniff_disabled = sniff_disabled(&l.listener_filters);
+        let sniff_disabled = sniff_disabled(&parsed);
+        let listener_filters = parsed.into_iter().map(|(f, _)| f).collect();
         let filter_chains = l
             .filter_chains
             .iter()
@@ -540,5 +541,58 @@ impl TryFrom<&wire::Listener> for Listener {
             default_filter_chain,
             ignored,
         })
+    }
+}
+
+#[cfg(test)]
+mod sniff_tests {
+    use envoy_types::pb::envoy::config::listener::v3::listener_filter_chain_match_predicate::Rule;
+    use envoy_types::pb::envoy::extensions::filters::listener::{
+        http_inspector::v3::HttpInspector, tls_inspector::v3::TlsInspector,
+    };
+    use envoy_types::pb::envoy::r#type::v3::Int32Range;
+
+    use super::*;
+
+    fn inspector<M: prost::Message + prost::Name>(
+        m: M,
+        disabled_port: Option<i32>,
+    ) -> wire::ListenerFilter {
+        wire::ListenerFilter {
+            name: M::NAME.into(),
+            config_type: Some(wire::listener_filter::ConfigType::TypedConfig(Any {
+                type_url: M::type_url(),
+                value: m.encode_to_vec(),
+            })),
+            filter_disabled: disabled_port.map(|p| wire::ListenerFilterChainMatchPredicate {
+                rule: Some(Rule::DestinationPortRange(Int32Range {
+                    start: p,
+                    end: p + 1,
+                })),
+            }),
+        }
+    }
+
+    fn listener(filters: Vec<wire::ListenerFilter>) -> Listener {
+        let mut l = crate::testing::tcp_listener("in", 15006, "c");
+        l.listener_filters = filters;
+        Listener::try_from(&l).unwrap()
+    }
+
+    #[test]
+    fn sniffing_is_off_only_where_every_inspector_is_disabled() {
+        let both = listener(vec![
+            inspector(TlsInspector::default(), Some(9000)),
+            inspector(HttpInspector::default(), Some(9000)),
+        ]);
+        let p = both.sniff_disabled.expect("a predicate");
+        assert!(p.matches(9000) && !p.matches(8080));
+        // One inspector still active everywhere: no port skips sniffing.
+        let one = listener(vec![
+            inspector(TlsInspector::default(), None),
+            inspector(HttpInspector::default(), Some(9000)),
+        ]);
+        assert!(one.sniff_disabled.is_none());
+        assert!(listener(vec![]).sniff_disabled.is_none());
     }
 }
