@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cases;
+pub mod ebpf;
 pub mod init;
 pub mod mesh;
 pub mod netns;

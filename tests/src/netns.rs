@@ -90,6 +90,31 @@ impl Netns {
         c
     }
 
+    /// A command that runs inside the namespace and inside `cgroup` (a cgroup v2 directory the
+    /// test made), as `uid` when given: the shell joins the cgroup, then execs the program.
+    pub fn command_in(
+        &self,
+        cgroup: &std::path::Path,
+        uid: Option<u32>,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> Command {
+        // The cgroup is joined before `ip netns exec`, which mounts a fresh /sys (hiding the
+        // cgroup2 mount under /sys/fs/cgroup); the membership carries over exec.
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+            .arg(cgroup)
+            .args(["ip", "netns", "exec", &self.name]);
+        if let Some(uid) = uid {
+            c.arg("setpriv")
+                .arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .arg("--clear-groups");
+        }
+        c.arg(program);
+        c
+    }
+
     /// Runs a command in the namespace and returns its output, whatever the exit status.
     pub fn output(&self, program: &str, args: &[&str]) -> Output {
         self.command(program)

@@ -15,9 +15,23 @@ pub const TEST: Needs = &[
     ("setpriv", "util-linux"),
     ("curl", "curl"),
     ("python3", "python3"),
+    // The capture programs are rebuilt by a test to prove the committed object is current.
+    ("clang-19", "clang-19"),
+    ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
+    // Lists what is attached to a cgroup, independently of the agent.
+    ("bpftool", "bpftool"),
 ];
 
+pub const EBPF: Needs = &[
+    ("clang-19", "clang-19"),
+    ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
+];
+
+/// A command on PATH, or (for an absolute path) a file that exists.
 fn have(cmd: &str) -> bool {
+    if cmd.starts_with('/') {
+        return std::path::Path::new(cmd).exists();
+    }
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
         .output()

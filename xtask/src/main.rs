@@ -4,6 +4,7 @@
 //!   `cargo fmt --check`, `cargo clippy -D warnings`, builds every binary and runs every test.
 //! - `cargo xtask demo`: the bill-service mesh (pilot, init, proxies) in throw-away network
 //!   namespaces; `--capture` shows outrigger-init's capture alone.
+//! - `cargo xtask build-ebpf`: rebuilds the committed eBPF objects.
 //! - `cargo xtask bench`: HTTP/1.1 through outrigger-proxy, nginx and haproxy, side by side.
 
 mod bench;
@@ -42,6 +43,9 @@ enum Task {
         #[arg(long)]
         capture: bool,
     },
+    /// Rebuild the eBPF capture programs (ebpf/*.bpf.c → ebpf/*.bpf.o) with Debian's clang-19.
+    /// The objects are committed; a test fails when one is stale.
+    BuildEbpf,
     /// Benchmark HTTP/1.1 keep-alive through no proxy, outrigger-proxy, nginx and haproxy;
     /// writes bench/results/http1-keepalive.{md,png}.
     Bench {
@@ -135,6 +139,27 @@ fn cargo_test(args: &[&str]) -> Result<(usize, usize)> {
     Ok((passed, failed))
 }
 
+fn build_ebpf() -> Result<()> {
+    deps::ensure(deps::EBPF)?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    step("clang-19 -target bpf: ebpf/*.bpf.c");
+    let status = Command::new(root.join("ebpf/build.sh"))
+        .status()
+        .context("running ebpf/build.sh")?;
+    if !status.success() {
+        bail!("ebpf/build.sh failed");
+    }
+    for entry in std::fs::read_dir(root.join("ebpf"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "o") {
+            let len = std::fs::metadata(&path)?.len();
+            println!("  {} ({len} bytes)", path.display());
+        }
+    }
+    println!("commit the objects with their sources");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Test {
@@ -143,6 +168,7 @@ fn main() -> Result<()> {
         } => test(no_lint, &cargo_args),
         Task::Demo { capture: false } => mesh_demo::run(),
         Task::Demo { capture: true } => demo::run(),
+        Task::BuildEbpf => build_ebpf(),
         Task::Bench {
             seconds,
             connections,

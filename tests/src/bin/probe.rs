@@ -59,6 +59,9 @@ enum Cmd {
         target: SocketAddr,
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
+        /// Also print `from ADDR`: the answer's source address as recvmsg() reports it.
+        #[arg(long)]
+        show_peer: bool,
     },
     /// Connect, print the server's answer line.
     Connect {
@@ -72,6 +75,9 @@ enum Cmd {
         send: Option<usize>,
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
+        /// Also print `peer ADDR`: what getpeername() says the socket is connected to.
+        #[arg(long)]
+        show_peer: bool,
     },
 }
 
@@ -255,7 +261,7 @@ fn serve_udp(name: String, addrs: Vec<SocketAddr>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn send_udp(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+fn send_udp(target: SocketAddr, timeout: Duration, show_peer: bool) -> std::io::Result<String> {
     let any: SocketAddr = if target.is_ipv6() {
         "[::]:0".parse().expect("addr")
     } else {
@@ -266,8 +272,14 @@ fn send_udp(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
     sock.connect(target)?;
     sock.send(b"query")?;
     let mut buf = [0u8; 1500];
-    let n = sock.recv(&mut buf)?;
-    Ok(format!("{}\n", String::from_utf8_lossy(&buf[..n])))
+    // recv_from on the connected socket: the source is what recvmsg() reports (the DNS
+    // capture rewrites it back to the resolver's address).
+    let (n, from) = sock.recv_from(&mut buf)?;
+    let mut out = format!("{}\n", String::from_utf8_lossy(&buf[..n]));
+    if show_peer {
+        out.push_str(&format!("from {from}\n"));
+    }
+    Ok(out)
 }
 
 fn connect(
@@ -275,6 +287,7 @@ fn connect(
     bind: Option<IpAddr>,
     send: Option<usize>,
     timeout: Duration,
+    show_peer: bool,
 ) -> std::io::Result<String> {
     let s = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
     if let Some(ip) = bind {
@@ -291,6 +304,9 @@ fn connect(
             std::io::ErrorKind::UnexpectedEof,
             "connection closed without an answer",
         ));
+    }
+    if show_peer {
+        line.push_str(&format!("peer {}\n", stream.peer_addr()?));
     }
     if let Some(n) = send {
         // Write in a thread while reading here, so that large transfers do not deadlock.
@@ -345,24 +361,33 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::SendUdp { target, timeout_ms } => {
-            match send_udp(target, Duration::from_millis(timeout_ms)) {
-                Ok(line) => {
-                    print!("{line}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("outrigger-probe send-udp {target}: {e}");
-                    ExitCode::FAILURE
-                }
+        Cmd::SendUdp {
+            target,
+            timeout_ms,
+            show_peer,
+        } => match send_udp(target, Duration::from_millis(timeout_ms), show_peer) {
+            Ok(line) => {
+                print!("{line}");
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("outrigger-probe send-udp {target}: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Connect {
             target,
             bind,
             send,
             timeout_ms,
-        } => match connect(target, bind, send, Duration::from_millis(timeout_ms)) {
+            show_peer,
+        } => match connect(
+            target,
+            bind,
+            send,
+            Duration::from_millis(timeout_ms),
+            show_peer,
+        ) {
             Ok(line) => {
                 print!("{line}");
                 ExitCode::SUCCESS
