@@ -37,6 +37,9 @@ pub struct Mesh {
     pub xds_address: String,
     /// Sidecars use state-of-the-world xDS instead of Delta.
     pub sotw: bool,
+    /// Capture by eBPF instead of iptables: no outrigger-init rules, and the sidecars and the
+    /// clients run in this cgroup v2 directory, where outrigger-agent's programs are attached.
+    pub ebpf_cgroup: Option<PathBuf>,
     tag: String,
 }
 
@@ -140,6 +143,7 @@ impl Mesh {
             socket: socket.clone(),
             xds_address: format!("unix:{}", socket.display()),
             sotw: false,
+            ebpf_cgroup: None,
             tag: tag.into(),
         };
         assert!(
@@ -198,12 +202,19 @@ impl Mesh {
 
     fn sidecar_with(&mut self, pod: usize, labels: &[(&str, &str)], source: &[String]) {
         let p = &self.pods[pod];
-        crate::init::run_ok(&p.ns, crate::init::DEFAULT_SIDECAR, &[]);
+        if self.ebpf_cgroup.is_none() {
+            crate::init::run_ok(&p.ns, crate::init::DEFAULT_SIDECAR, &[]);
+        }
         let labels: serde_json::Map<String, serde_json::Value> = labels
             .iter()
             .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
             .collect();
-        let mut cmd = p.ns.command_as(PROXY_UID, crate::bin("outrigger-proxy"));
+        let mut cmd = match &self.ebpf_cgroup {
+            Some(cg) => {
+                p.ns.command_in(cg, Some(PROXY_UID), crate::bin("outrigger-proxy"))
+            }
+            None => p.ns.command_as(PROXY_UID, crate::bin("outrigger-proxy")),
+        };
         if source.first().map(String::as_str) == Some("-c") {
             // Started as pilot-agent starts Envoy: the bootstrap and Envoy's flags; the identity
             // from the environment.
@@ -269,6 +280,20 @@ impl Mesh {
         self.processes.push(bg);
     }
 
+    /// The pods as outrigger-agent's pod file lists them (network namespace, address).
+    pub fn agent_pods(&self) -> String {
+        let mut out = String::from("pods:\n");
+        for p in &self.pods {
+            out.push_str(&format!(
+                "- name: {}\n  netns: /run/netns/{}\n  ips: [{}]\n",
+                p.name,
+                p.ns.name(),
+                p.ip
+            ));
+        }
+        out
+    }
+
     /// Writes a configuration file atomically (write, then rename), as an editor would.
     pub fn write_config(&self, file: &str, content: &str) {
         let tmp = self.dir.join(format!(".{file}.tmp"));
@@ -283,13 +308,16 @@ impl Mesh {
         let list = self.dir.join(format!(".urls-{pod}"));
         let lines: String = (0..count).map(|_| format!("url = \"{url}\"\n")).collect();
         std::fs::write(&list, lines).expect("write the URL list");
-        let out =
-            p.ns.command_as(1000, "curl")
-                .args(["-s", "--max-time", "60", "-w", " %{http_code}\\n", "-K"])
-                .arg(&list)
-                .args(extra)
-                .output()
-                .expect("run curl");
+        let mut curl = match &self.ebpf_cgroup {
+            Some(cg) => p.ns.command_in(cg, Some(1000), "curl"),
+            None => p.ns.command_as(1000, "curl"),
+        };
+        let out = curl
+            .args(["-s", "--max-time", "60", "-w", " %{http_code}\\n", "-K"])
+            .arg(&list)
+            .args(extra)
+            .output()
+            .expect("run curl");
         let text = String::from_utf8_lossy(&out.stdout);
         text.lines()
             .filter_map(|l| {
