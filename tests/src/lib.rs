@@ -11,12 +11,23 @@ pub mod probe;
 pub mod topology;
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
-/// Path of a workspace binary (`outrigger-init`, `outrigger-probe`, …): `OUTRIGGER_BIN_DIR` if
-/// set, else the cargo target directory the running test or program was built into.
+static BIN_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes `bin` look in `dir` (e.g. `target/release` for benchmarks). Only the first call counts.
+pub fn use_bin_dir(dir: PathBuf) {
+    let _ = BIN_DIR.set(dir);
+}
+
+/// Path of a workspace binary (`outrigger-init`, `outrigger-probe`, …): the `use_bin_dir`
+/// directory, else `OUTRIGGER_BIN_DIR` if set, else the cargo target directory the running test
+/// or program was built into.
 pub fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("OUTRIGGER_BIN_DIR")
-        .map(PathBuf::from)
+    let dir = BIN_DIR
+        .get()
+        .cloned()
+        .or_else(|| std::env::var_os("OUTRIGGER_BIN_DIR").map(PathBuf::from))
         .unwrap_or_else(|| {
             let exe = std::env::current_exe().expect("current exe");
             let dir = exe.parent().expect("exe dir").to_path_buf();

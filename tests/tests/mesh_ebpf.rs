@@ -57,7 +57,12 @@ fn ebpf_captured_mesh_routes_by_xds_as_with_iptables() {
         .map(|&pod| {
             let text = m.pods[pod].ns.ok(
                 "curl",
-                &["-s", "--max-time", "3", "http://127.0.0.1:15090/stats/prometheus"],
+                &[
+                    "-s",
+                    "--max-time",
+                    "3",
+                    "http://127.0.0.1:15090/stats/prometheus",
+                ],
             );
             text.lines()
                 .filter(|l| {

@@ -8,6 +8,7 @@
 //! - `cargo xtask bench`: HTTP/1.1 through outrigger-proxy, nginx and haproxy, side by side.
 
 mod bench;
+mod capture_bench;
 mod demo;
 mod deps;
 mod mesh_demo;
@@ -55,6 +56,11 @@ enum Task {
         /// Concurrent connections.
         #[arg(long, default_value_t = 32)]
         connections: u32,
+        /// Instead: the app → sidecar capture by iptables vs eBPF (connect rewrite, and with
+        /// sockmap), keep-alive and a new connection per request; writes
+        /// bench/results/capture.{md,png}.
+        #[arg(long)]
+        capture: bool,
     },
 }
 
@@ -172,6 +178,12 @@ fn main() -> Result<()> {
         Task::Bench {
             seconds,
             connections,
+            capture: false,
         } => bench::run(seconds, connections),
+        Task::Bench {
+            seconds,
+            connections,
+            capture: true,
+        } => capture_bench::run(seconds, connections),
     }
 }
