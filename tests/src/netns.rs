@@ -35,6 +35,17 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     }
 }
 
+/// The first `name` on PATH (or `name` itself when there is none).
+fn which(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 /// `ip netns add` on creation, `ip netns del` (and removal of `/etc/netns/NAME`) on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -104,7 +115,10 @@ impl Netns {
         c.arg("-c")
             .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
             .arg(cgroup)
-            .args(["ip", "netns", "exec", &self.name]);
+            // By path: a shell with built-in applets (busybox in the VM tests) would otherwise
+            // run its own `ip`.
+            .arg(which("ip"))
+            .args(["netns", "exec", &self.name]);
         if let Some(uid) = uid {
             c.arg("setpriv")
                 .arg(format!("--reuid={uid}"))

@@ -210,9 +210,15 @@ pub fn run(seconds: u32, connections: u32) -> Result<()> {
             fresh,
         });
     }
-    let counters = ["redirected", "getsockopt_hit", "msg_redirected"]
-        .map(|c| format!("{c} {}", agent.counter(c)))
-        .join(", ");
+    let counters = [
+        "redirected",
+        "getsockopt_hit",
+        "sockhash_inserted",
+        "msg_redirected",
+        "msg_passed",
+    ]
+    .map(|c| format!("{c} {}", agent.counter(c)))
+    .join(", ");
     drop(agent);
     drop(m);
 

@@ -1,10 +1,13 @@
 //! `cargo xtask`: the one entry point for developers and CI.
 //!
 //! - `cargo xtask test`: installs what the tests need (as root, through apt), then runs
-//!   `cargo fmt --check`, `cargo clippy -D warnings`, builds every binary and runs every test.
+//!   `cargo fmt --check`, `cargo clippy -D warnings`, builds every binary, runs every test, and
+//!   the eBPF tests again on Debian's LTS kernel under QEMU (`vm-test`; skipped when a test
+//!   filter is given).
 //! - `cargo xtask demo`: the bill-service mesh (pilot, init, proxies) in throw-away network
 //!   namespaces; `--capture` shows outrigger-init's capture alone.
 //! - `cargo xtask build-ebpf`: rebuilds the committed eBPF objects.
+//! - `cargo xtask vm-test`: the eBPF tests under QEMU on Debian's kernels.
 //! - `cargo xtask bench`: HTTP/1.1 through outrigger-proxy, nginx and haproxy, side by side.
 
 mod bench;
@@ -12,6 +15,7 @@ mod capture_bench;
 mod demo;
 mod deps;
 mod mesh_demo;
+mod vm_test;
 
 use std::process::Command;
 
@@ -43,6 +47,17 @@ enum Task {
         /// Instead: show outrigger-init capturing one pod's traffic (no proxy).
         #[arg(long)]
         capture: bool,
+    },
+    /// Run the eBPF capture tests under QEMU on the Debian kernels of vm-tests/kernels.txt
+    /// (Debian 12's 6.1 LTS by default).
+    VmTest {
+        /// Kernel packages instead of vm-tests/kernels.txt (repeatable).
+        #[arg(long = "kernel", value_name = "PACKAGE")]
+        kernels: Vec<String>,
+        /// Use KVM instead of software emulation (faster; some nested hosts cannot boot the
+        /// guest under KVM, hence off by default: the tests take about half a minute either way).
+        #[arg(long)]
+        kvm: bool,
     },
     /// Rebuild the eBPF capture programs (ebpf/*.bpf.c → ebpf/*.bpf.o) with Debian's clang-19.
     /// The objects are committed; a test fails when one is stale.
@@ -105,6 +120,10 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
     println!("total: {passed} passed, {failed} failed");
     if failed > 0 || passed == 0 {
         bail!("tests failed");
+    }
+    if extra.is_empty() {
+        step("the eBPF tests on Debian's LTS kernel, under QEMU (cargo xtask vm-test)");
+        vm_test::run_all(&[], false)?;
     }
     Ok(())
 }
@@ -175,6 +194,7 @@ fn main() -> Result<()> {
         Task::Demo { capture: false } => mesh_demo::run(),
         Task::Demo { capture: true } => demo::run(),
         Task::BuildEbpf => build_ebpf(),
+        Task::VmTest { kernels, kvm } => vm_test::run_all(&kernels, kvm),
         Task::Bench {
             seconds,
             connections,
