@@ -88,7 +88,9 @@ struct RunArgs {
     /// Meshed pods: a YAML file, or a directory of them, re-read when it changes.
     #[arg(long, value_name = "PATH")]
     pods: PathBuf,
-    /// Splice app<->sidecar bytes socket to socket (sockops + sk_msg).
+    /// Experimental: splice app<->sidecar bytes socket to socket (sockops + sk_msg). Off by
+    /// default: on Linux 6.18 a blocking read on a spliced socket can fail with EAGAIN, and the
+    /// benchmark shows worse tail latency and connection setup (see agent/README.md).
     #[arg(long)]
     sockmap: bool,
     /// Send the app's DNS (port 53) to the sidecar's DNS proxy.

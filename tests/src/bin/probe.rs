@@ -5,7 +5,7 @@
 //! local address after TPROXY). `connect` prints that line.
 #![forbid(unsafe_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::thread;
@@ -132,7 +132,7 @@ fn serve(
                 if echo {
                     thread::spawn(move || {
                         if let Ok(mut reader) = stream.try_clone() {
-                            let _ = std::io::copy(&mut reader, &mut stream);
+                            let _ = copy_retrying(&mut reader, &mut stream);
                         }
                         let _ = stream.shutdown(std::net::Shutdown::Write);
                     });
@@ -147,6 +147,56 @@ fn serve(
 }
 
 /// Serves HTTP/1.1 requests on one connection until it closes.
+/// A blocking read can fail with EAGAIN when the bytes arrive through a sockmap redirect
+/// (the kernel's `tcp_bpf_recvmsg` reports a wake-up without data that way): read again, as a
+/// non-blocking program would on its next readiness event.
+fn is_spurious(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+    )
+}
+
+fn copy_retrying(reader: &mut impl Read, writer: &mut impl Write) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => {
+                writer.write_all(&buf[..n])?;
+                total += n as u64;
+            }
+            Err(e) if is_spurious(&e) => thread::sleep(Duration::from_millis(1)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `read_to_end`, retrying spurious EAGAIN until `timeout` has passed without progress (the
+/// socket's read timeout also shows as EAGAIN).
+fn read_to_end_retrying(
+    reader: &mut impl Read,
+    out: &mut Vec<u8>,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut last = std::time::Instant::now();
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                last = std::time::Instant::now();
+            }
+            Err(e) if is_spurious(&e) && last.elapsed() < timeout => {
+                thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn http_connection(name: &str, stream: TcpStream) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
@@ -318,7 +368,7 @@ fn connect(
             writer.shutdown(std::net::Shutdown::Write)
         });
         let mut back = Vec::with_capacity(n);
-        std::io::Read::read_to_end(&mut reader, &mut back)?;
+        read_to_end_retrying(&mut reader, &mut back, timeout)?;
         sender
             .join()
             .map_err(|_| std::io::Error::other("sender panicked"))??;
