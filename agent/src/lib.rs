@@ -4,6 +4,7 @@
 
 pub mod capture;
 pub mod http;
+pub mod kube;
 pub mod layout;
 pub mod maps;
 pub mod pods;

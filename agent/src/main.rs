@@ -45,6 +45,44 @@ struct Location {
     bpffs: PathBuf,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PodsFrom {
+    File,
+    Kubernetes,
+}
+
+/// The pod source in use.
+enum Source {
+    File(PathBuf),
+    Kubernetes(outrigger_agent::kube::KubeSource),
+}
+
+impl Source {
+    fn open(args: &RunArgs) -> Result<Source> {
+        match (args.pods_from, &args.pods) {
+            (PodsFrom::File, Some(path)) => Ok(Source::File(path.clone())),
+            (PodsFrom::File, None) => anyhow::bail!("--pods is required with --pods-from file"),
+            (PodsFrom::Kubernetes, _) => Ok(Source::Kubernetes(
+                outrigger_agent::kube::KubeSource::start(&args.node_name, &args.proc_root)?,
+            )),
+        }
+    }
+
+    fn fingerprint(&self) -> String {
+        match self {
+            Source::File(path) => pods::fingerprint(path),
+            Source::Kubernetes(k) => k.fingerprint(),
+        }
+    }
+
+    fn snapshot(&self) -> pods::Snapshot {
+        match self {
+            Source::File(path) => pods::read(path),
+            Source::Kubernetes(k) => k.snapshot(),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Attach (or adopt) the capture and keep the meshed pods up to date until stopped. The
@@ -85,9 +123,21 @@ struct RunArgs {
     /// The cgroup v2 directory to attach to: the node's root cgroup for a DaemonSet.
     #[arg(long, value_name = "DIR")]
     cgroup: PathBuf,
-    /// Meshed pods: a YAML file, or a directory of them, re-read when it changes.
+    /// Meshed pods: a YAML file, or a directory of them, re-read when it changes
+    /// (with `--pods-from file`).
     #[arg(long, value_name = "PATH")]
-    pods: PathBuf,
+    pods: Option<PathBuf>,
+    /// Where meshed pods come from: a pod file (VMs, one-machine meshes, tests) or a watch of
+    /// this node's pods on the Kubernetes API (a DaemonSet).
+    #[arg(long, value_enum, default_value_t = PodsFrom::File)]
+    pods_from: PodsFrom,
+    /// This node's name, for `--pods-from kubernetes`.
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    node_name: String,
+    /// The node's /proc, where pods' network namespaces are found (`--pods-from kubernetes`;
+    /// the DaemonSet runs in the host PID namespace).
+    #[arg(long = "proc", value_name = "DIR", default_value = "/proc")]
+    proc_root: PathBuf,
     /// Experimental: splice app<->sidecar bytes socket to socket (sockops + sk_msg). Off by
     /// default: on Linux 6.18 a blocking read on a spliced socket can fail with EAGAIN, and the
     /// benchmark shows worse tail latency and connection setup (see agent/README.md).
@@ -227,6 +277,7 @@ fn run(args: RunArgs) -> Result<()> {
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("installing the signal handler")?;
     }
+    let source = Source::open(&args)?;
     let shared = Shared::new(args.loc.bpffs.clone());
     let local = http::serve(args.http, shared.clone())
         .with_context(|| format!("--http {}: cannot listen", args.http))?;
@@ -244,12 +295,12 @@ fn run(args: RunArgs) -> Result<()> {
     let mut last_errors: Vec<String> = Vec::new();
     let mut next_full = Instant::now();
     while !stop.load(Ordering::SeqCst) {
-        let print = pods::fingerprint(&args.pods);
+        let print = source.fingerprint();
         // Re-read on change, and every few seconds for namespaces that were not there yet.
         if print != last_print || Instant::now() >= next_full {
             last_print = print;
             next_full = Instant::now() + Duration::from_secs(5);
-            let errors = sync_pods(&args.pods, &mut maps);
+            let errors = sync_pods(source.snapshot(), &mut maps);
             shared.pod_errors.store(errors.len(), Ordering::Relaxed);
             for e in errors.iter().filter(|e| !last_errors.contains(e)) {
                 tracing::warn!(error = %e, "pod left to iptables");
@@ -329,8 +380,7 @@ fn start_capture(args: &RunArgs, shared: &Shared) -> Option<Maps> {
 }
 
 /// Reads the pod source and writes the difference. Returns one line per pod left out.
-fn sync_pods(source: &Path, maps: &mut Maps) -> Vec<String> {
-    let snap = pods::read(source);
+fn sync_pods(snap: pods::Snapshot, maps: &mut Maps) -> Vec<String> {
     let mut errors: Vec<String> = snap.errors.iter().map(ToString::to_string).collect();
     let mut resolved: Vec<(MeshedPod, u64)> = Vec::new();
     for pod in snap.pods {
