@@ -402,6 +402,50 @@ int outrigger_recvmsg4(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+/* The same for IPv6 sockets (native IPv6 resolvers, or IPv4 ones through v4-mapped addresses). */
+SEC("cgroup/sendmsg6")
+int outrigger_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	struct settings *s = get_settings();
+	if (!s || !(s->flags & SET_DNS) || ctx->user_port != bpf_htons(DNS_PORT))
+		return 1;
+	__u64 ns = bpf_get_netns_cookie(ctx);
+	struct pod *p = bpf_map_lookup_elem(&pods, &ns);
+	if (!p || is_proxy(s))
+		return 1;
+	__u32 ip[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
+	int mapped = is_v4_mapped(ip);
+	remember(ctx, ip, (__u16)ctx->user_port, mapped ? AF_INET : AF_INET6);
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	ctx->user_ip6[2] = mapped ? bpf_htonl(0xffff) : 0;
+	ctx->user_ip6[3] = mapped ? bpf_htonl(0x7f000001) : bpf_htonl(1);
+	ctx->user_port = bpf_htons(s->dns_port);
+	count(C_DNS_REDIRECTED);
+	return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int outrigger_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	struct settings *s = get_settings();
+	if (!s || !(s->flags & SET_DNS) || ctx->user_port != bpf_htons(s->dns_port))
+		return 1;
+	__u32 ip[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
+	if (!is_loopback(ip))
+		return 1;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct orig *o = bpf_map_lookup_elem(&cookie_orig, &cookie);
+	if (!o)
+		return 1;
+	ctx->user_ip6[0] = o->ip[0];
+	ctx->user_ip6[1] = o->ip[1];
+	ctx->user_ip6[2] = o->ip[2];
+	ctx->user_ip6[3] = o->ip[3];
+	ctx->user_port = o->port;
+	return 1;
+}
+
 /* The app sees the address it connected to, as after an iptables REDIRECT. */
 SEC("cgroup/getpeername4")
 int outrigger_getpeername4(struct bpf_sock_addr *ctx)

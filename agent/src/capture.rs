@@ -28,11 +28,13 @@ use crate::maps::{Maps, MapsError};
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../ebpf/capture.bpf.o");
 
 /// Programs attached to the cgroup, by function name, pinned under `links/` by the same name.
-pub const CGROUP_PROGRAMS: [&str; 8] = [
+pub const CGROUP_PROGRAMS: [&str; 10] = [
     "outrigger_connect4",
     "outrigger_connect6",
     "outrigger_sendmsg4",
     "outrigger_recvmsg4",
+    "outrigger_sendmsg6",
+    "outrigger_recvmsg6",
     "outrigger_getpeername4",
     "outrigger_getpeername6",
     "outrigger_sockops",

@@ -161,6 +161,60 @@ fn outbound_connects_reach_the_proxy_with_their_original_destination() {
 }
 
 #[test]
+fn other_getsockopt_calls_get_the_kernels_own_answer() {
+    let cg = Cgroup::new("sockopt");
+    let bpffs = Bpffs::new();
+    let ns = pod("ebpfg", 11);
+    let _agent = Agent::start(
+        &cg.path,
+        &bpffs,
+        &pods(&[pod_entry("g", &ns, 11, &[])]),
+        &[],
+    );
+    // Every other getsockopt in the cgroup is the kernel's own answer, including options larger
+    // than a page (which a cgroup/getsockopt program cannot see) and SO_ORIGINAL_DST on a
+    // socket the capture did not redirect. libc's getsockopt through ctypes: Python's own
+    // socket.getsockopt caps the buffer at 1024 bytes.
+    let script = r#"
+import ctypes, socket, errno
+libc = ctypes.CDLL(None, use_errno=True)
+def opt(s, level, name, size):
+    buf = ctypes.create_string_buffer(size)
+    ln = ctypes.c_uint32(size)
+    rc = libc.getsockopt(s.fileno(), level, name, buf, ctypes.byref(ln))
+    return rc, ctypes.get_errno(), ln.value
+s = socket.socket()
+print("tcp_info", *opt(s, socket.IPPROTO_TCP, 11, 8192))
+print("rcvbuf", *opt(s, socket.SOL_SOCKET, socket.SO_RCVBUF, 4))
+print("orig_dst", *opt(s, socket.SOL_IP, 80, 16))
+"#;
+    let out = ns
+        .command_in(&cg.path, None, "python3")
+        .args(["-c", script])
+        .output()
+        .expect("run python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields = |name: &str| -> Vec<i64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .map(|r| r.split(' ').filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or_default()
+    };
+    let tcp_info = fields("tcp_info");
+    assert_eq!(tcp_info.first(), Some(&0), "{text}");
+    assert!(
+        tcp_info[2] > 100 && tcp_info[2] < 8192,
+        "TCP_INFO length: {text}"
+    );
+    assert_eq!(fields("rcvbuf"), vec![0, 0, 4], "{text}");
+    assert_eq!(
+        fields("orig_dst")[..2],
+        [-1, 2],
+        "ENOENT from the kernel: {text}"
+    );
+}
+
+#[test]
 fn proxy_loopback_excluded_and_unmeshed_traffic_is_left_alone() {
     let cg = Cgroup::new("skip");
     let bpffs = Bpffs::new();
@@ -297,27 +351,39 @@ fn dns_to_port_53_goes_to_the_dns_proxy_and_answers_come_from_the_resolver() {
         Some(PROXY_UID),
         outrigger_testkit::bin("outrigger-probe"),
     );
-    dns.args(["serve-udp", "--name", "dns-proxy", "127.0.0.1:15053"]);
+    dns.args([
+        "serve-udp",
+        "--name",
+        "dns-proxy",
+        "127.0.0.1:15053",
+        "[::1]:15053",
+    ]);
     let _dns = ns.spawn(dns, true);
-    let out = ns
-        .command_in(&cg.path, None, outrigger_testkit::bin("outrigger-probe"))
-        .args([
-            "send-udp",
-            "10.200.0.53:53",
-            "--timeout-ms",
-            "3000",
-            "--show-peer",
-        ])
-        .output()
-        .expect("run send-udp");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("\"server\":\"dns-proxy\""), "{text}");
-    assert!(text.contains("from 10.200.0.53:53"), "{text}");
+    // connect() + send (glibc's resolver), and sendto() on an unconnected socket, both families.
+    for (target, extra) in [
+        ("10.200.0.53:53", None),
+        ("10.200.0.53:53", Some("--unconnected")),
+        ("[fd00:200::53]:53", None),
+        ("[fd00:200::53]:53", Some("--unconnected")),
+    ] {
+        let out = ns
+            .command_in(&cg.path, None, outrigger_testkit::bin("outrigger-probe"))
+            .args(["send-udp", target, "--timeout-ms", "3000", "--show-peer"])
+            .args(extra)
+            .output()
+            .expect("run send-udp");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{target} {extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("\"server\":\"dns-proxy\""), "{text}");
+        assert!(
+            text.contains(&format!("from {target}")),
+            "{target} {extra:?}: {text}"
+        );
+    }
 }
 
 #[test]

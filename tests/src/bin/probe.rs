@@ -62,6 +62,9 @@ enum Cmd {
         /// Also print `from ADDR`: the answer's source address as recvmsg() reports it.
         #[arg(long)]
         show_peer: bool,
+        /// sendto() on an unconnected socket instead of connect() + send().
+        #[arg(long)]
+        unconnected: bool,
     },
     /// Connect, print the server's answer line.
     Connect {
@@ -311,7 +314,12 @@ fn serve_udp(name: String, addrs: Vec<SocketAddr>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn send_udp(target: SocketAddr, timeout: Duration, show_peer: bool) -> std::io::Result<String> {
+fn send_udp(
+    target: SocketAddr,
+    timeout: Duration,
+    show_peer: bool,
+    unconnected: bool,
+) -> std::io::Result<String> {
     let any: SocketAddr = if target.is_ipv6() {
         "[::]:0".parse().expect("addr")
     } else {
@@ -319,8 +327,12 @@ fn send_udp(target: SocketAddr, timeout: Duration, show_peer: bool) -> std::io::
     };
     let sock = std::net::UdpSocket::bind(any)?;
     sock.set_read_timeout(Some(timeout))?;
-    sock.connect(target)?;
-    sock.send(b"query")?;
+    if unconnected {
+        sock.send_to(b"query", target)?;
+    } else {
+        sock.connect(target)?;
+        sock.send(b"query")?;
+    }
     let mut buf = [0u8; 1500];
     // recv_from on the connected socket: the source is what recvmsg() reports (the DNS
     // capture rewrites it back to the resolver's address).
@@ -415,7 +427,13 @@ fn main() -> ExitCode {
             target,
             timeout_ms,
             show_peer,
-        } => match send_udp(target, Duration::from_millis(timeout_ms), show_peer) {
+            unconnected,
+        } => match send_udp(
+            target,
+            Duration::from_millis(timeout_ms),
+            show_peer,
+            unconnected,
+        ) {
             Ok(line) => {
                 print!("{line}");
                 ExitCode::SUCCESS
