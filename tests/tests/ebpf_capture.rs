@@ -271,6 +271,27 @@ fn proxy_loopback_excluded_and_unmeshed_traffic_is_left_alone() {
     assert!(redirected(&ns, Some(&cg.path), None, "10.200.1.1:80"));
     assert!(redirected(&ns, Some(&cg.path), None, "10.200.1.1:9000"));
 
+    // excludeOutboundIPRanges wins over the default "*"; includeOutboundPorts brings a port
+    // back whatever the range (istio-iptables' order).
+    agent.write_pods(&meshed(&[
+        (
+            "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+            "10.200.3.0/24,fd00:200::3/128",
+        ),
+        ("traffic.sidecar.istio.io/includeOutboundIPRanges", ""),
+        ("traffic.sidecar.istio.io/includeOutboundPorts", "5432"),
+    ]));
+    let applied = wait_for(Duration::from_secs(5), || {
+        (!redirected(&ns, Some(&cg.path), None, "10.200.1.1:80")).then_some(())
+    });
+    assert!(applied.is_some(), "{}", agent.log_text());
+    assert!(!redirected(&ns, Some(&cg.path), None, "10.200.3.1:80"));
+    assert!(!redirected(&ns, Some(&cg.path), None, "[fd00:200::3]:80"));
+    assert!(redirected(&ns, Some(&cg.path), None, "10.200.2.1:5432"));
+    assert!(redirected(&ns, Some(&cg.path), None, "[fd00:200::4]:5432"));
+    // Excluded ranges come before included ports.
+    assert!(!redirected(&ns, Some(&cg.path), None, "10.200.3.1:5432"));
+
     // A bad annotation value: the pod is left to iptables (not redirected), the log and the
     // metrics say why, and nothing else changes.
     agent.write_pods(&meshed(&[(
@@ -278,7 +299,7 @@ fn proxy_loopback_excluded_and_unmeshed_traffic_is_left_alone() {
         "http",
     )]));
     let left = wait_for(Duration::from_secs(5), || {
-        (!redirected(&ns, Some(&cg.path), None, "10.200.1.1:80")).then_some(())
+        (!redirected(&ns, Some(&cg.path), None, "10.200.2.1:5432")).then_some(())
     });
     assert!(
         left.is_some(),
@@ -464,4 +485,25 @@ fn a_cgroup_v1_or_missing_cgroup_leaves_iptables_in_charge() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no such directory"));
+}
+
+#[test]
+fn a_missing_bpffs_is_mounted_and_capture_works() {
+    let cg = Cgroup::new("mountfs");
+    // A plain directory where bpffs should be: the agent mounts one there.
+    let dir = std::env::temp_dir().join(format!("outrigger-nobpffs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = Bpffs { path: dir.clone() };
+    let ns = pod("ebpfh", 12);
+    let agent = Agent::start(&cg.path, &fake, &pods(&[pod_entry("h", &ns, 12, &[])]), &[]);
+    assert!(
+        agent.log_text().contains("mounted bpffs"),
+        "{}",
+        agent.log_text()
+    );
+    let _proxy = proxy(&ns, &cg.path, false);
+    let (answer, _) = connect(&ns, Some(&cg.path), None, "10.200.0.1:80", &[]).expect("captured");
+    assert_eq!(answer.original_dst, Some("10.200.0.1:80".parse().unwrap()));
+    assert!(!fake.pins().is_empty());
+    // Dropping `fake` (after the agent) unpins and unmounts what the agent mounted.
 }
