@@ -30,8 +30,12 @@ impl Report {
     }
 }
 
-fn program(name: &'static str, t: ProgramType, why: &str) -> Feature {
-    let (available, detail) = match is_program_supported(t) {
+fn feature<E: std::fmt::Display>(
+    name: &'static str,
+    probed: Result<bool, E>,
+    why: &str,
+) -> Feature {
+    let (available, detail) = match probed {
         Ok(true) => (true, why.to_string()),
         Ok(false) => (false, format!("{why}: not supported by this kernel")),
         Err(e) => (false, format!("{why}: probe failed: {e}")),
@@ -43,17 +47,12 @@ fn program(name: &'static str, t: ProgramType, why: &str) -> Feature {
     }
 }
 
+fn program(name: &'static str, t: ProgramType, why: &str) -> Feature {
+    feature(name, is_program_supported(t), why)
+}
+
 fn map(name: &'static str, t: MapType, why: &str) -> Feature {
-    let (available, detail) = match is_map_supported(t) {
-        Ok(true) => (true, why.to_string()),
-        Ok(false) => (false, format!("{why}: not supported by this kernel")),
-        Err(e) => (false, format!("{why}: probe failed: {e}")),
-    };
-    Feature {
-        name,
-        available,
-        detail,
-    }
+    feature(name, is_map_supported(t), why)
 }
 
 fn kernel_release() -> String {

@@ -118,6 +118,33 @@ impl Drop for Cgroup {
     }
 }
 
+/// A pod for capture tests: a namespace with `ip4` (/24) and `ip6` (/64) on a veth `eth0`, and
+/// the service ranges 10.200.0.0/16 and fd00:200::/64 blackholed, so that a connect the capture
+/// does not redirect fails at once and no packet leaves.
+pub fn pod_netns(tag: &str, ip4: &str, ip6: Option<&str>) -> crate::netns::Netns {
+    let ns = crate::netns::Netns::new(tag);
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    ns.ip(&["link", "set", "eth0p", "up"]);
+    ns.ip(&["addr", "add", &format!("{ip4}/24"), "dev", "eth0"]);
+    ns.ip(&["route", "add", "blackhole", "10.200.0.0/16"]);
+    if let Some(ip6) = ip6 {
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{ip6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ns.ip(&["-6", "route", "add", "blackhole", "fd00:200::/64"]);
+    }
+    ns
+}
+
 /// A private bpffs mount for one test's pins.
 pub struct Bpffs {
     pub path: PathBuf,

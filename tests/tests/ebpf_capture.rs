@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use outrigger_testkit::ebpf::{Agent, Bpffs, Cgroup, attached_programs};
+use outrigger_testkit::ebpf::{Agent, Bpffs, Cgroup, attached_programs, pod_netns};
 use outrigger_testkit::mesh::wait_for;
 use outrigger_testkit::netns::{Background, Netns};
 use outrigger_testkit::probe::Answer;
@@ -16,25 +16,11 @@ const PROXY_UID: u32 = 1337;
 
 /// A pod: a namespace with an address per family on eth0 and blackholed service ranges.
 fn pod(tag: &str, last: u8) -> Netns {
-    let ns = Netns::new(tag);
-    ns.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
-    ]);
-    ns.ip(&["link", "set", "eth0", "up"]);
-    ns.ip(&["link", "set", "eth0p", "up"]);
-    ns.ip(&["addr", "add", &format!("10.40.0.{last}/24"), "dev", "eth0"]);
-    ns.ip(&[
-        "-6",
-        "addr",
-        "add",
-        &format!("fd00:40::{last}/64"),
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
-    ns.ip(&["route", "add", "blackhole", "10.200.0.0/16"]);
-    ns.ip(&["-6", "route", "add", "blackhole", "fd00:200::/64"]);
-    ns
+    pod_netns(
+        tag,
+        &format!("10.40.0.{last}"),
+        Some(&format!("fd00:40::{last}")),
+    )
 }
 
 fn pod_entry(name: &str, ns: &Netns, last: u8, annotations: &[(&str, &str)]) -> String {

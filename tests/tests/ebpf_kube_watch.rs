@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use outrigger_testkit::ebpf::{Bpffs, Cgroup};
+use outrigger_testkit::ebpf::{Bpffs, Cgroup, pod_netns};
 use outrigger_testkit::mesh::wait_for;
 use outrigger_testkit::netns::{Background, Netns};
 use outrigger_testkit::probe::Answer;
@@ -69,14 +69,7 @@ fn pod_json(name: &str, uid: &str, ip: &str, rv: &str) -> serde_json::Value {
 /// A pod netns with `ip` on a veth and blackholed service range, and a process in the pod's
 /// kubelet-style cgroup (`kubepods/burstable/pod<uid>`).
 fn pod(cg: &Cgroup, tag: &str, uid: &str, ip: &str) -> (Netns, std::path::PathBuf, Background) {
-    let ns = Netns::new(tag);
-    ns.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
-    ]);
-    ns.ip(&["link", "set", "eth0", "up"]);
-    ns.ip(&["link", "set", "eth0p", "up"]);
-    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-    ns.ip(&["route", "add", "blackhole", "10.200.0.0/16"]);
+    let ns = pod_netns(tag, ip, None);
     let pod_cg = cg.child(&format!("kubepods/burstable/pod{uid}"));
     // The sidecar stand-in, as uid 1337: answers with SO_ORIGINAL_DST.
     let mut cmd = ns.command_in(

@@ -117,7 +117,8 @@ struct Result1 {
     requests: f64,
 }
 
-fn ms(s: &str) -> f64 {
+/// wrk's durations ("812.00us", "1.20ms", "2.00s") in milliseconds.
+pub fn ms(s: &str) -> f64 {
     let s = s.trim();
     if let Some(v) = s.strip_suffix("us") {
         v.parse::<f64>().unwrap_or(0.0) / 1000.0
@@ -409,7 +410,12 @@ fn plot(results: &[Result1], dir: &Path, png: &Path) -> Result<()> {
         png = png.display(),
         dat = dat.display()
     );
-    let script_file = dir.join("plot.gp");
+    gnuplot(dir, "plot.gp", &script)
+}
+
+/// Writes `script` to `dir/name` and runs gnuplot on it.
+pub fn gnuplot(dir: &Path, name: &str, script: &str) -> Result<()> {
+    let script_file = dir.join(name);
     std::fs::write(&script_file, script)?;
     let status = Command::new("gnuplot")
         .arg(&script_file)

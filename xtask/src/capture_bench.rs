@@ -7,7 +7,6 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use outrigger_testkit::ebpf::{Agent, Bpffs, Cgroup};
@@ -56,19 +55,6 @@ struct Row {
     fresh: Load,
 }
 
-fn parse_ms(s: &str) -> f64 {
-    let s = s.trim();
-    if let Some(v) = s.strip_suffix("us") {
-        v.parse::<f64>().unwrap_or(0.0) / 1000.0
-    } else if let Some(v) = s.strip_suffix("ms") {
-        v.parse().unwrap_or(0.0)
-    } else if let Some(v) = s.strip_suffix('s') {
-        v.parse::<f64>().unwrap_or(0.0) * 1000.0
-    } else {
-        0.0
-    }
-}
-
 /// wrk from the pod (as uid 1000, in `cgroup` when given).
 fn wrk(
     ns: &Netns,
@@ -97,8 +83,8 @@ fn wrk(
         let mut w = line.split_whitespace();
         match (w.next(), w.next()) {
             (Some("Requests/sec:"), Some(v)) => load.rps = v.parse().unwrap_or(0.0),
-            (Some("50%"), Some(v)) => load.p50 = parse_ms(v),
-            (Some("99%"), Some(v)) => load.p99 = parse_ms(v),
+            (Some("50%"), Some(v)) => load.p50 = crate::bench::ms(v),
+            (Some("99%"), Some(v)) => load.p99 = crate::bench::ms(v),
             (Some("Non-2xx"), _) => bail!("wrk: {line}"),
             _ => {}
         }
@@ -285,14 +271,5 @@ fn plot(rows: &[Row], dir: &Path, png: &Path) -> Result<()> {
         png = png.display(),
         dat = dat.display()
     );
-    let script_file = dir.join("capture.gp");
-    std::fs::write(&script_file, script)?;
-    let status = Command::new("gnuplot")
-        .arg(&script_file)
-        .status()
-        .context("running gnuplot")?;
-    if !status.success() {
-        bail!("gnuplot failed");
-    }
-    Ok(())
+    crate::bench::gnuplot(dir, "capture.gp", &script)
 }

@@ -128,6 +128,23 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// (passed, failed) of a libtest summary line (`test result: ok. 6 passed; 0 failed; …`).
+pub fn test_result(line: &str) -> Option<(usize, usize)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let count = |what: &str| {
+        rest.split(';')
+            .find_map(|part| {
+                part.trim()
+                    .trim_start_matches("ok. ")
+                    .trim_start_matches("FAILED. ")
+                    .strip_suffix(what)
+            })
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    Some((count(" passed"), count(" failed")))
+}
+
 /// Runs `cargo test`, echoing its output, and adds up its "test result" lines.
 fn cargo_test(args: &[&str]) -> Result<(usize, usize)> {
     use std::io::{BufRead, BufReader};
@@ -141,20 +158,9 @@ fn cargo_test(args: &[&str]) -> Result<(usize, usize)> {
     for line in BufReader::new(child.stdout.take().context("cargo test stdout")?).lines() {
         let line = line?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            let count = |what: &str| {
-                rest.split(';')
-                    .find_map(|part| {
-                        part.trim()
-                            .trim_start_matches("ok. ")
-                            .trim_start_matches("FAILED. ")
-                            .strip_suffix(what)
-                    })
-                    .and_then(|n| n.trim().parse::<usize>().ok())
-                    .unwrap_or(0)
-            };
-            passed += count(" passed");
-            failed += count(" failed");
+        if let Some((p, f)) = test_result(&line) {
+            passed += p;
+            failed += f;
         }
     }
     let status = child.wait()?;

@@ -268,20 +268,9 @@ fn boot(vmlinuz: &Path, initrd: &Path, use_kvm: bool) -> Result<(usize, usize, O
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_string();
                 println!("  guest | {line}");
-                if let Some(rest) = line.strip_prefix("test result: ") {
-                    let count = |what: &str| {
-                        rest.split(';')
-                            .find_map(|p| {
-                                p.trim()
-                                    .trim_start_matches("ok. ")
-                                    .trim_start_matches("FAILED. ")
-                                    .strip_suffix(what)
-                            })
-                            .and_then(|n| n.trim().parse::<usize>().ok())
-                            .unwrap_or(0)
-                    };
-                    passed += count(" passed");
-                    failed += count(" failed");
+                if let Some((p, f)) = crate::test_result(&line) {
+                    passed += p;
+                    failed += f;
                 }
                 if let Some(code) = line.strip_prefix("== tests exited ") {
                     exit = code.trim().parse().ok();
