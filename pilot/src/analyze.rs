@@ -32,7 +32,7 @@ pub fn validate(o: &Object) -> Vec<Finding> {
             "spec",
             "Gateways are read but not served: outrigger-pilot configures sidecars only",
         ),
-        Spec::EndpointSlice(_) | Spec::Pod(_) => {}
+        Spec::EndpointSlice(_) | Spec::Pod(_) | Spec::MeshConfig(_) => {}
     }
     c.out
 }

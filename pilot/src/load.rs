@@ -23,6 +23,8 @@ pub enum Kind {
     Service,
     EndpointSlice,
     Pod,
+    /// The `istio` ConfigMap: Istio's mesh config under `data.mesh`.
+    MeshConfig,
 }
 
 impl fmt::Display for Kind {
@@ -44,6 +46,7 @@ pub enum Spec {
     Service(r::ServiceSpec),
     EndpointSlice(r::EndpointSlice),
     Pod(r::Pod),
+    MeshConfig(r::MeshConfig),
 }
 
 /// (kind, namespace, name): what makes two documents the same resource.
@@ -118,6 +121,7 @@ fn kind_of(api_version: &str, kind: &str) -> Option<Kind> {
         },
         ("", "Service") if version == "v1" => Some(Kind::Service),
         ("", "Pod") if version == "v1" => Some(Kind::Pod),
+        ("", "ConfigMap") if version == "v1" => Some(Kind::MeshConfig),
         ("discovery.k8s.io", "EndpointSlice") if version == "v1" => Some(Kind::EndpointSlice),
         _ => None,
     }
@@ -165,6 +169,22 @@ fn spec_of(kind: Kind, doc: &Value) -> Result<Spec, (String, String)> {
         }
         // EndpointSlices keep their content at the top level.
         Kind::EndpointSlice => Spec::EndpointSlice(typed(doc.clone(), "")?),
+        // The mesh config is a YAML document inside the ConfigMap's `data.mesh` string.
+        Kind::MeshConfig => {
+            let text = doc
+                .get("data")
+                .and_then(|d| d.get("mesh"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let mesh: Value = serde_yaml::from_str(text)
+                .map_err(|e| ("data.mesh".to_string(), format!("not YAML: {e}")))?;
+            let mesh = if mesh.is_null() {
+                Value::Mapping(Default::default())
+            } else {
+                mesh
+            };
+            Spec::MeshConfig(typed(mesh, "data.mesh")?)
+        }
     })
 }
 
@@ -247,6 +267,18 @@ pub fn parse_file(path: &Path, text: &str) -> FileLoad {
                 Some(&kind_name),
                 Some("metadata.name"),
                 "missing",
+            ));
+            continue;
+        }
+        if kind == Kind::MeshConfig && meta.name != "istio" {
+            out.findings.push(Finding::warning(
+                &origin,
+                Some(&kind_name),
+                Some("metadata.name"),
+                format!(
+                    "ConfigMap {} is not Istio's mesh config (named \"istio\"); skipped",
+                    meta.name
+                ),
             ));
             continue;
         }

@@ -604,3 +604,27 @@ impl Pod {
             .map(|p| p.container_port)
     }
 }
+
+/// Istio's mesh config (the `istio` ConfigMap's `data.mesh`): the fields outrigger-pilot uses.
+/// Every other mesh setting is accepted and ignored, so a real ConfigMap loads as it is.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshConfig {
+    /// Where every sidecar writes its access log (`/dev/stdout`); empty: no access log.
+    #[serde(default)]
+    pub access_log_file: String,
+    #[serde(default)]
+    pub access_log_encoding: AccessLogEncoding,
+    /// A custom format (Envoy command operators); empty: Istio's default for the encoding.
+    #[serde(default)]
+    pub access_log_format: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum AccessLogEncoding {
+    #[default]
+    #[serde(rename = "TEXT")]
+    Text,
+    #[serde(rename = "JSON")]
+    Json,
+}

@@ -4,6 +4,7 @@
 //! ([`dump`]) and converting those into the proxy's own validated domain types ([`config`]).
 #![forbid(unsafe_code)]
 
+pub mod accesslog;
 pub mod admin;
 pub mod bootstrap;
 pub mod config;

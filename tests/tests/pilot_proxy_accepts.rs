@@ -75,6 +75,15 @@ spec:
     headers: {request: {set: {x-a: "1"}, add: {x-b: "2"}, remove: [x-c]}, response: {remove: [server]}}
     route: [{destination: {host: httpbin.example.com}}]
   - route: [{destination: {host: httpbin.example.com}}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |-
+    accessLogFile: /dev/null
+    accessLogEncoding: JSON
+    enableTracing: false
 "#;
 
 fn mesh_dir() -> std::path::PathBuf {

@@ -83,7 +83,13 @@ fn virtual_outbound(allow_any: bool) -> listener::Listener {
 }
 
 /// An HCM with an inline route config sending everything to `cluster`.
-fn inline_hcm(stat_prefix: &str, route_name: &str, vhost: &str, cluster: &str) -> listener::Filter {
+fn inline_hcm(
+    stat_prefix: &str,
+    route_name: &str,
+    vhost: &str,
+    cluster: &str,
+    logs: &[wire::AccessLog],
+) -> listener::Filter {
     let rc = route::RouteConfiguration {
         name: route_name.into(),
         validate_clusters: wire::bool_value(false),
@@ -109,7 +115,7 @@ fn inline_hcm(stat_prefix: &str, route_name: &str, vhost: &str, cluster: &str) -
         }],
         ..Default::default()
     };
-    http_connection_manager(stat_prefix, RouteSpecifier::RouteConfig(rc))
+    http_connection_manager(stat_prefix, RouteSpecifier::RouteConfig(rc), logs)
 }
 
 /// A `filter_disabled` predicate matching these destination ports.
@@ -133,7 +139,10 @@ fn disabled_on(ports: &[u32]) -> Option<listener::ListenerFilterChainMatchPredic
     }
 }
 
-fn virtual_inbound(inbound: &[(&Service, &ServicePort, u32)]) -> listener::Listener {
+fn virtual_inbound(
+    inbound: &[(&Service, &ServicePort, u32)],
+    logs: &[wire::AccessLog],
+) -> listener::Listener {
     let raw = |port: Option<u32>, alpn: &[&str], prefix: bool| {
         Some(listener::FilterChainMatch {
             destination_port: port.and_then(wire::u32_value),
@@ -160,6 +169,7 @@ fn virtual_inbound(inbound: &[(&Service, &ServicePort, u32)]) -> listener::Liste
                 &cluster,
                 &format!("inbound|http|{}", port.port),
                 &cluster,
+                logs,
             )
         } else {
             tcp_proxy(&cluster, &[(cluster.clone(), 1)])
@@ -179,6 +189,7 @@ fn virtual_inbound(inbound: &[(&Service, &ServicePort, u32)]) -> listener::Liste
             "InboundPassthroughCluster",
             "inbound|http|0",
             INBOUND_PASSTHROUGH,
+            logs,
         )],
     ));
     chains.push(chain(
@@ -268,7 +279,11 @@ fn tcp_destinations(ctx: &Ctx, svc: &Service, port: u32) -> Vec<(String, u32)> {
 pub fn build(ctx: &Ctx) -> BTreeMap<String, Any> {
     let mut out: BTreeMap<String, listener::Listener> = BTreeMap::new();
     out.insert("virtualOutbound".into(), virtual_outbound(ctx.allow_any));
-    out.insert("virtualInbound".into(), virtual_inbound(&ctx.inbound()));
+    let logs = wire::access_logs(ctx.mesh_config());
+    out.insert(
+        "virtualInbound".into(),
+        virtual_inbound(&ctx.inbound(), &logs),
+    );
     let passthrough = || {
         chain(
             "PassthroughFilterChain",
@@ -286,6 +301,7 @@ pub fn build(ctx: &Ctx) -> BTreeMap<String, Any> {
         let hcm = http_connection_manager(
             &format!("outbound_0.0.0.0_{port}"),
             wire::rds(&port.to_string()),
+            &logs,
         );
         out.insert(
             name.clone(),

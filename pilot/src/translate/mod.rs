@@ -58,6 +58,14 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
+    /// The mesh config (the `istio` ConfigMap), if the directory has one.
+    pub fn mesh_config(&self) -> Option<&'a crate::resources::MeshConfig> {
+        self.mesh.objects.iter().find_map(|o| match &o.spec {
+            Spec::MeshConfig(m) => Some(m),
+            _ => None,
+        })
+    }
+
     fn new(mesh: &'a Mesh, proxy: &'a ProxyNode) -> Ctx<'a> {
         let sidecar = sidecar_for(mesh, proxy);
         let services = mesh

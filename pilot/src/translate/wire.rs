@@ -102,6 +102,7 @@ fn http_filter(name: &str, config: Any) -> hcm::HttpFilter {
 pub fn http_connection_manager(
     stat_prefix: &str,
     routes: hcm::http_connection_manager::RouteSpecifier,
+    access_log: &[AccessLog],
 ) -> listener::Filter {
     use envoy_types::pb::envoy::extensions::filters::http::{cors::v3::Cors, fault::v3::HttpFault};
     let mut filters = vec![
@@ -124,6 +125,7 @@ pub fn http_connection_manager(
             upgrade_type: "websocket".into(),
             ..Default::default()
         }],
+        access_log: access_log.to_vec(),
         ..Default::default()
     };
     network_filter("envoy.filters.network.http_connection_manager", pack(&h))
@@ -182,4 +184,113 @@ pub fn list_value(values: Vec<pb::Value>) -> pb::Value {
     pb::Value {
         kind: Some(pb::value::Kind::ListValue(pb::ListValue { values })),
     }
+}
+
+pub use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
+
+/// Istio's TEXT access log format (pilot/pkg/model/telemetry_logging.go).
+pub const ISTIO_TEXT_LOG: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+
+/// Istio's JSON access log fields.
+pub const ISTIO_JSON_LOG: [(&str, &str); 24] = [
+    ("start_time", "%START_TIME%"),
+    ("route_name", "%ROUTE_NAME%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("protocol", "%PROTOCOL%"),
+    ("response_code", "%RESPONSE_CODE%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
+    (
+        "connection_termination_details",
+        "%CONNECTION_TERMINATION_DETAILS%",
+    ),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    ("duration", "%DURATION%"),
+    (
+        "upstream_service_time",
+        "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    ),
+    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
+    ("user_agent", "%REQ(USER-AGENT)%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("authority", "%REQ(:AUTHORITY)%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER_RAW%"),
+    ("upstream_local_address", "%UPSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+    ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
+    (
+        "upstream_transport_failure_reason",
+        "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+    ),
+];
+
+/// The file access log istiod adds to every HTTP connection manager when the mesh config sets
+/// `accessLogFile`: Istio's TEXT or JSON format, or `accessLogFormat`.
+pub fn access_logs(mesh: Option<&crate::resources::MeshConfig>) -> Vec<AccessLog> {
+    use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType;
+    use envoy_types::pb::envoy::config::core::v3::{
+        DataSource, SubstitutionFormatString, data_source::Specifier,
+        substitution_format_string::Format,
+    };
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
+        FileAccessLog, file_access_log::AccessLogFormat,
+    };
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let Some(mesh) = mesh.filter(|m| !m.access_log_file.is_empty()) else {
+        return Vec::new();
+    };
+    let format = match mesh.access_log_encoding {
+        crate::resources::AccessLogEncoding::Text => {
+            let text = if mesh.access_log_format.is_empty() {
+                ISTIO_TEXT_LOG.to_string()
+            } else {
+                mesh.access_log_format.clone()
+            };
+            Format::TextFormatSource(DataSource {
+                specifier: Some(Specifier::InlineString(text)),
+                ..Default::default()
+            })
+        }
+        crate::resources::AccessLogEncoding::Json => {
+            // A custom JSON format is a JSON object of key → format string.
+            let custom: Option<std::collections::BTreeMap<String, String>> =
+                serde_json::from_str(&mesh.access_log_format).ok();
+            let fields: Vec<(String, String)> = match custom {
+                Some(c) => c.into_iter().collect(),
+                None => ISTIO_JSON_LOG
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            };
+            Format::JsonFormat(Struct {
+                fields: fields
+                    .into_iter()
+                    .map(|(k, v)| {
+                        (
+                            k,
+                            Value {
+                                kind: Some(Kind::StringValue(v)),
+                            },
+                        )
+                    })
+                    .collect(),
+            })
+        }
+    };
+    let file = FileAccessLog {
+        path: mesh.access_log_file.clone(),
+        access_log_format: Some(AccessLogFormat::LogFormat(SubstitutionFormatString {
+            format: Some(format),
+            ..Default::default()
+        })),
+    };
+    vec![AccessLog {
+        name: "envoy.access_loggers.file".into(),
+        config_type: Some(ConfigType::TypedConfig(pack(&file))),
+        ..Default::default()
+    }]
 }

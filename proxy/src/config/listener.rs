@@ -158,6 +158,8 @@ pub struct HttpManager {
     pub stat_prefix: String,
     pub routes: RouteSource,
     pub http_filters: Vec<HttpFilter>,
+    /// `access_log`: file (and stdout/stderr) loggers, written once per request.
+    pub access_logs: Vec<crate::accesslog::AccessLog>,
 }
 
 /// The config of a filter: its `typed_config`, or the inner type of a `TypedStruct`.
@@ -351,11 +353,152 @@ fn http_manager(h: &hcm::HttpConnectionManager) -> Result<HttpManager, ConfigErr
             "the last http filter must be the router",
         ));
     }
+    let mut access_logs = Vec::new();
+    for (i, log) in h.access_log.iter().enumerate() {
+        if let Some(l) = access_log(log).map_err(|e| e.at(format!("access_log[{i}]")))? {
+            access_logs.push(l);
+        }
+    }
     Ok(HttpManager {
         stat_prefix: h.stat_prefix.clone(),
         routes,
         http_filters,
+        access_logs,
     })
+}
+
+/// One `access_log` entry. File, stdout and stderr loggers are honoured; any other logger (gRPC
+/// ALS, OpenTelemetry) is skipped with a log line, as are logger filters (the logger then logs
+/// every request).
+fn access_log(
+    log: &envoy_types::pb::envoy::config::accesslog::v3::AccessLog,
+) -> Result<Option<crate::accesslog::AccessLog>, ConfigError> {
+    use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType;
+    use envoy_types::pb::envoy::extensions::access_loggers::{
+        file::v3 as file, stream::v3 as stream,
+    };
+    let Some(ConfigType::TypedConfig(any)) = &log.config_type else {
+        return Err(ConfigError::new("typed_config", "missing"));
+    };
+    if log.filter.is_some() {
+        tracing::warn!(logger = %log.name, "access log filters are not applied: every request is logged");
+    }
+    let (path, format) = match type_name(any) {
+        "envoy.extensions.access_loggers.file.v3.FileAccessLog" => {
+            let f: file::FileAccessLog = unpack(any, "typed_config")?;
+            #[allow(deprecated)]
+            let format = match f.access_log_format {
+                None => None,
+                Some(file::file_access_log::AccessLogFormat::LogFormat(sfs)) => Some(sfs),
+                Some(file::file_access_log::AccessLogFormat::Format(s)) => Some(text_format(s)),
+                Some(
+                    file::file_access_log::AccessLogFormat::JsonFormat(st)
+                    | file::file_access_log::AccessLogFormat::TypedJsonFormat(st),
+                ) => Some(json_format(st)),
+            };
+            (f.path, format)
+        }
+        "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog" => {
+            let f: stream::StdoutAccessLog = unpack(any, "typed_config")?;
+            let format = f
+                .access_log_format
+                .map(|stream::stdout_access_log::AccessLogFormat::LogFormat(s)| s);
+            ("/dev/stdout".to_string(), format)
+        }
+        "envoy.extensions.access_loggers.stream.v3.StderrAccessLog" => {
+            let f: stream::StderrAccessLog = unpack(any, "typed_config")?;
+            let format = f
+                .access_log_format
+                .map(|stream::stderr_access_log::AccessLogFormat::LogFormat(s)| s);
+            ("/dev/stderr".to_string(), format)
+        }
+        other => {
+            tracing::warn!(logger = %log.name, kind = other, "access logger not supported: skipped");
+            return Ok(None);
+        }
+    };
+    let format = match format {
+        None => crate::accesslog::LogFormat::Text(
+            crate::accesslog::parse(crate::accesslog::ENVOY_DEFAULT)
+                .map_err(|e| ConfigError::new("log_format", e.to_string()))?,
+        ),
+        Some(sfs) => log_format(&sfs)?,
+    };
+    Ok(Some(crate::accesslog::AccessLog { path, format }))
+}
+
+#[allow(deprecated)]
+fn text_format(s: String) -> envoy_types::pb::envoy::config::core::v3::SubstitutionFormatString {
+    use envoy_types::pb::envoy::config::core::v3::{
+        SubstitutionFormatString, substitution_format_string::Format,
+    };
+    SubstitutionFormatString {
+        format: Some(Format::TextFormat(s)),
+        ..Default::default()
+    }
+}
+
+fn json_format(
+    st: envoy_types::pb::google::protobuf::Struct,
+) -> envoy_types::pb::envoy::config::core::v3::SubstitutionFormatString {
+    use envoy_types::pb::envoy::config::core::v3::{
+        SubstitutionFormatString, substitution_format_string::Format,
+    };
+    SubstitutionFormatString {
+        format: Some(Format::JsonFormat(st)),
+        ..Default::default()
+    }
+}
+
+fn log_format(
+    sfs: &envoy_types::pb::envoy::config::core::v3::SubstitutionFormatString,
+) -> Result<crate::accesslog::LogFormat, ConfigError> {
+    use crate::accesslog::{LogFormat, parse};
+    use envoy_types::pb::envoy::config::core::v3::{
+        data_source::Specifier, substitution_format_string::Format,
+    };
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let perr = |field: &str| {
+        let field = field.to_string();
+        move |e: crate::accesslog::AccessLogError| ConfigError::new(&field, e.to_string())
+    };
+    #[allow(deprecated)]
+    match &sfs.format {
+        Some(Format::TextFormat(s)) => Ok(LogFormat::Text(
+            parse(s).map_err(perr("log_format.text_format"))?,
+        )),
+        Some(Format::TextFormatSource(ds)) => match &ds.specifier {
+            Some(Specifier::InlineString(s)) => Ok(LogFormat::Text(
+                parse(s).map_err(perr("log_format.text_format_source.inline_string"))?,
+            )),
+            Some(Specifier::InlineBytes(b)) => Ok(LogFormat::Text(
+                parse(&String::from_utf8_lossy(b))
+                    .map_err(perr("log_format.text_format_source.inline_bytes"))?,
+            )),
+            _ => Err(ConfigError::new(
+                "log_format.text_format_source",
+                "only inline_string and inline_bytes are supported",
+            )),
+        },
+        Some(Format::JsonFormat(st)) => {
+            let mut fields = Vec::new();
+            let mut keys: Vec<&String> = st.fields.keys().collect();
+            keys.sort();
+            for k in keys {
+                let field = format!("log_format.json_format.{k}");
+                match st.fields[k].kind.as_ref() {
+                    Some(Kind::StringValue(s)) => {
+                        fields.push((k.clone(), parse(s).map_err(perr(&field))?))
+                    }
+                    _ => return Err(ConfigError::new(&field, "only string values are supported")),
+                }
+            }
+            Ok(LogFormat::Json(fields))
+        }
+        None => Ok(LogFormat::Text(
+            parse(crate::accesslog::ENVOY_DEFAULT).map_err(perr("log_format"))?,
+        )),
+    }
 }
 
 fn ports(values: &[u32], field: &str) -> Result<Vec<u16>, ConfigError> {

@@ -53,6 +53,19 @@ pub enum ResponseFlag {
 }
 
 impl ResponseFlag {
+    /// `%RESPONSE_CODE_DETAILS%` of the local reply that carries this flag.
+    pub fn details(self) -> &'static str {
+        match self {
+            ResponseFlag::NR => "route_not_found",
+            ResponseFlag::NC => "cluster_not_found",
+            ResponseFlag::UH => "no_healthy_upstream",
+            ResponseFlag::UF => "upstream_reset_before_response_started{connection_failure}",
+            ResponseFlag::UT => "response_timeout",
+            ResponseFlag::FI => "fault_filter_abort",
+            ResponseFlag::UO => "upstream_reset_before_response_started{overflow}",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ResponseFlag::NR => "NR",
@@ -967,9 +980,96 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let received = Instant::now();
+    let mut req = req;
+    let logged = (!ctx.manager.access_logs.is_empty()).then(|| {
+        // The request id the upstream will see is decided here, so that the log shows it.
+        if !req.headers().contains_key("x-request-id")
+            && let Ok(v) = HeaderValue::from_str(&request_id())
+        {
+            req.headers_mut()
+                .insert(HeaderName::from_static("x-request-id"), v);
+        }
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default();
+        (
+            req.headers().clone(),
+            req.version(),
+            path,
+            std::time::SystemTime::now(),
+        )
+    });
     let (resp, head) = respond(&ctx, req).await;
     record(&ctx, &head, &resp, received);
+    if let Some((headers, version, path, start)) = logged {
+        access_log(
+            &ctx, &head, &headers, version, &path, start, &resp, received,
+        );
+    }
     Ok(resp)
+}
+
+/// Writes the request to every access log of the connection manager.
+#[allow(clippy::too_many_arguments)]
+fn access_log(
+    ctx: &ConnContext,
+    head: &RequestHead,
+    request_headers: &http::HeaderMap,
+    version: http::Version,
+    path: &str,
+    start: std::time::SystemTime,
+    resp: &Response<Body>,
+    received: Instant,
+) {
+    use http_body::Body as _;
+    let info = resp.extensions().get::<UpstreamInfo>();
+    let flag = resp.extensions().get::<ResponseFlag>().copied();
+    let details = match (flag, info) {
+        (Some(f), _) => f.details(),
+        (None, Some(_)) => "via_upstream",
+        (None, None) => "direct_response",
+    };
+    let length = |h: &http::HeaderMap| {
+        h.get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let bytes_sent = resp
+        .body()
+        .size_hint()
+        .exact()
+        .or_else(|| length(resp.headers()))
+        .unwrap_or(0);
+    let upstream_host = info.map(|i| i.dest.to_string());
+    let entry = crate::accesslog::Entry {
+        start,
+        method: &head.method,
+        path,
+        authority: &head.host,
+        protocol: match version {
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_2 => "HTTP/2",
+            _ => "HTTP/1.1",
+        },
+        request_headers,
+        response_headers: resp.headers(),
+        response_code: resp.status().as_u16(),
+        response_flags: flag.map(|f| f.as_str()).unwrap_or("-"),
+        response_code_details: details,
+        bytes_received: length(request_headers).unwrap_or(0),
+        bytes_sent,
+        duration_ms: received.elapsed().as_millis() as u64,
+        upstream_host: upstream_host.as_deref(),
+        upstream_cluster: info.map(|i| i.cluster.name.as_str()),
+        downstream_local: ctx.original_dst,
+        downstream_remote: ctx.downstream,
+        route_name: "",
+    };
+    for log in &ctx.manager.access_logs {
+        log.write(&entry);
+    }
 }
 
 async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Body>, RequestHead) {

@@ -1,0 +1,115 @@
+//! Access logs as Istio users turn them on: `accessLogFile` in the `istio` ConfigMap's mesh
+//! config. outrigger-pilot adds the file logger with Istio's format to every HTTP connection
+//! manager; each sidecar writes a line per request (the client's outbound, the server's
+//! inbound). Then the encoding is switched to JSON live.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use outrigger_testkit::mesh::{Mesh, wait_for};
+
+const URL: &str = "http://bill-service:8080/bill?id=7";
+
+fn mesh_config(file: &str, encoding: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: istio\n  namespace: istio-system\ndata:\n  mesh: |-\n    accessLogFile: {file}\n    accessLogEncoding: {encoding}\n    defaultConfig:\n      discoveryAddress: istiod.istio-system.svc:15012\n"
+    )
+}
+
+#[test]
+fn access_logs_follow_the_mesh_config() {
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/bill-service");
+    let mut m = Mesh::new("alog", &example);
+    let log = m.dir.join("access.log");
+    // The sidecars run as uid 1337: the file is theirs to append to.
+    std::fs::write(&log, "").unwrap();
+    std::process::Command::new("chmod")
+        .arg("666")
+        .arg(&log)
+        .status()
+        .unwrap();
+    m.write_config(
+        "mesh-config.yaml",
+        &mesh_config(&log.display().to_string(), "TEXT"),
+    );
+    let hosts = "10.96.0.10 bill-service bill-service.default.svc.cluster.local\n";
+    let client = m.add_pod("client", "10.30.0.10", hosts);
+    let v1 = m.add_pod("bill-service-v1", "10.30.0.11", hosts);
+    let v2 = m.add_pod("bill-service-v2", "10.30.0.12", hosts);
+    for (pod, version) in [(v1, "v1"), (v2, "v2")] {
+        m.app_http(pod, version, 8080);
+    }
+    m.sidecar(client, &[("app", "client")]);
+    m.sidecar(v1, &[("app", "bill-service"), ("version", "v1")]);
+    m.sidecar(v2, &[("app", "bill-service"), ("version", "v2")]);
+
+    let replies = m.curl_many(
+        client,
+        URL,
+        10,
+        &["-H", "x-request-id: req-0001", "-A", "test-agent/1.0"],
+    );
+    assert_eq!(replies.iter().filter(|r| r.code == 200).count(), 10);
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let text = wait_for(Duration::from_secs(5), || {
+        let t = read();
+        (t.lines().count() >= 20).then_some(t)
+    })
+    .unwrap_or_else(|| panic!("expected 20 lines (10 outbound, 10 inbound):\n{}", read()));
+    let outbound: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" outbound|8080|"))
+        .collect();
+    let inbound: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" inbound|8080||"))
+        .collect();
+    assert_eq!((outbound.len(), inbound.len()), (10, 10), "{text}");
+    // One outbound line, field by field as Istio's TEXT format has them.
+    let line = outbound[0];
+    assert!(line.starts_with("[20") && line.contains("Z] "), "{line}");
+    assert!(
+        line.contains("\"GET /bill?id=7 HTTP/1.1\" 200 - via_upstream - \"-\" 0 "),
+        "{line}"
+    );
+    assert!(
+        line.contains("\"test-agent/1.0\" \"req-0001\" \"bill-service:8080\" \"10.30.0.1"),
+        "{line}"
+    );
+    assert!(line.contains(" 10.96.0.10:8080 10.30.0.10:"), "{line}");
+    // The server side logs the same request id, coming from the client's sidecar.
+    assert!(inbound.iter().all(|l| l.contains("\"req-0001\"")), "{text}");
+
+    // Switched to JSON while running: new lines are JSON objects with typed values.
+    m.write_config(
+        "mesh-config.yaml",
+        &mesh_config(&log.display().to_string(), "JSON"),
+    );
+    let json = wait_for(Duration::from_secs(10), || {
+        m.curl(client, URL, &[]);
+        read()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| {
+                v["upstream_cluster"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("outbound|8080|"))
+            })
+    })
+    .unwrap_or_else(|| panic!("no JSON line:\n{}", read()));
+    assert_eq!(json["response_code"], 200, "{json}");
+    assert_eq!(json["method"], "GET", "{json}");
+    assert_eq!(json["path"], "/bill?id=7", "{json}");
+    assert_eq!(json["response_flags"], "-", "{json}");
+    assert_eq!(
+        json["upstream_transport_failure_reason"],
+        serde_json::Value::Null
+    );
+    assert!(json["duration"].is_u64(), "{json}");
+    assert_eq!(
+        json["request_id"].as_str().map(str::len),
+        Some(36),
+        "{json}"
+    );
+}
