@@ -618,6 +618,43 @@ pub struct MeshConfig {
     /// A custom format (Envoy command operators); empty: Istio's default for the encoding.
     #[serde(default)]
     pub access_log_format: String,
+    /// Istio's default is on.
+    #[serde(default)]
+    pub enable_tracing: Option<bool>,
+    #[serde(default)]
+    pub default_config: ProxyConfig,
+}
+
+impl MeshConfig {
+    /// The percentage of new traces sidecars sample, or `None` with tracing off. Istio's
+    /// defaults: tracing on, 1% (`defaultConfig.tracing.sampling`).
+    pub fn trace_sampling(&self) -> Option<f64> {
+        if self.enable_tracing == Some(false) {
+            return None;
+        }
+        Some(
+            self.default_config
+                .tracing
+                .as_ref()
+                .and_then(|t| t.sampling)
+                .unwrap_or(1.0)
+                .clamp(0.0, 100.0),
+        )
+    }
+}
+
+/// `defaultConfig` (ProxyConfig): the part read here.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyConfig {
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+pub struct TracingConfig {
+    #[serde(default)]
+    pub sampling: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

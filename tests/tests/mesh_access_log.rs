@@ -113,3 +113,97 @@ fn access_logs_follow_the_mesh_config() {
         "{json}"
     );
 }
+
+/// Tracing as Istio configures it (`enableTracing`, `defaultConfig.tracing.sampling`): the
+/// client's sidecar starts a B3 trace, the server's sidecar continues it with a child span, and
+/// the app sees both; an incoming W3C `traceparent` or B3 context is continued, not replaced.
+#[test]
+fn trace_headers_are_started_at_the_edge_and_continued() {
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/bill-service");
+    let mut m = Mesh::new("trace", &example);
+    let tracing = |sampling: u32| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |-\n    enableTracing: true\n    defaultConfig:\n      tracing:\n        sampling: {sampling}\n"
+        )
+    };
+    m.write_config("mesh-config.yaml", &tracing(100));
+    let hosts = "10.96.0.10 bill-service bill-service.default.svc.cluster.local\n";
+    let client = m.add_pod("client", "10.30.0.10", hosts);
+    let v1 = m.add_pod("bill-service-v1", "10.30.0.11", hosts);
+    let v2 = m.add_pod("bill-service-v2", "10.30.0.12", hosts);
+    for (pod, version) in [(v1, "v1"), (v2, "v2")] {
+        m.app_http(pod, version, 8080);
+    }
+    m.sidecar(client, &[("app", "client")]);
+    m.sidecar(v1, &[("app", "bill-service"), ("version", "v1")]);
+    m.sidecar(v2, &[("app", "bill-service"), ("version", "v2")]);
+    let hex = |v: &serde_json::Value, len: usize| {
+        v.as_str()
+            .is_some_and(|s| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+
+    // No context: a new 128-bit trace, sampled (100%), two spans deep by the time it arrives.
+    let r = m.curl(client, URL, &[]).json();
+    let h = &r["headers"];
+    assert!(hex(&h["x-b3-traceid"], 32), "{r}");
+    assert!(hex(&h["x-b3-spanid"], 16), "{r}");
+    assert!(hex(&h["x-b3-parentspanid"], 16), "{r}");
+    assert_ne!(h["x-b3-spanid"], h["x-b3-parentspanid"]);
+    assert_eq!(h["x-b3-sampled"], "1", "{r}");
+    assert!(h.get("traceparent").is_none(), "{r}");
+
+    // W3C context from the app: same trace, new spans, the sampling decision kept.
+    let r = m
+        .curl(
+            client,
+            URL,
+            &[
+                "-H",
+                "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+            ],
+        )
+        .json();
+    let h = &r["headers"];
+    assert_eq!(h["x-b3-traceid"], "0af7651916cd43dd8448eb211c80319c", "{r}");
+    let tp = h["traceparent"].as_str().unwrap_or_default();
+    assert!(
+        tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{r}"
+    );
+    assert!(
+        tp.ends_with("-00") && !tp.contains("b7ad6b7169203331"),
+        "{r}"
+    );
+    assert_eq!(h["x-b3-sampled"], "0", "{r}");
+
+    // B3 from the app: continued.
+    let r = m
+        .curl(
+            client,
+            URL,
+            &[
+                "-H",
+                "x-b3-traceid: 463ac35c9f6413ad48485a3953bb6124",
+                "-H",
+                "x-b3-spanid: a2fb4a1d1a96d312",
+                "-H",
+                "x-b3-sampled: 1",
+            ],
+        )
+        .json();
+    assert_eq!(
+        r["headers"]["x-b3-traceid"],
+        "463ac35c9f6413ad48485a3953bb6124"
+    );
+    assert_eq!(r["headers"]["x-b3-sampled"], "1");
+
+    // Sampling 0: traces still get ids, none sampled.
+    m.write_config("mesh-config.yaml", &tracing(0));
+    let unsampled = wait_for(Duration::from_secs(10), || {
+        let r = m.curl_many(client, URL, 20, &[]);
+        r.iter()
+            .all(|r| r.json()["headers"]["x-b3-sampled"] == "0")
+            .then_some(())
+    });
+    assert!(unsampled.is_some(), "sampling 0 never took effect");
+}

@@ -88,7 +88,7 @@ fn inline_hcm(
     route_name: &str,
     vhost: &str,
     cluster: &str,
-    logs: &[wire::AccessLog],
+    telemetry: &wire::Telemetry,
 ) -> listener::Filter {
     let rc = route::RouteConfiguration {
         name: route_name.into(),
@@ -115,7 +115,7 @@ fn inline_hcm(
         }],
         ..Default::default()
     };
-    http_connection_manager(stat_prefix, RouteSpecifier::RouteConfig(rc), logs)
+    http_connection_manager(stat_prefix, RouteSpecifier::RouteConfig(rc), telemetry)
 }
 
 /// A `filter_disabled` predicate matching these destination ports.
@@ -141,7 +141,7 @@ fn disabled_on(ports: &[u32]) -> Option<listener::ListenerFilterChainMatchPredic
 
 fn virtual_inbound(
     inbound: &[(&Service, &ServicePort, u32)],
-    logs: &[wire::AccessLog],
+    telemetry: &wire::Telemetry,
 ) -> listener::Listener {
     let raw = |port: Option<u32>, alpn: &[&str], prefix: bool| {
         Some(listener::FilterChainMatch {
@@ -169,7 +169,7 @@ fn virtual_inbound(
                 &cluster,
                 &format!("inbound|http|{}", port.port),
                 &cluster,
-                logs,
+                telemetry,
             )
         } else {
             tcp_proxy(&cluster, &[(cluster.clone(), 1)])
@@ -189,7 +189,7 @@ fn virtual_inbound(
             "InboundPassthroughCluster",
             "inbound|http|0",
             INBOUND_PASSTHROUGH,
-            logs,
+            telemetry,
         )],
     ));
     chains.push(chain(
@@ -279,10 +279,10 @@ fn tcp_destinations(ctx: &Ctx, svc: &Service, port: u32) -> Vec<(String, u32)> {
 pub fn build(ctx: &Ctx) -> BTreeMap<String, Any> {
     let mut out: BTreeMap<String, listener::Listener> = BTreeMap::new();
     out.insert("virtualOutbound".into(), virtual_outbound(ctx.allow_any));
-    let logs = wire::access_logs(ctx.mesh_config());
+    let telemetry = wire::telemetry(ctx.mesh_config());
     out.insert(
         "virtualInbound".into(),
-        virtual_inbound(&ctx.inbound(), &logs),
+        virtual_inbound(&ctx.inbound(), &telemetry),
     );
     let passthrough = || {
         chain(
@@ -301,7 +301,7 @@ pub fn build(ctx: &Ctx) -> BTreeMap<String, Any> {
         let hcm = http_connection_manager(
             &format!("outbound_0.0.0.0_{port}"),
             wire::rds(&port.to_string()),
-            &logs,
+            &telemetry,
         );
         out.insert(
             name.clone(),

@@ -102,7 +102,7 @@ fn http_filter(name: &str, config: Any) -> hcm::HttpFilter {
 pub fn http_connection_manager(
     stat_prefix: &str,
     routes: hcm::http_connection_manager::RouteSpecifier,
-    access_log: &[AccessLog],
+    telemetry: &Telemetry,
 ) -> listener::Filter {
     use envoy_types::pb::envoy::extensions::filters::http::{cors::v3::Cors, fault::v3::HttpFault};
     let mut filters = vec![
@@ -125,7 +125,17 @@ pub fn http_connection_manager(
             upgrade_type: "websocket".into(),
             ..Default::default()
         }],
-        access_log: access_log.to_vec(),
+        access_log: telemetry.access_log.clone(),
+        tracing: telemetry
+            .sampling
+            .map(|value| hcm::http_connection_manager::Tracing {
+                client_sampling: Some(envoy_types::pb::envoy::r#type::v3::Percent { value: 100.0 }),
+                random_sampling: Some(envoy_types::pb::envoy::r#type::v3::Percent { value }),
+                overall_sampling: Some(envoy_types::pb::envoy::r#type::v3::Percent {
+                    value: 100.0,
+                }),
+                ..Default::default()
+            }),
         ..Default::default()
     };
     network_filter("envoy.filters.network.http_connection_manager", pack(&h))
@@ -187,6 +197,24 @@ pub fn list_value(values: Vec<pb::Value>) -> pb::Value {
 }
 
 pub use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
+
+/// What every HTTP connection manager of a proxy gets from the mesh config.
+#[derive(Debug, Clone, Default)]
+pub struct Telemetry {
+    pub access_log: Vec<AccessLog>,
+    /// `tracing.random_sampling` in percent; `None`: no tracing block.
+    pub sampling: Option<f64>,
+}
+
+/// The mesh config's access log and tracing settings, with Istio's defaults when there is no
+/// mesh config.
+pub fn telemetry(mesh: Option<&crate::resources::MeshConfig>) -> Telemetry {
+    let default = crate::resources::MeshConfig::default();
+    Telemetry {
+        access_log: access_logs(mesh),
+        sampling: mesh.unwrap_or(&default).trace_sampling(),
+    }
+}
 
 /// Istio's TEXT access log format (pilot/pkg/model/telemetry_logging.go).
 pub const ISTIO_TEXT_LOG: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";

@@ -160,6 +160,9 @@ pub struct HttpManager {
     pub http_filters: Vec<HttpFilter>,
     /// `access_log`: file (and stdout/stderr) loggers, written once per request.
     pub access_logs: Vec<crate::accesslog::AccessLog>,
+    /// `tracing`: the percentage of new traces sampled (`random_sampling`, Envoy's default
+    /// 100). Trace headers are propagated; spans are not exported.
+    pub tracing: Option<f64>,
 }
 
 /// The config of a filter: its `typed_config`, or the inner type of a `TypedStruct`.
@@ -359,11 +362,17 @@ fn http_manager(h: &hcm::HttpConnectionManager) -> Result<HttpManager, ConfigErr
             access_logs.push(l);
         }
     }
+    let tracing = h.tracing.as_ref().map(|t| {
+        t.random_sampling
+            .as_ref()
+            .map_or(100.0, |p| p.value.clamp(0.0, 100.0))
+    });
     Ok(HttpManager {
         stat_prefix: h.stat_prefix.clone(),
         routes,
         http_filters,
         access_logs,
+        tracing,
     })
 }
 

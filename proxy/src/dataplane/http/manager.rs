@@ -611,6 +611,23 @@ async fn forward(
     {
         headers.insert(HeaderName::from_static("x-request-id"), v);
     }
+    if let Some(percent) = ctx.manager.tracing {
+        let next = super::trace::next_hop(
+            |name| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from)
+            },
+            || fastrand::f64() * 100.0 < percent,
+            || fastrand::u64(..),
+        );
+        for (name, value) in next.headers {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        }
+    }
     if !headers.contains_key("x-forwarded-proto") {
         headers.insert(
             HeaderName::from_static("x-forwarded-proto"),

@@ -4,3 +4,4 @@ pub mod body;
 pub mod manager;
 pub mod retry;
 pub mod routing;
+pub mod trace;
