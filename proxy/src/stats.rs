@@ -1,5 +1,6 @@
 //! Istio's standard request metrics, as the `istio.stats` filter reports them:
-//! `istio_requests_total` and the `istio_request_duration_milliseconds` histogram, labelled with
+//! `istio_requests_total` and the `istio_request_duration_milliseconds`, `istio_request_bytes`
+//! and `istio_response_bytes` histograms, labelled with
 //! the reporter, the source and destination workloads and the response. Rendered for
 //! `/stats/prometheus`.
 
@@ -7,11 +8,53 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
-/// Istio's duration buckets, in milliseconds.
+/// Envoy's default histogram buckets, which Istio's metrics use: milliseconds for durations,
+/// bytes for sizes.
 pub const BUCKETS_MS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
+
+/// One request as the metrics count it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Observation {
+    pub duration_ms: f64,
+    /// Request and response body sizes (Content-Length or a known body length).
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    buckets: [u64; BUCKETS_MS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, v: f64) {
+        self.count += 1;
+        self.sum += v;
+        for (i, le) in BUCKETS_MS.iter().enumerate() {
+            if v <= *le {
+                self.buckets[i] += 1;
+            }
+        }
+    }
+
+    fn write(&self, out: &mut String, name: &str, labels: &str) {
+        for (i, le) in BUCKETS_MS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"{le}\"}} {}",
+                self.buckets[i]
+            );
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
 
 /// One side of a request, as the labels name it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -92,8 +135,9 @@ pub struct RequestLabels {
 #[derive(Debug, Default, Clone)]
 struct Series {
     count: u64,
-    buckets: [u64; BUCKETS_MS.len()],
-    sum_ms: f64,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
 }
 
 /// Reads one counter of a TCP series.
@@ -162,18 +206,15 @@ fn escape(v: &str) -> String {
 }
 
 impl Metrics {
-    pub fn record(&self, key: u64, labels: impl FnOnce() -> RequestLabels, duration_ms: f64) {
+    pub fn record(&self, key: u64, labels: impl FnOnce() -> RequestLabels, o: Observation) {
         let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         let (_, s) = m
             .entry(key)
             .or_insert_with(|| (labels(), Series::default()));
         s.count += 1;
-        s.sum_ms += duration_ms;
-        for (i, le) in BUCKETS_MS.iter().enumerate() {
-            if duration_ms <= *le {
-                s.buckets[i] += 1;
-            }
-        }
+        s.duration.observe(o.duration_ms);
+        s.request_bytes.observe(o.request_bytes as f64);
+        s.response_bytes.observe(o.response_bytes as f64);
     }
 
     /// A TCP connection opened (counted once its upstream is connected).
@@ -227,34 +268,26 @@ impl Metrics {
         // Sorted by labels, so that scrapes are stable.
         let m: BTreeMap<&RequestLabels, &Series> = m.values().map(|(l, s)| (l, s)).collect();
         let mut total = String::from("# TYPE istio_requests_total counter\n");
-        let mut hist = String::from("# TYPE istio_request_duration_milliseconds histogram\n");
+        let names = [
+            "istio_request_duration_milliseconds",
+            "istio_request_bytes",
+            "istio_response_bytes",
+        ];
+        let mut hists: Vec<String> = names
+            .iter()
+            .map(|n| format!("# TYPE {n} histogram\n"))
+            .collect();
         for (l, s) in m.iter() {
             let labels = label_text(l, false);
             let _ = writeln!(total, "istio_requests_total{{{labels}}} {}", s.count);
-            for (i, le) in BUCKETS_MS.iter().enumerate() {
-                let _ = writeln!(
-                    hist,
-                    "istio_request_duration_milliseconds_bucket{{{labels},le=\"{le}\"}} {}",
-                    s.buckets[i]
-                );
+            for (i, h) in [&s.duration, &s.request_bytes, &s.response_bytes]
+                .into_iter()
+                .enumerate()
+            {
+                h.write(&mut hists[i], names[i], &labels);
             }
-            let _ = writeln!(
-                hist,
-                "istio_request_duration_milliseconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                s.count
-            );
-            let _ = writeln!(
-                hist,
-                "istio_request_duration_milliseconds_sum{{{labels}}} {}",
-                s.sum_ms
-            );
-            let _ = writeln!(
-                hist,
-                "istio_request_duration_milliseconds_count{{{labels}}} {}",
-                s.count
-            );
         }
-        total + &hist + &tcp
+        total + &hists.concat() + &tcp
     }
 }
 
@@ -313,8 +346,13 @@ mod tests {
             response_flags: "-".into(),
             grpc_status: String::new(),
         };
-        m.record(1, || labels.clone(), 3.0);
-        m.record(1, || labels, 700.0);
+        let o = |duration_ms, response_bytes| Observation {
+            duration_ms,
+            request_bytes: 0,
+            response_bytes,
+        };
+        m.record(1, || labels.clone(), o(3.0, 20));
+        m.record(1, || labels, o(700.0, 2000));
         let text = m.prometheus();
         assert!(text.contains("# TYPE istio_requests_total counter"));
         let line = text
@@ -335,5 +373,18 @@ mod tests {
         assert!(
             text.contains("istio_request_duration_milliseconds_sum{") && text.contains("} 703\n")
         );
+        let bytes = |name: &str, le: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!("{name}_bucket{{"))
+                        && l.contains(&format!("le=\"{le}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_string)
+        };
+        assert_eq!(bytes("istio_response_bytes", "25").as_deref(), Some("1"));
+        assert_eq!(bytes("istio_response_bytes", "2500").as_deref(), Some("2"));
+        assert_eq!(bytes("istio_request_bytes", "0.5").as_deref(), Some("2"));
+        assert!(text.contains("# TYPE istio_response_bytes histogram"));
     }
 }

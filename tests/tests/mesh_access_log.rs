@@ -80,6 +80,33 @@ fn access_logs_follow_the_mesh_config() {
     // The server side logs the same request id, coming from the client's sidecar.
     assert!(inbound.iter().all(|l| l.contains("\"req-0001\"")), "{text}");
 
+    // Istio's byte histograms: the responses' sizes, and a 5-byte POST body.
+    let posted = m.curl(client, URL, &["-d", "hello"]);
+    assert_eq!(posted.code, 200);
+    let metrics = m.pods[client].ns.ok(
+        "curl",
+        &[
+            "-s",
+            "--max-time",
+            "3",
+            "http://127.0.0.1:15090/stats/prometheus",
+        ],
+    );
+    let sum = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}_sum{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let body_len: usize = replies.iter().map(|r| r.body.len()).sum();
+    assert_eq!(sum("istio_request_bytes"), 5.0, "{metrics}");
+    assert!(
+        sum("istio_response_bytes") >= body_len as f64,
+        "{} < {body_len}",
+        sum("istio_response_bytes")
+    );
+
     // Switched to JSON while running: new lines are JSON objects with typed values.
     m.write_config(
         "mesh-config.yaml",

@@ -294,6 +294,13 @@ fn head_of(req: &Request<Incoming>) -> RequestHead {
         query: req.uri().query().map(String::from),
         headers: Vec::new(),
         method: req.method().as_str().to_string(),
+        body_length: {
+            use http_body::Body as _;
+            req.body()
+                .size_hint()
+                .exact()
+                .or_else(|| content_length(req.headers()))
+        },
     }
 }
 
@@ -986,9 +993,28 @@ fn record(ctx: &ConnContext, head: &RequestHead, resp: &Response<Body>, received
             grpc_status: grpc_status.to_string(),
         }
     };
-    ctx.telemetry
-        .metrics
-        .record(key, labels, received.elapsed().as_secs_f64() * 1000.0);
+    let observation = crate::stats::Observation {
+        duration_ms: received.elapsed().as_secs_f64() * 1000.0,
+        request_bytes: head.body_length.unwrap_or(0),
+        response_bytes: response_length(resp),
+    };
+    ctx.telemetry.metrics.record(key, labels, observation);
+}
+
+/// The response body's length: known exactly, or from Content-Length; 0 when streamed.
+fn response_length(resp: &Response<Body>) -> u64 {
+    use http_body::Body as _;
+    resp.body()
+        .size_hint()
+        .exact()
+        .or_else(|| content_length(resp.headers()))
+        .unwrap_or(0)
+}
+
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// Routes and answers one request, and counts it.
@@ -1040,7 +1066,6 @@ fn access_log(
     resp: &Response<Body>,
     received: Instant,
 ) {
-    use http_body::Body as _;
     let info = resp.extensions().get::<UpstreamInfo>();
     let flag = resp.extensions().get::<ResponseFlag>().copied();
     let details = match (flag, info) {
@@ -1048,17 +1073,7 @@ fn access_log(
         (None, Some(_)) => "via_upstream",
         (None, None) => "direct_response",
     };
-    let length = |h: &http::HeaderMap| {
-        h.get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    let bytes_sent = resp
-        .body()
-        .size_hint()
-        .exact()
-        .or_else(|| length(resp.headers()))
-        .unwrap_or(0);
+    let bytes_sent = response_length(resp);
     let upstream_host = info.map(|i| i.dest.to_string());
     let entry = crate::accesslog::Entry {
         start,
@@ -1075,7 +1090,7 @@ fn access_log(
         response_code: resp.status().as_u16(),
         response_flags: flag.map(|f| f.as_str()).unwrap_or("-"),
         response_code_details: details,
-        bytes_received: length(request_headers).unwrap_or(0),
+        bytes_received: content_length(request_headers).unwrap_or(0),
         bytes_sent,
         duration_ms: received.elapsed().as_millis() as u64,
         upstream_host: upstream_host.as_deref(),

@@ -16,6 +16,8 @@ pub struct RequestHead {
     /// Header names lower-cased; repeated headers appear once per value.
     pub headers: Vec<(String, String)>,
     pub method: String,
+    /// The request body's length, when known (for the byte metrics).
+    pub body_length: Option<u64>,
 }
 
 impl RequestHead {

@@ -56,6 +56,7 @@ fn req(host: &str, path: &str, headers: &[(&str, &str)]) -> RequestHead {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         method: "GET".into(),
+        body_length: None,
     }
 }
 
