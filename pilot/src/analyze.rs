@@ -194,15 +194,20 @@ impl Checker<'_> {
                     self.percent(&f(".fault.delay.percentage"), &d.percentage);
                 }
                 if let Some(a) = &fault.abort {
-                    match a.http_status {
-                        Some(s) if (200..=599).contains(&s) => {}
-                        Some(s) => self.error(
+                    match (a.http_status, a.grpc_status.as_deref()) {
+                        (Some(s), _) if (200..=599).contains(&s) => {}
+                        (Some(s), _) => self.error(
                             &f(".fault.abort.httpStatus"),
                             format!("{s} is not an HTTP status (200-599)"),
                         ),
-                        None => self.error(
+                        (None, Some(g)) if crate::resources::grpc_code(g).is_some() => {}
+                        (None, Some(g)) => self.error(
+                            &f(".fault.abort.grpcStatus"),
+                            format!("{g:?} is not a gRPC status name (e.g. UNAVAILABLE)"),
+                        ),
+                        (None, None) => self.error(
                             &f(".fault.abort.httpStatus"),
-                            "missing (gRPC and HTTP/2 aborts are not supported)",
+                            "missing: httpStatus or grpcStatus (HTTP/2 error aborts are not supported)",
                         ),
                     }
                     self.percent(&f(".fault.abort.percentage"), &a.percentage);

@@ -665,3 +665,45 @@ pub enum AccessLogEncoding {
     #[serde(rename = "JSON")]
     Json,
 }
+
+/// A gRPC status code by its name (`UNAVAILABLE` → 14), as VirtualService `grpcStatus` names it;
+/// a number is accepted too.
+pub fn grpc_code(name: &str) -> Option<u32> {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    let n = name.trim();
+    NAMES
+        .iter()
+        .position(|x| x.eq_ignore_ascii_case(n))
+        .map(|i| i as u32)
+        .or_else(|| n.parse::<u32>().ok().filter(|c| *c <= 16))
+}
+
+#[cfg(test)]
+mod grpc_tests {
+    #[test]
+    fn grpc_status_names() {
+        assert_eq!(super::grpc_code("UNAVAILABLE"), Some(14));
+        assert_eq!(super::grpc_code("unauthenticated"), Some(16));
+        assert_eq!(super::grpc_code("4"), Some(4));
+        assert_eq!(super::grpc_code("NOPE"), None);
+        assert_eq!(super::grpc_code("17"), None);
+    }
+}

@@ -234,3 +234,83 @@ fn trace_headers_are_started_at_the_edge_and_continued() {
     });
     assert!(unsampled.is_some(), "sampling 0 never took effect");
 }
+
+/// Fault injection as telemetry shows it: a delayed request carries the DI flag, a gRPC abort
+/// (VirtualService `grpcStatus`) answers 200 with `grpc-status` and the FI flag.
+#[test]
+fn fault_flags_and_grpc_aborts() {
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/bill-service");
+    let mut m = Mesh::new("gfault", &example);
+    m.write_config(
+        "virtual-service.yaml",
+        concat!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: bill-service, namespace: default}\n",
+            "spec:\n  hosts: [bill-service]\n  http:\n",
+            "  - match: [{headers: {x-grpc: {exact: \"1\"}}}]\n",
+            "    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}\n",
+            "    route: [{destination: {host: bill-service, port: {number: 8080}, subset: v1}}]\n",
+            "  - fault: {delay: {fixedDelay: 20ms, percentage: {value: 100}}}\n",
+            "    route: [{destination: {host: bill-service, port: {number: 8080}, subset: v1}}]\n",
+        ),
+    );
+    let hosts = "10.96.0.10 bill-service bill-service.default.svc.cluster.local\n";
+    let client = m.add_pod("client", "10.30.0.10", hosts);
+    let v1 = m.add_pod("bill-service-v1", "10.30.0.11", hosts);
+    let v2 = m.add_pod("bill-service-v2", "10.30.0.12", hosts);
+    for (pod, version) in [(v1, "v1"), (v2, "v2")] {
+        m.app_http(pod, version, 8080);
+    }
+    m.sidecar(client, &[("app", "client")]);
+    m.sidecar(v1, &[("app", "bill-service"), ("version", "v1")]);
+    m.sidecar(v2, &[("app", "bill-service"), ("version", "v2")]);
+
+    let delayed = m.curl_many(client, URL, 10, &[]);
+    assert!(
+        delayed
+            .iter()
+            .all(|r| r.code == 200 && r.server().as_deref() == Some("v1"))
+    );
+    let out = m.pods[client]
+        .ns
+        .command_as(1000, "curl")
+        .args(["-s", "-i", "--max-time", "5", "-H", "x-grpc: 1", URL])
+        .output()
+        .expect("run curl");
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("grpc-status: 14\r\n"), "{head}");
+    assert!(head.contains("content-type: application/grpc"), "{head}");
+
+    let metrics = m.pods[client].ns.ok(
+        "curl",
+        &[
+            "-s",
+            "--max-time",
+            "3",
+            "http://127.0.0.1:15090/stats/prometheus",
+        ],
+    );
+    let count = |needles: &[&str]| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("istio_requests_total{") && needles.iter().all(|n| l.contains(n))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        count(&["response_flags=\"DI\"", "response_code=\"200\""]),
+        10,
+        "{metrics}"
+    );
+    assert_eq!(
+        count(&[
+            "response_flags=\"FI\"",
+            "grpc_response_status=\"14\"",
+            "request_protocol=\"grpc\""
+        ]),
+        1,
+        "{metrics}"
+    );
+}

@@ -203,10 +203,15 @@ fn fault_config(f: &r::HttpFault) -> fault::HttpFault {
         })
     });
     let abort = f.abort.as_ref().and_then(|a| {
+        let error_type = match (a.http_status, a.grpc_status.as_deref()) {
+            (Some(s), _) => fault::fault_abort::ErrorType::HttpStatus(u32::try_from(s).ok()?),
+            (None, Some(g)) => {
+                fault::fault_abort::ErrorType::GrpcStatus(crate::resources::grpc_code(g)?)
+            }
+            (None, None) => return None,
+        };
         Some(fault::FaultAbort {
-            error_type: Some(fault::fault_abort::ErrorType::HttpStatus(
-                u32::try_from(a.http_status?).ok()?,
-            )),
+            error_type: Some(error_type),
             percentage: Some(fraction(a.percentage, None)),
             ..Default::default()
         })

@@ -73,7 +73,16 @@ impl Chance {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fault {
     pub delay: Option<(Duration, Chance)>,
-    pub abort: Option<(u16, Chance)>,
+    pub abort: Option<(Abort, Chance)>,
+}
+
+/// What an injected abort answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abort {
+    /// An HTTP status (200-599).
+    Http(u16),
+    /// A gRPC status: HTTP 200 with `grpc-status` (a trailers-only gRPC response).
+    Grpc(u32),
 }
 
 /// A virtual host domain pattern (lower-cased; Envoy matches hosts case-insensitively).
@@ -724,12 +733,15 @@ fn fault(any: &envoy_types::pb::google::protobuf::Any) -> Result<Option<Fault>, 
         None => None,
         Some(a) => match a.error_type {
             Some(E::HttpStatus(s)) if (200..600).contains(&s) => {
-                Some((s as u16, chance(a.percentage.as_ref())))
+                Some((Abort::Http(s as u16), chance(a.percentage.as_ref())))
+            }
+            Some(E::GrpcStatus(s)) if s <= 16 => {
+                Some((Abort::Grpc(s), chance(a.percentage.as_ref())))
             }
             _ => {
                 return Err(ConfigError::new(
                     format!("{field}.abort"),
-                    "only HTTP status aborts (200-599) are supported",
+                    "only HTTP status (200-599) and gRPC status (0-16) aborts are supported",
                 ));
             }
         },

@@ -933,11 +933,8 @@ fn record(ctx: &ConnContext, head: &RequestHead, resp: &Response<Body>, received
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let flag = resp
-        .extensions()
-        .get::<ResponseFlag>()
-        .map(|f| f.as_str())
-        .unwrap_or("-");
+    let flags = response_flags(resp);
+    let flag = flags.as_str();
     // What makes a series different, hashed; the labels are built once per series.
     let mut h = std::collections::hash_map::DefaultHasher::new();
     ctx.inbound.hash(&mut h);
@@ -1088,7 +1085,7 @@ fn access_log(
         request_headers,
         response_headers: resp.headers(),
         response_code: resp.status().as_u16(),
-        response_flags: flag.map(|f| f.as_str()).unwrap_or("-"),
+        response_flags: &response_flags(resp),
         response_code_details: details,
         bytes_received: content_length(request_headers).unwrap_or(0),
         bytes_sent,
@@ -1123,6 +1120,7 @@ async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Bod
     };
     let no_ops = HeaderOps::default();
     let rc_headers = rc.map(|rc| &rc.headers).unwrap_or(&no_ops);
+    let mut delayed = false;
     if let Some(fault) = &route.fault
         && ctx
             .manager
@@ -1134,12 +1132,25 @@ async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Bod
             && chance.hit(fastrand::u32(..1_000_000))
         {
             tokio::time::sleep(delay).await;
+            delayed = true;
         }
-        if let Some((status, chance)) = fault.abort
+        if let Some((abort, chance)) = fault.abort
             && chance.hit(fastrand::u32(..1_000_000))
         {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let mut resp = local_reply(status, ResponseFlag::FI, "fault filter abort");
+            let (mut resp, status) = match abort {
+                crate::config::route::Abort::Http(status) => {
+                    let status =
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                    (
+                        local_reply(status, ResponseFlag::FI, "fault filter abort"),
+                        status,
+                    )
+                }
+                crate::config::route::Abort::Grpc(code) => (grpc_abort(code), StatusCode::OK),
+            };
+            if delayed {
+                resp.extensions_mut().insert(DelayInjected);
+            }
             response_headers(
                 resp.headers_mut(),
                 [&route.headers, &vh.headers, rc_headers],
@@ -1175,7 +1186,50 @@ async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Bod
     if let Some(flag) = resp.extensions().get::<ResponseFlag>() {
         tracing::info!(host = %head.host, path = %head.path, status = resp.status().as_u16(), response_flags = flag.as_str(), "local reply");
     }
+    if delayed {
+        resp.extensions_mut().insert(DelayInjected);
+    }
     (resp, head)
+}
+
+/// Marks a response whose request was delayed by fault injection (flag DI).
+#[derive(Debug, Clone, Copy)]
+struct DelayInjected;
+
+/// Envoy's response flags of a response, comma-separated (`DI,FI`), or `-`.
+fn response_flags(resp: &Response<Body>) -> String {
+    let mut flags = Vec::new();
+    if resp.extensions().get::<DelayInjected>().is_some() {
+        flags.push("DI");
+    }
+    if let Some(f) = resp.extensions().get::<ResponseFlag>() {
+        flags.push(f.as_str());
+    }
+    if flags.is_empty() {
+        "-".to_string()
+    } else {
+        flags.join(",")
+    }
+}
+
+/// A gRPC abort as Envoy's fault filter sends it: HTTP 200, trailers-only, with the status.
+fn grpc_abort(code: u32) -> Response<Body> {
+    let mut r = full(StatusCode::OK, String::new());
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(
+        HeaderName::from_static("grpc-status"),
+        HeaderValue::from(code),
+    );
+    h.insert(
+        HeaderName::from_static("grpc-message"),
+        HeaderValue::from_static("fault filter abort"),
+    );
+    r.extensions_mut().insert(ResponseFlag::FI);
+    r
 }
 
 /// Envoy's `max_request_headers_kb` default (60 KiB).
