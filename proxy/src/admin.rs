@@ -37,6 +37,8 @@ pub struct AdminState {
     pub metrics: Arc<crate::stats::Metrics>,
     /// Outlier ejections, for `/clusters`.
     pub outliers: Arc<crate::dataplane::outlier::Outliers>,
+    /// Circuit breakers, for their overflow counters in `/stats`.
+    pub breakers: Arc<crate::dataplane::breaker::Breakers>,
 }
 
 /// An `Any` rendered as Envoy renders it in a config dump (`@type`, proto field names).
@@ -268,7 +270,49 @@ fn listeners_text(snap: &Snapshot) -> String {
         .collect()
 }
 
-fn prometheus(snap: &Snapshot, ready: bool, metrics: &crate::stats::Metrics) -> String {
+/// Envoy's circuit-breaking counters per cluster, as `/stats` lists them
+/// (`cluster.NAME.upstream_rq_pending_overflow: N`).
+pub fn breaker_stats_text(breakers: &crate::dataplane::breaker::Breakers) -> String {
+    let mut out = String::new();
+    for s in breakers.stats() {
+        out.push_str(&format!(
+            "cluster.{0}.upstream_rq_pending_overflow: {1}\ncluster.{0}.upstream_rq_retry_overflow: {2}\n",
+            s.cluster, s.pending_overflow, s.retry_overflow
+        ));
+    }
+    out
+}
+
+/// The same for Prometheus, as Istio's Envoy exports them.
+fn breaker_prometheus(breakers: &crate::dataplane::breaker::Breakers) -> String {
+    let stats = breakers.stats();
+    if stats.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    for (name, pick) in [
+        ("envoy_cluster_upstream_rq_pending_overflow", 0),
+        ("envoy_cluster_upstream_rq_retry_overflow", 1),
+    ] {
+        out.push_str(&format!("# TYPE {name} counter\n"));
+        for s in &stats {
+            let v = if pick == 0 {
+                s.pending_overflow
+            } else {
+                s.retry_overflow
+            };
+            out.push_str(&format!("{name}{{cluster_name=\"{}\"}} {v}\n", s.cluster));
+        }
+    }
+    out
+}
+
+fn prometheus(
+    snap: &Snapshot,
+    ready: bool,
+    metrics: &crate::stats::Metrics,
+    breakers: &crate::dataplane::breaker::Breakers,
+) -> String {
     let active = snap
         .listeners
         .values()
@@ -279,7 +323,8 @@ fn prometheus(snap: &Snapshot, ready: bool, metrics: &crate::stats::Metrics) -> 
         u8::from(ready),
         snap.clusters.len(),
         active
-    ) + &metrics.prometheus()
+    ) + &breaker_prometheus(breakers)
+        + &metrics.prometheus()
 }
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -370,15 +415,16 @@ pub fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes
         (_, "/stats/prometheus") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            prometheus(&snap, ready, &state.metrics),
+            prometheus(&snap, ready, &state.metrics, &state.breakers),
         ),
         (_, "/stats") => reply(
             StatusCode::OK,
             "text/plain",
             format!(
-                "server.live: {}\ncluster_manager.active_clusters: {}\n",
+                "server.live: {}\ncluster_manager.active_clusters: {}\n{}",
                 u8::from(ready),
-                snap.clusters.len()
+                snap.clusters.len(),
+                breaker_stats_text(&state.breakers)
             ),
         ),
         (&Method::POST, "/healthcheck/fail") => {
@@ -414,6 +460,7 @@ fn status(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
                 &state.snapshot.borrow(),
                 *state.ready.borrow(),
                 &state.metrics,
+                &state.breakers,
             ),
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", ""),

@@ -317,10 +317,12 @@ fn run_proxy(args: RunArgs) -> ExitCode {
             metrics: Default::default(),
             me: own_workload(&identity),
             outliers: Default::default(),
+            breakers: Default::default(),
         });
         let state = std::sync::Arc::new(AdminState {
             metrics: telemetry.metrics.clone(),
             outliers: telemetry.outliers.clone(),
+            breakers: telemetry.breakers.clone(),
             snapshot: handle.snapshot.clone(),
             ready: handle.ready.clone(),
             failing: std::sync::atomic::AtomicBool::new(false),

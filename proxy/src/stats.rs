@@ -298,6 +298,8 @@ pub struct Telemetry {
     pub metrics: std::sync::Arc<Metrics>,
     pub me: Workload,
     pub outliers: std::sync::Arc<crate::dataplane::outlier::Outliers>,
+    /// The circuit breakers, whose overflow counters `/stats` reports.
+    pub breakers: std::sync::Arc<crate::dataplane::breaker::Breakers>,
 }
 
 impl Default for Telemetry {
@@ -306,6 +308,7 @@ impl Default for Telemetry {
             metrics: Default::default(),
             me: Workload::unknown(),
             outliers: Default::default(),
+            breakers: Default::default(),
         }
     }
 }

@@ -51,6 +51,7 @@ async fn admin_endpoints() {
     let state = Arc::new(AdminState {
         metrics: Default::default(),
         outliers: Default::default(),
+        breakers: Default::default(),
         snapshot: handle.snapshot.clone(),
         ready: handle.ready.clone(),
         failing: AtomicBool::new(false),

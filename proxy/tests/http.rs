@@ -754,7 +754,7 @@ async fn circuit_breaker_overflow_answers_503_uo() {
         max_requests: 1024,
         max_retries: 3,
     };
-    let (port, _, _) = proxy_with(all_to("cb"), vec![c]).await;
+    let (port, _, telemetry) = proxy_with(all_to("cb"), vec![c]).await;
     let url = format!("http://127.0.0.1:{port}/x");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("curl")
@@ -783,6 +783,16 @@ async fn circuit_breaker_overflow_answers_503_uo() {
         .collect();
     lines.sort();
     assert_eq!(lines, ["200", "200", "503 true"], "{text}");
+    // Counted as Envoy counts it, for `/stats` (what Istio's circuit-breaking task greps).
+    let stats = outrigger_proxy::admin::breaker_stats_text(&telemetry.breakers);
+    assert!(
+        stats.contains("cluster.cb.upstream_rq_pending_overflow: 1\n"),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("cluster.cb.upstream_rq_retry_overflow: 0\n"),
+        "{stats}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -299,6 +299,14 @@ fn fault_flags_and_grpc_aborts() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()
     };
+    // The admin `/stats` lists the circuit-breaking counters istioctl users grep for.
+    let stats = m.admin(client, "/stats");
+    assert!(
+        stats.contains(
+            "cluster.outbound|8080|v1|bill-service.default.svc.cluster.local.upstream_rq_pending_overflow: 0\n"
+        ),
+        "{stats}"
+    );
     assert_eq!(
         count(&["response_flags=\"DI\"", "response_code=\"200\""]),
         10,

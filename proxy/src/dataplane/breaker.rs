@@ -123,7 +123,33 @@ pub struct Breakers {
     by_cluster: Mutex<HashMap<String, Arc<Breaker>>>,
 }
 
+/// One cluster's overflow counters, as Envoy names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerStats {
+    pub cluster: String,
+    /// `upstream_rq_pending_overflow`: refused by `max_pending_requests` or `max_requests`.
+    pub pending_overflow: u64,
+    /// `upstream_rq_retry_overflow`: retries refused by `max_retries`.
+    pub retry_overflow: u64,
+}
+
 impl Breakers {
+    /// Every cluster's counters, sorted by cluster.
+    pub fn stats(&self) -> Vec<BreakerStats> {
+        let m = self.by_cluster.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<BreakerStats> = m
+            .iter()
+            .map(|(cluster, b)| BreakerStats {
+                cluster: cluster.clone(),
+                pending_overflow: b.pending_overflow.load(Ordering::Relaxed)
+                    + b.requests_overflow.load(Ordering::Relaxed),
+                retry_overflow: b.retry_overflow.load(Ordering::Relaxed),
+            })
+            .collect();
+        out.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+        out
+    }
+
     pub fn get(&self, cluster: &str, limits: Limits) -> Arc<Breaker> {
         let mut m = self.by_cluster.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(b) = m.get(cluster)

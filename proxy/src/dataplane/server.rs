@@ -95,7 +95,6 @@ pub struct Counters {
     rr: AtomicU64,
     http: Arc<AtomicU64>,
     loads: Arc<super::upstream::Loads>,
-    breakers: Arc<super::breaker::Breakers>,
     telemetry: Arc<crate::stats::Telemetry>,
 }
 
@@ -279,7 +278,7 @@ pub async fn handle(
                     upstreams: upstreams.clone(),
                     counter: counters.http.clone(),
                     loads: counters.loads.clone(),
-                    breakers: counters.breakers.clone(),
+                    breakers: counters.telemetry.breakers.clone(),
                     telemetry: counters.telemetry.clone(),
                     inbound: accepting.name == "virtualInbound",
                     affinity: Default::default(),
