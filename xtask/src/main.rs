@@ -15,6 +15,7 @@ mod capture_bench;
 mod demo;
 mod deps;
 mod mesh_demo;
+mod policies_demo;
 mod vm_test;
 
 use std::process::Command;
@@ -47,6 +48,10 @@ enum Task {
         /// Instead: show outrigger-init capturing one pod's traffic (no proxy).
         #[arg(long)]
         capture: bool,
+        /// Instead: traffic policies applied live (timeout, retries, mirroring, circuit
+        /// breaking), with the counters that show each.
+        #[arg(long, conflicts_with = "capture")]
+        policies: bool,
     },
     /// Run the eBPF capture tests under QEMU on the Debian kernels of vm-tests/kernels.txt
     /// (Debian 12's 6.1 LTS by default).
@@ -197,8 +202,9 @@ fn main() -> Result<()> {
             no_lint,
             cargo_args,
         } => test(no_lint, &cargo_args),
-        Task::Demo { capture: false } => mesh_demo::run(),
-        Task::Demo { capture: true } => demo::run(),
+        Task::Demo { policies: true, .. } => policies_demo::run(),
+        Task::Demo { capture: true, .. } => demo::run(),
+        Task::Demo { .. } => mesh_demo::run(),
         Task::BuildEbpf => build_ebpf(),
         Task::VmTest { kernels, kvm } => vm_test::run_all(&kernels, kvm),
         Task::Bench {

@@ -40,7 +40,8 @@ enum Cmd {
         listen: Vec<SocketAddr>,
     },
     /// A small HTTP/1.1 server (keep-alive) answering every request with JSON: the server's
-    /// name, the method, path, Host and the request headers.
+    /// name, the method, path, Host and the request headers. A request can ask for a late
+    /// answer (`x-probe-delay-ms: N`) or another status (`x-probe-status: 503`).
     ServeHttp {
         #[arg(long)]
         name: String,
@@ -240,11 +241,25 @@ fn http_connection(name: &str, stream: TcpStream) -> std::io::Result<()> {
         let mut body = vec![0u8; length];
         std::io::Read::read_exact(&mut reader, &mut body)?;
         let host = headers.get("host").cloned().unwrap_or_default();
+        // Test controls: answer late, or with another status.
+        let control = |k: &str| {
+            headers
+                .get(k)
+                .and_then(|v| v.as_str())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if let Some(ms) = control("x-probe-delay-ms") {
+            thread::sleep(Duration::from_millis(ms.min(60_000)));
+        }
+        let status = control("x-probe-status")
+            .filter(|s| (200..600).contains(s))
+            .unwrap_or(200);
         let answer = serde_json::json!({"server": name, "method": method, "path": path, "host": host, "headers": headers});
         let text = answer.to_string();
         write!(
             out,
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-served-by: {name}\r\n{}\r\n{text}",
+            "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-served-by: {name}\r\n{}\r\n{text}",
+            if status == 200 { "OK" } else { "Status" },
             text.len(),
             if close { "connection: close\r\n" } else { "" }
         )?;
