@@ -100,13 +100,25 @@ pub fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// A build step run twice at most: a toolchain crash (the linker killed by SIGBUS on a loaded
+/// machine) is not a code error, and the retry only relinks what failed. A real compile error
+/// fails both times, in seconds.
+fn cargo_build_step(args: &[&str]) -> Result<()> {
+    cargo(args).or_else(|first| {
+        step(&format!(
+            "{first:#}; retrying once in case the toolchain crashed"
+        ));
+        cargo(args)
+    })
+}
+
 fn test(no_lint: bool, extra: &[String]) -> Result<()> {
     deps::ensure(deps::TEST)?;
     if !no_lint {
         step("cargo fmt --check");
         cargo(&["fmt", "--all", "--", "--check"])?;
         step("cargo clippy --all-targets -- -D warnings");
-        cargo(&[
+        cargo_build_step(&[
             "clippy",
             "--workspace",
             "--all-targets",
@@ -117,7 +129,7 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
         ])?;
     }
     step("building every binary");
-    cargo(&["build", "--workspace", "--bins", "--quiet"])?;
+    cargo_build_step(&["build", "--workspace", "--bins", "--quiet"])?;
     step("running every test (unit, conformance, network namespaces)");
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
