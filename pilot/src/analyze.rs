@@ -247,6 +247,69 @@ impl Checker<'_> {
         }
     }
 
+    fn consistent_hash(&mut self, field: &str, ch: &r::ConsistentHash) {
+        let keys = [
+            ch.http_header_name.is_some(),
+            ch.http_cookie.is_some(),
+            ch.use_source_ip.is_some(),
+            ch.http_query_parameter_name.is_some(),
+        ]
+        .iter()
+        .filter(|k| **k)
+        .count();
+        if keys != 1 {
+            self.error(
+                field,
+                "needs exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
+            );
+        }
+        if ch.http_header_name.as_deref() == Some("") {
+            self.error(&format!("{field}.httpHeaderName"), "must not be empty");
+        }
+        if ch.http_query_parameter_name.as_deref() == Some("") {
+            self.error(
+                &format!("{field}.httpQueryParameterName"),
+                "must not be empty",
+            );
+        }
+        if let Some(c) = &ch.http_cookie {
+            if c.name.is_empty() {
+                self.error(&format!("{field}.httpCookie.name"), "must not be empty");
+            }
+            self.duration(&format!("{field}.httpCookie.ttl"), &c.ttl);
+            if !c.attributes.is_empty() {
+                self.warn(&format!("{field}.httpCookie.attributes"), NOT_YET);
+            }
+        }
+        if ch.ring_hash.is_some() && ch.maglev.is_some() {
+            self.error(field, "set either ringHash or maglev, not both");
+        }
+        if let Some(size) = ch.maglev.as_ref().and_then(|m| m.table_size)
+            && (size < 2
+                || (2..)
+                    .take_while(|d: &u64| d * d <= size)
+                    .any(|d| size.is_multiple_of(d)))
+        {
+            self.error(
+                &format!("{field}.maglev.tableSize"),
+                format!("{size} is not a prime number"),
+            );
+        }
+        let ring = ch
+            .ring_hash
+            .as_ref()
+            .and_then(|r| r.minimum_ring_size)
+            .or(ch.minimum_ring_size);
+        if let Some(size) = ring
+            && size > 8 * 1024 * 1024
+        {
+            self.error(
+                &format!("{field}.ringHash.minimumRingSize"),
+                format!("{size} is over the limit of 8388608"),
+            );
+        }
+    }
+
     fn policy(&mut self, field: &str, p: &r::TrafficPolicy) {
         if let Some(lb) = &p.load_balancer {
             if let Some(s) = &lb.simple
@@ -265,8 +328,14 @@ impl Checker<'_> {
                     format!("unknown load balancer '{s}'"),
                 );
             }
-            if lb.consistent_hash.is_some() {
-                self.warn(&format!("{field}.loadBalancer.consistentHash"), NOT_YET);
+            if let Some(ch) = &lb.consistent_hash {
+                self.consistent_hash(&format!("{field}.loadBalancer.consistentHash"), ch);
+                if lb.simple.is_some() {
+                    self.error(
+                        &format!("{field}.loadBalancer"),
+                        "set either simple or consistentHash, not both",
+                    );
+                }
             }
             if lb.locality_lb_setting.is_some() {
                 self.warn(&format!("{field}.loadBalancer.localityLbSetting"), NOT_YET);
@@ -278,18 +347,30 @@ impl Checker<'_> {
                     &format!("{field}.connectionPool.tcp.connectTimeout"),
                     &tcp.connect_timeout,
                 );
-                if tcp.tcp_keepalive.is_some()
-                    || tcp.idle_timeout.is_some()
-                    || tcp.max_connection_duration.is_some()
-                {
+                self.duration(
+                    &format!("{field}.connectionPool.tcp.idleTimeout"),
+                    &tcp.idle_timeout,
+                );
+                if tcp.tcp_keepalive.is_some() || tcp.max_connection_duration.is_some() {
                     self.warn(
                         &format!("{field}.connectionPool.tcp"),
-                        "only maxConnections and connectTimeout are honoured by outrigger-proxy yet",
+                        "only maxConnections, connectTimeout and idleTimeout are honoured by outrigger-proxy yet",
                     );
                 }
             }
             if let Some(serde_yaml::Value::Mapping(http)) = &cp.http {
-                let honoured = ["http1MaxPendingRequests", "http2MaxRequests", "maxRetries"];
+                let honoured = [
+                    "http1MaxPendingRequests",
+                    "http2MaxRequests",
+                    "maxRetries",
+                    "idleTimeout",
+                ];
+                if let Some(serde_yaml::Value::String(d)) = http.get("idleTimeout") {
+                    self.duration(
+                        &format!("{field}.connectionPool.http.idleTimeout"),
+                        &Some(d.clone()),
+                    );
+                }
                 let other: Vec<&str> = http
                     .keys()
                     .filter_map(|k| k.as_str())
@@ -308,7 +389,6 @@ impl Checker<'_> {
             ("portLevelSettings", &p.port_level_settings),
             ("tunnel", &p.tunnel),
             ("proxyProtocol", &p.proxy_protocol),
-            ("retryBudget", &p.retry_budget),
         ] {
             if v.is_some() {
                 self.warn(&format!("{field}.{name}"), NOT_YET);

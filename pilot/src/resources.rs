@@ -330,10 +330,46 @@ pub struct TrafficPolicy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancer {
     pub simple: Option<String>,
-    pub consistent_hash: Option<Value>,
+    pub consistent_hash: Option<ConsistentHash>,
     pub locality_lb_setting: Option<Value>,
     pub warmup_duration_secs: Option<Value>,
     pub warmup: Option<Value>,
+}
+
+/// `loadBalancer.consistentHash`: one hash key, and the ring or Maglev table.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsistentHash {
+    pub http_header_name: Option<String>,
+    pub http_cookie: Option<HttpCookie>,
+    pub use_source_ip: Option<bool>,
+    pub http_query_parameter_name: Option<String>,
+    pub ring_hash: Option<RingHash>,
+    pub maglev: Option<MaglevTable>,
+    /// Deprecated spelling of `ringHash.minimumRingSize`.
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpCookie {
+    pub name: String,
+    pub path: Option<String>,
+    pub ttl: Option<String>,
+    #[serde(default)]
+    pub attributes: Vec<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RingHash {
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaglevTable {
+    pub table_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
@@ -350,7 +386,7 @@ pub struct TcpPool {
     pub connect_timeout: Option<String>,
     pub tcp_keepalive: Option<Value>,
     pub max_connection_duration: Option<Value>,
-    pub idle_timeout: Option<Value>,
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]

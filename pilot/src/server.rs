@@ -147,6 +147,7 @@ pub fn proxy_of(node: &Node, mesh: &crate::mesh::Mesh) -> ProxyNode {
         namespace,
         ips,
         labels,
+        idle_timeout: string("IDLE_TIMEOUT").and_then(|t| crate::duration::parse(&t).ok()),
     }
 }
 

@@ -13,10 +13,11 @@ fn vs(name: &str, route: &str) -> String {
 }
 
 fn check(files: &[(&str, String)]) -> (i32, String) {
+    static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "outrigger-check-{}-{}",
         std::process::id(),
-        files.len()
+        RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -129,4 +130,43 @@ fn findings_as_json_and_an_unreadable_directory() {
         String::from_utf8_lossy(&out.stderr)
             .contains("cannot read the configuration directory /nonexistent/mesh")
     );
+}
+
+#[test]
+fn a_bad_consistent_hash_names_its_field() {
+    let dr = |name: &str, lb: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}}}\nspec:\n  host: {name}\n  trafficPolicy:\n    loadBalancer: {lb}\n"
+        )
+    };
+    let registry = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {clusterIP: 10.96.0.7, ports: [{name: http, port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {clusterIP: 10.96.0.8, ports: [{name: http, port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: c}\nspec: {clusterIP: 10.96.0.9, ports: [{name: http, port: 80}]}\n";
+    let (code, text) = check(&[
+        ("registry.yaml", registry.into()),
+        (
+            "a.yaml",
+            dr(
+                "a",
+                "{consistentHash: {httpHeaderName: x-user, maglev: {tableSize: 1000}}}",
+            ),
+        ),
+        (
+            "b.yaml",
+            dr("b", "{consistentHash: {httpCookie: {name: s, ttl: soon}}}"),
+        ),
+        (
+            "c.yaml",
+            dr(
+                "c",
+                "{consistentHash: {httpHeaderName: x, useSourceIp: true}}",
+            ),
+        ),
+    ]);
+    assert_eq!(code, 1, "{text}");
+    for want in [
+        "a.yaml#0 DestinationRule default/a spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: 1000 is not a prime number",
+        "b.yaml#0 DestinationRule default/b spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl:",
+        "c.yaml#0 DestinationRule default/c spec.trafficPolicy.loadBalancer.consistentHash: needs exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
 }

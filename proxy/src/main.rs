@@ -313,11 +313,29 @@ fn run_proxy(args: RunArgs) -> ExitCode {
             }
         };
         let (quit_tx, mut quit_rx) = tokio::sync::watch::channel(false);
+        let me = own_workload(&identity);
+        let labels: std::collections::BTreeMap<String, String> = identity
+            .extra
+            .get("LABELS")
+            .and_then(|l| l.as_object())
+            .map(|l| {
+                l.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let own_headers = outrigger_proxy::dataplane::http::peer::OwnHeaders::new(
+            &identity.node().id,
+            &me,
+            &identity.pod_name,
+            &labels,
+        );
         let telemetry = std::sync::Arc::new(outrigger_proxy::stats::Telemetry {
             metrics: Default::default(),
-            me: own_workload(&identity),
+            me,
             outliers: Default::default(),
             breakers: Default::default(),
+            own_headers,
         });
         let state = std::sync::Arc::new(AdminState {
             metrics: telemetry.metrics.clone(),

@@ -300,6 +300,8 @@ pub struct Telemetry {
     pub outliers: std::sync::Arc<crate::dataplane::outlier::Outliers>,
     /// The circuit breakers, whose overflow counters `/stats` reports.
     pub breakers: std::sync::Arc<crate::dataplane::breaker::Breakers>,
+    /// This proxy's metadata exchange headers (`None`: not sent).
+    pub own_headers: Option<crate::dataplane::http::peer::OwnHeaders>,
 }
 
 impl Default for Telemetry {
@@ -309,6 +311,7 @@ impl Default for Telemetry {
             me: Workload::unknown(),
             outliers: Default::default(),
             breakers: Default::default(),
+            own_headers: None,
         }
     }
 }

@@ -123,6 +123,7 @@ fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
             }],
         }),
         tls: false,
+        idle_timeout: None,
         bind_source: None,
         upstream_protocol: Default::default(),
         locality_weighted: false,
@@ -158,6 +159,8 @@ fn to(cluster: &str) -> Action {
         prefix_rewrite: None,
         regex_rewrite: None,
         host_rewrite: None,
+        hash_policies: vec![],
+        idle_timeout: None,
     })
 }
 
@@ -292,6 +295,8 @@ async fn http_routing_and_local_replies() {
                         prefix_rewrite: Some("/".into()),
                         regex_rewrite: None,
                         host_rewrite: None,
+                        hash_policies: vec![],
+                        idle_timeout: None,
                     }),
                 ),
                 route(
@@ -335,6 +340,25 @@ async fn http_routing_and_local_replies() {
                         prefix_rewrite: None,
                         regex_rewrite: None,
                         host_rewrite: None,
+                        hash_policies: vec![],
+                        idle_timeout: None,
+                    }),
+                ),
+                // The route's stream idle timeout ends the wait for a two-second answer.
+                route(
+                    PathMatch::Prefix("/idle".into()),
+                    vec![],
+                    Action::Forward(Forward {
+                        target: Target::Cluster("v1".into()),
+                        retry: None,
+                        mirrors: vec![],
+                        timeout: Some(Duration::from_secs(15)),
+                        grpc_timeout_max: None,
+                        prefix_rewrite: Some("/slow".into()),
+                        regex_rewrite: None,
+                        host_rewrite: None,
+                        hash_policies: vec![],
+                        idle_timeout: Some(Duration::from_millis(300)),
                     }),
                 ),
                 route(PathMatch::Prefix("/v1".into()), vec![], to("v1")),
@@ -361,6 +385,8 @@ async fn http_routing_and_local_replies() {
                             prefix_rewrite: None,
                             regex_rewrite: None,
                             host_rewrite: Some("ratings.internal".into()),
+                            hash_policies: vec![],
+                            idle_timeout: None,
                         }),
                     )
                 },
@@ -483,6 +509,9 @@ async fn http_routing_and_local_replies() {
         (504, "upstream request timeout"),
         "UT"
     );
+
+    let (code, _, body) = curl(&[&format!("{base}/idle")]);
+    assert_eq!((code, body.as_str()), (408, "stream timeout"), "SI");
 
     // x-envoy-upstream-rq-timeout-ms replaces the route's 500 ms: the two-second answer arrives.
     let (code, _, _) = curl(&[
@@ -639,6 +668,8 @@ async fn retries_replay_until_the_policy_is_exhausted() {
                 prefix_rewrite: None,
                 regex_rewrite: None,
                 host_rewrite: None,
+                hash_policies: vec![],
+                idle_timeout: None,
             }),
         )
     };
@@ -698,6 +729,8 @@ async fn mirrors_receive_a_copy_of_every_request() {
             prefix_rewrite: None,
             regex_rewrite: None,
             host_rewrite: None,
+            hash_policies: vec![],
+            idle_timeout: None,
         }),
     )]);
     let clusters = vec![
@@ -753,6 +786,7 @@ async fn circuit_breaker_overflow_answers_503_uo() {
         max_pending_requests: 1,
         max_requests: 1024,
         max_retries: 3,
+        retry_budget: None,
     };
     let (port, _, telemetry) = proxy_with(all_to("cb"), vec![c]).await;
     let url = format!("http://127.0.0.1:{port}/x");

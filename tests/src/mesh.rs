@@ -40,6 +40,8 @@ pub struct Mesh {
     /// Capture by eBPF instead of iptables: no outrigger-init rules, and the sidecars and the
     /// clients run in this cgroup v2 directory, where outrigger-agent's programs are attached.
     pub ebpf_cgroup: Option<PathBuf>,
+    /// More environment for the sidecars started next (`ISTIO_META_*` as a pod spec sets them).
+    pub sidecar_env: Vec<(String, String)>,
     tag: String,
 }
 
@@ -144,6 +146,7 @@ impl Mesh {
             xds_address: format!("unix:{}", socket.display()),
             sotw: false,
             ebpf_cgroup: None,
+            sidecar_env: Vec::new(),
             tag: tag.into(),
         };
         assert!(
@@ -231,6 +234,7 @@ impl Mesh {
                 "ISTIO_METAJSON_LABELS",
                 serde_json::Value::Object(labels).to_string(),
             );
+        cmd.envs(self.sidecar_env.iter().map(|(k, v)| (k, v)));
         let bg = p.ns.spawn(cmd, false);
         self.processes.push(bg);
         let ready = wait_for(Duration::from_secs(15), || {

@@ -126,6 +126,42 @@ fn weighted_split_is_90_10_within_3_points() {
         "{client_metrics}"
     );
     assert!(client_metrics.contains("istio_request_duration_milliseconds_bucket{"));
+    // Metadata exchange: v1's sidecar learned who called it from the client's sidecar, and
+    // neither app saw the exchange headers.
+    let server_metrics = m.pods[1]
+        .ns
+        .ok("curl", &["-s", "http://127.0.0.1:15090/stats/prometheus"]);
+    let inbound: Vec<&str> = server_metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("istio_requests_total{") && l.contains("reporter=\"destination\"")
+        })
+        .collect();
+    assert!(
+        !inbound.is_empty()
+            && inbound
+                .iter()
+                .all(|l| l.contains("source_workload=\"client\"")
+                    && l.contains("source_workload_namespace=\"default\"")
+                    && l.contains("source_app=\"client\"")),
+        "{inbound:#?}"
+    );
+    assert!(
+        r["headers"].get("x-envoy-peer-metadata").is_none()
+            && r["headers"].get("x-envoy-peer-metadata-id").is_none(),
+        "{r}"
+    );
+    let out = m.pods[0]
+        .ns
+        .command_as(1000, "curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", URL])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200") && !head.contains("x-envoy-peer-metadata"),
+        "{head}"
+    );
 
     // The proxy's own view names istiod's resources.
     let clusters = m.admin(0, "/clusters");

@@ -115,6 +115,7 @@ fn every_generated_resource_is_accepted() {
             namespace: "default".into(),
             ips: vec![ip.into()],
             labels: Default::default(),
+            idle_timeout: None,
         };
         let x = generate(&mesh, &node);
         let mut store = Store::default();

@@ -133,6 +133,28 @@ fn merged<'a>(
     (lb, cp)
 }
 
+/// `consistentHash.ringHash` / `maglev` → the cluster's `lb_config` (Envoy's defaults when
+/// unset).
+fn hash_lb_config(h: &crate::resources::ConsistentHash) -> Option<cluster::cluster::LbConfig> {
+    use cluster::cluster::{LbConfig, MaglevLbConfig, RingHashLbConfig};
+    use envoy_types::pb::google::protobuf::UInt64Value;
+    if let Some(m) = &h.maglev {
+        return Some(LbConfig::MaglevLbConfig(MaglevLbConfig {
+            table_size: m.table_size.map(|value| UInt64Value { value }),
+        }));
+    }
+    let min = h
+        .ring_hash
+        .as_ref()
+        .and_then(|r| r.minimum_ring_size)
+        .or(h.minimum_ring_size)
+        .filter(|s| *s > 0)?;
+    Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
+        minimum_ring_size: Some(UInt64Value { value: min }),
+        ..Default::default()
+    }))
+}
+
 fn outbound(
     svc: &Service,
     port: &ServicePort,
@@ -147,7 +169,10 @@ fn outbound(
         .and_then(|(_, p)| p)
         .and_then(|p| p.outlier_detection.as_ref())
         .or(top.and_then(|p| p.outlier_detection.as_ref()));
+    let hash = lb.and_then(|l| l.consistent_hash.as_ref());
     let lb_policy = match lb.and_then(|l| l.simple.as_deref()) {
+        _ if hash.is_some_and(|h| h.maglev.is_some()) => L::Maglev,
+        _ if hash.is_some() => L::RingHash,
         Some("ROUND_ROBIN") => L::RoundRobin,
         Some("RANDOM") => L::Random,
         Some("PASSTHROUGH") => L::ClusterProvided,
@@ -165,8 +190,33 @@ fn outbound(
         lb_policy: lb_policy as i32,
         circuit_breakers: Some(circuit_breakers(pool)),
         outlier_detection: outlier.map(outlier_detection),
+        lb_config: hash.and_then(hash_lb_config),
         ..Default::default()
     };
+    // retryBudget {percent, minRetryConcurrency} (Istio's `applyRetryBudget`).
+    let budget = subset
+        .and_then(|(_, p)| p)
+        .and_then(|p| p.retry_budget.as_ref())
+        .or(top.and_then(|p| p.retry_budget.as_ref()));
+    if let Some(b) = budget
+        && let Some(t) = c
+            .circuit_breakers
+            .as_mut()
+            .and_then(|cb| cb.thresholds.first_mut())
+    {
+        use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget;
+        let percent = b
+            .get("percent")
+            .and_then(|v| v.as_f64().or_else(|| v.get("value")?.as_f64()));
+        let min = b.get("minRetryConcurrency").and_then(|v| v.as_u64());
+        t.retry_budget = Some(RetryBudget {
+            budget_percent: percent
+                .map(|value| envoy_types::pb::envoy::r#type::v3::Percent { value }),
+            min_retry_concurrency: min
+                .and_then(|m| wire::u32_value(m.min(u64::from(u32::MAX)) as u32)),
+            ..Default::default()
+        });
+    }
     let mut metadata = vec![
         (
             "services",
@@ -189,11 +239,36 @@ fn outbound(
         metadata.push(("subset", string_value(subset_name)));
     }
     c.metadata = Some(istio_metadata(&metadata));
-    if matches!(port.protocol, Protocol::Http2 | Protocol::Grpc) {
+    // connectionPool.http.idleTimeout (else tcp.idleTimeout): the upstream connections' idle
+    // timeout.
+    let idle = pool
+        .and_then(|p| match &p.http {
+            Some(serde_yaml::Value::Mapping(m)) => m
+                .get("idleTimeout")
+                .and_then(|v| v.as_str())
+                .map(String::from),
+            _ => None,
+        })
+        .or_else(|| pool.and_then(|p| p.tcp.as_ref()?.idle_timeout.clone()))
+        .and_then(|d| crate::duration::parse(&d).ok());
+    let h2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
+    if h2 || idle.is_some() {
+        use http_opts::http_protocol_options::{
+            ExplicitHttpConfig, UpstreamProtocolOptions as U,
+            explicit_http_config::ProtocolConfig as P,
+        };
         let opts = http_opts::HttpProtocolOptions {
-            upstream_protocol_options: Some(http_opts::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(http_opts::http_protocol_options::ExplicitHttpConfig {
-                protocol_config: Some(http_opts::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(Default::default())),
-            })),
+            upstream_protocol_options: h2.then(|| {
+                U::ExplicitHttpConfig(ExplicitHttpConfig {
+                    protocol_config: Some(P::Http2ProtocolOptions(Default::default())),
+                })
+            }),
+            common_http_protocol_options: idle.map(|t| {
+                envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
+                    idle_timeout: Some(wire::duration(t)),
+                    ..Default::default()
+                }
+            }),
             ..Default::default()
         };
         c.typed_extension_protocol_options.insert(

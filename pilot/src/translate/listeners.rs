@@ -279,7 +279,8 @@ fn tcp_destinations(ctx: &Ctx, svc: &Service, port: u32) -> Vec<(String, u32)> {
 pub fn build(ctx: &Ctx) -> BTreeMap<String, Any> {
     let mut out: BTreeMap<String, listener::Listener> = BTreeMap::new();
     out.insert("virtualOutbound".into(), virtual_outbound(ctx.allow_any));
-    let telemetry = wire::telemetry(ctx.mesh_config());
+    let mut telemetry = wire::telemetry(ctx.mesh_config());
+    telemetry.idle_timeout = ctx.proxy.idle_timeout;
     out.insert(
         "virtualInbound".into(),
         virtual_inbound(&ctx.inbound(), &telemetry),
@@ -331,10 +332,77 @@ pub fn build(ctx: &Ctx) -> BTreeMap<String, Any> {
             let name = format!("{vip}_{}", p.port);
             let dests = tcp_destinations(ctx, svc, p.port);
             let stat = dests.first().map(|(n, _)| n.clone()).unwrap_or_default();
-            let c = chain(&name, None, vec![tcp_proxy(&stat, &dests)]);
+            let (source_ip_hash, idle) = match dests.as_slice() {
+                [(one, _)] => (source_ip_hash(ctx, one), tcp_idle_timeout(ctx, one)),
+                _ => (false, None),
+            };
+            let c = chain(
+                &name,
+                None,
+                vec![wire::tcp_proxy_hashed(
+                    &stat,
+                    &dests,
+                    source_ip_hash,
+                    idle.or(ctx.proxy.idle_timeout),
+                )],
+            );
             out.entry(name.clone())
                 .or_insert_with(|| not_bound(name, vip, p.port, vec![c], None, false));
         }
     }
     out.into_iter().map(|(n, l)| (n, wire::pack(&l))).collect()
+}
+
+/// The DestinationRule `connectionPool.tcp.idleTimeout` of `cluster` (subset first): the
+/// tcp_proxy's idle timeout (no bytes either way for this long closes the connection).
+fn tcp_idle_timeout(ctx: &Ctx, cluster: &str) -> Option<std::time::Duration> {
+    let mut parts = cluster.splitn(4, '|').skip(2);
+    let (subset, host) = (parts.next()?, parts.next()?);
+    let dr = ctx.destination_rules.get(host)?;
+    let of = |p: Option<&crate::resources::TrafficPolicy>| {
+        p?.connection_pool
+            .as_ref()?
+            .tcp
+            .as_ref()?
+            .idle_timeout
+            .clone()
+    };
+    let subset_policy = dr
+        .subsets
+        .iter()
+        .find(|s| !subset.is_empty() && s.name == subset)
+        .and_then(|s| s.traffic_policy.as_ref());
+    let d = of(subset_policy).or_else(|| of(dr.traffic_policy.as_ref()))?;
+    crate::duration::parse(&d).ok()
+}
+
+/// Whether the DestinationRule of `cluster` (`outbound|port|subset|host`) hashes by source IP;
+/// a subset with its own load balancer decides for itself (Istio's `maybeSetHashPolicy`).
+fn source_ip_hash(ctx: &Ctx, cluster: &str) -> bool {
+    let mut parts = cluster.splitn(4, '|').skip(2);
+    let (Some(subset), Some(host)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let Some(dr) = ctx.destination_rules.get(host) else {
+        return false;
+    };
+    let uses = |lb: Option<&crate::resources::LoadBalancer>| {
+        lb.and_then(|l| l.consistent_hash.as_ref())
+            .and_then(|c| c.use_source_ip)
+            .unwrap_or(false)
+    };
+    let subset_lb = dr
+        .subsets
+        .iter()
+        .find(|s| !subset.is_empty() && s.name == subset)
+        .and_then(|s| s.traffic_policy.as_ref())
+        .and_then(|p| p.load_balancer.as_ref());
+    match subset_lb {
+        Some(lb) => uses(Some(lb)),
+        None => uses(
+            dr.traffic_policy
+                .as_ref()
+                .and_then(|p| p.load_balancer.as_ref()),
+        ),
+    }
 }

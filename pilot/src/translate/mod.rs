@@ -25,6 +25,9 @@ pub struct ProxyNode {
     pub namespace: String,
     pub ips: Vec<String>,
     pub labels: Labels,
+    /// Metadata `IDLE_TIMEOUT` (`ISTIO_META_IDLE_TIMEOUT`): the idle timeout of the proxy's
+    /// connection managers and TCP proxies.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// Generated resources per xDS type, by name.
@@ -224,6 +227,7 @@ mod tests {
             namespace: "default".into(),
             ips: vec!["10.30.0.10".into()],
             labels: Labels::new(),
+            idle_timeout: None,
         }
     }
 
@@ -365,6 +369,7 @@ mod tests {
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: bill}\n",
             "spec:\n  host: bill\n  trafficPolicy:\n    connectionPool:\n",
             "      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1, maxRetries: 2}\n",
+            "    retryBudget: {percent: 25, minRetryConcurrency: 5}\n",
         );
         let objects = crate::load::parse_file(std::path::Path::new("m.yaml"), yaml).objects;
         let mesh = Mesh {
@@ -382,10 +387,64 @@ mod tests {
         assert_eq!(t.max_connections.unwrap().value, 1);
         assert_eq!(t.max_pending_requests.unwrap().value, 1);
         assert_eq!(t.max_retries.unwrap().value, 2);
+        let budget = t.retry_budget.as_ref().unwrap();
+        assert_eq!(budget.budget_percent.as_ref().unwrap().value, 25.0);
+        assert_eq!(budget.min_retry_concurrency.unwrap().value, 5);
         assert_eq!(
             t.max_requests.unwrap().value,
             u32::MAX,
             "unset: unlimited, as istiod"
         );
+    }
+
+    #[test]
+    fn consistent_hash_sets_the_cluster_policy_and_the_route_hash() {
+        use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster::LbConfig};
+        use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier as P;
+        let yaml = concat!(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: cart}\n",
+            "spec: {clusterIP: 10.96.0.5, ports: [{name: http, port: 80}, {name: tcp-db, port: 5432}]}\n---\n",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: cart}\n",
+            "spec:\n  host: cart\n  trafficPolicy:\n    loadBalancer:\n",
+            "      consistentHash: {httpCookie: {name: session, ttl: 1h, path: /}, ringHash: {minimumRingSize: 2048}}\n",
+            "  subsets:\n  - name: ip\n    labels: {v: x}\n    trafficPolicy:\n      loadBalancer:\n",
+            "        consistentHash: {useSourceIp: true, maglev: {tableSize: 1031}}\n",
+        );
+        let objects = crate::load::parse_file(std::path::Path::new("m.yaml"), yaml).objects;
+        let mesh = Mesh {
+            registry: crate::registry::Registry::build(&objects),
+            objects,
+        };
+        let x = generate(&mesh, &client());
+        let cluster = |name: &str| Cluster::decode(x.clusters[name].value.as_slice()).unwrap();
+        let top = cluster("outbound|80||cart.default.svc.cluster.local");
+        assert_eq!(top.lb_policy, 2, "RING_HASH");
+        match top.lb_config {
+            Some(LbConfig::RingHashLbConfig(r)) => {
+                assert_eq!(r.minimum_ring_size.unwrap().value, 2048)
+            }
+            other => panic!("{other:?}"),
+        }
+        let sub = cluster("outbound|80|ip|cart.default.svc.cluster.local");
+        assert_eq!(sub.lb_policy, 5, "MAGLEV");
+        match sub.lb_config {
+            Some(LbConfig::MaglevLbConfig(m)) => assert_eq!(m.table_size.unwrap().value, 1031),
+            other => panic!("{other:?}"),
+        }
+        // The default route of the service carries the cookie hash policy.
+        let rc = RouteConfiguration::decode(x.routes["80"].value.as_slice()).unwrap();
+        let Some(Action::Route(ra)) = &rc.virtual_hosts[0].routes[0].action else {
+            panic!("{rc:?}")
+        };
+        match &ra.hash_policy[..] {
+            [h] => match &h.policy_specifier {
+                Some(P::Cookie(c)) => {
+                    assert_eq!((c.name.as_str(), c.path.as_str()), ("session", "/"));
+                    assert_eq!(c.ttl.as_ref().unwrap().seconds, 3600);
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -288,6 +288,75 @@ fn destination_cluster(ctx: &Ctx, d: &r::Destination, vs_ns: &str) -> String {
     outbound_name(port, d.subset.as_deref().unwrap_or(""), &host)
 }
 
+/// Istio's `ConsistentHashToHashPolicy`: the route hash policy of the DestinationRule load
+/// balancer that applies to `host` (and `subset`, whose policy wins over the top-level one).
+fn hash_policy(ctx: &Ctx, host: &str, subset: &str) -> Option<route::route_action::HashPolicy> {
+    use route::route_action::hash_policy::{self as hp, PolicySpecifier as P};
+    let dr = ctx.destination_rules.get(host)?;
+    let from_subset = dr
+        .subsets
+        .iter()
+        .find(|s| !subset.is_empty() && s.name == subset)
+        .and_then(|s| s.traffic_policy.as_ref())
+        .and_then(|p| p.load_balancer.as_ref());
+    let lb = from_subset.or(dr
+        .traffic_policy
+        .as_ref()
+        .and_then(|p| p.load_balancer.as_ref()))?;
+    let ch = lb.consistent_hash.as_ref()?;
+    let spec = if let Some(h) = &ch.http_header_name {
+        P::Header(hp::Header {
+            header_name: h.clone(),
+            ..Default::default()
+        })
+    } else if let Some(c) = &ch.http_cookie {
+        P::Cookie(hp::Cookie {
+            name: c.name.clone(),
+            path: c.path.clone().unwrap_or_default(),
+            ttl: c
+                .ttl
+                .as_deref()
+                .and_then(|t| crate::duration::parse(t).ok())
+                .map(wire::duration),
+            ..Default::default()
+        })
+    } else if ch.use_source_ip == Some(true) {
+        P::ConnectionProperties(hp::ConnectionProperties { source_ip: true })
+    } else if let Some(q) = &ch.http_query_parameter_name {
+        P::QueryParameter(hp::QueryParameter { name: q.clone() })
+    } else {
+        return None;
+    };
+    Some(route::route_action::HashPolicy {
+        policy_specifier: Some(spec),
+        terminal: false,
+    })
+}
+
+/// The hash policy of a route to `destinations`: the destinations' DestinationRule hash policy
+/// when they all have the same one (Envoy has one list per route, not per weighted cluster).
+fn route_hash_policy<'d>(
+    ctx: &Ctx,
+    destinations: impl Iterator<Item = &'d r::Destination>,
+    vs_ns: &str,
+) -> Vec<route::route_action::HashPolicy> {
+    let policies: Vec<Option<route::route_action::HashPolicy>> = destinations
+        .map(|d| {
+            hash_policy(
+                ctx,
+                &fqdn(&d.host, vs_ns),
+                d.subset.as_deref().unwrap_or(""),
+            )
+        })
+        .collect();
+    match policies.first() {
+        Some(Some(first)) if policies.iter().all(|p| p.as_ref() == Some(first)) => {
+            vec![first.clone()]
+        }
+        _ => Vec::new(),
+    }
+}
+
 fn with_common(ra: &mut route::RouteAction, timeout: Option<&str>) {
     let t = timeout
         .and_then(|t| crate::duration::parse(t).ok())
@@ -408,6 +477,14 @@ fn virtual_service_routes(
                 let mut ra = route::RouteAction {
                     cluster_specifier: Some(spec),
                     retry_policy: retry_policy(h.retries.as_ref()),
+                    hash_policy: route_hash_policy(
+                        ctx,
+                        h.route
+                            .iter()
+                            .filter(|d| h.route.len() == 1 || d.weight.unwrap_or(0) > 0)
+                            .map(|d| &d.destination),
+                        &o.namespace,
+                    ),
                     ..Default::default()
                 };
                 with_common(&mut ra, h.timeout.as_deref());
@@ -469,7 +546,7 @@ fn virtual_service_routes(
     out
 }
 
-fn default_route(svc: &Service, port: u32) -> route::Route {
+fn default_route(ctx: &Ctx, svc: &Service, port: u32) -> route::Route {
     let mut rt = route::Route {
         name: "default".into(),
         r#match: Some(route_match(None)),
@@ -484,6 +561,7 @@ fn default_route(svc: &Service, port: u32) -> route::Route {
             outbound_name(port, "", &svc.hostname),
         )),
         retry_policy: retry_policy(None),
+        hash_policy: hash_policy(ctx, &svc.hostname, "").into_iter().collect(),
         ..Default::default()
     };
     with_common(&mut ra, None);
@@ -533,7 +611,7 @@ pub fn route_config(ctx: &Ctx, port: u32) -> route::RouteConfiguration {
     {
         let routes = match ctx.virtual_services.get(&svc.hostname) {
             Some((o, vs)) if !vs.http.is_empty() => virtual_service_routes(ctx, o, vs, svc, port),
-            _ => vec![default_route(svc, port)],
+            _ => vec![default_route(ctx, svc, port)],
         };
         virtual_hosts.push(route::VirtualHost {
             name: format!("{}:{port}", svc.hostname),

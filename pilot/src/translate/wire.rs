@@ -65,6 +65,18 @@ pub fn listener_filter(name: &str, config: Any) -> listener::ListenerFilter {
 
 /// tcp_proxy to one cluster, or to weighted clusters.
 pub fn tcp_proxy(stat_prefix: &str, clusters: &[(String, u32)]) -> listener::Filter {
+    tcp_proxy_hashed(stat_prefix, clusters, false, None)
+}
+
+/// tcp_proxy, with `hash_policy: [{source_ip}]` when `source_ip_hash` (Istio's
+/// `maybeSetHashPolicy` for `consistentHash.useSourceIp`).
+pub fn tcp_proxy_hashed(
+    stat_prefix: &str,
+    clusters: &[(String, u32)],
+    source_ip_hash: bool,
+    idle_timeout: Option<Duration>,
+) -> listener::Filter {
+    use envoy_types::pb::envoy::r#type::v3::{HashPolicy, hash_policy};
     use tcp::tcp_proxy::ClusterSpecifier as C;
     let spec = match clusters {
         [(one, _)] => C::Cluster(one.clone()),
@@ -84,9 +96,52 @@ pub fn tcp_proxy(stat_prefix: &str, clusters: &[(String, u32)]) -> listener::Fil
     let t = tcp::TcpProxy {
         stat_prefix: stat_prefix.into(),
         cluster_specifier: Some(spec),
+        idle_timeout: idle_timeout.map(duration),
+        hash_policy: if source_ip_hash {
+            vec![HashPolicy {
+                policy_specifier: Some(hash_policy::PolicySpecifier::SourceIp(
+                    hash_policy::SourceIp {},
+                )),
+            }]
+        } else {
+            vec![]
+        },
         ..Default::default()
     };
     network_filter("envoy.filters.network.tcp_proxy", pack(&t))
+}
+
+/// `udpa.type.v1.TypedStruct`: a config by type URL with its fields as a Struct.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TypedStruct {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(message, optional, tag = "2")]
+    value: Option<pb::Struct>,
+}
+
+/// Istio's `istio.metadata_exchange` HTTP filter (`io.istio.http.peer_metadata.Config`):
+/// discovery and propagation of the peer's identity by `istio_headers`, both directions.
+fn peer_metadata() -> Any {
+    let headers = || list_value(vec![struct_value(&[("istio_headers", struct_value(&[]))])]);
+    let config = TypedStruct {
+        type_url: "type.googleapis.com/io.istio.http.peer_metadata.Config".into(),
+        value: match struct_value(&[
+            ("upstream_discovery", headers()),
+            ("upstream_propagation", headers()),
+            ("downstream_discovery", headers()),
+            ("downstream_propagation", headers()),
+        ])
+        .kind
+        {
+            Some(pb::value::Kind::StructValue(s)) => Some(s),
+            _ => None,
+        },
+    };
+    Any {
+        type_url: "type.googleapis.com/udpa.type.v1.TypedStruct".into(),
+        value: config.encode_to_vec(),
+    }
 }
 
 fn http_filter(name: &str, config: Any) -> hcm::HttpFilter {
@@ -106,6 +161,7 @@ pub fn http_connection_manager(
 ) -> listener::Filter {
     use envoy_types::pb::envoy::extensions::filters::http::{cors::v3::Cors, fault::v3::HttpFault};
     let mut filters = vec![
+        http_filter("istio.metadata_exchange", peer_metadata()),
         http_filter("envoy.filters.http.fault", pack(&HttpFault::default())),
         http_filter("envoy.filters.http.cors", pack(&Cors::default())),
     ];
@@ -121,6 +177,12 @@ pub fn http_connection_manager(
         use_remote_address: bool_value(false),
         normalize_path: bool_value(true),
         stream_idle_timeout: Some(duration(Duration::ZERO)),
+        common_http_protocol_options: telemetry.idle_timeout.map(|t| {
+            envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
+                idle_timeout: Some(duration(t)),
+                ..Default::default()
+            }
+        }),
         upgrade_configs: vec![hcm::http_connection_manager::UpgradeConfig {
             upgrade_type: "websocket".into(),
             ..Default::default()
@@ -204,6 +266,8 @@ pub struct Telemetry {
     pub access_log: Vec<AccessLog>,
     /// `tracing.random_sampling` in percent; `None`: no tracing block.
     pub sampling: Option<f64>,
+    /// The proxy's `IDLE_TIMEOUT` metadata: the connection managers' connection idle timeout.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// The mesh config's access log and tracing settings, with Istio's defaults when there is no
@@ -213,6 +277,7 @@ pub fn telemetry(mesh: Option<&crate::resources::MeshConfig>) -> Telemetry {
     Telemetry {
         access_log: access_logs(mesh),
         sampling: mesh.unwrap_or(&default).trace_sampling(),
+        idle_timeout: None,
     }
 }
 

@@ -29,9 +29,80 @@ pub enum LbPolicy {
     RoundRobin,
     LeastRequest,
     Random,
-    RingHash,
-    Maglev,
+    /// Ketama-style ring (`ring_hash_lb_config`), sized between these bounds.
+    RingHash {
+        min_ring_size: u64,
+        max_ring_size: u64,
+    },
+    /// Maglev lookup table (`maglev_lb_config.table_size`, a prime).
+    Maglev {
+        table_size: u64,
+    },
     ClusterProvided,
+}
+
+impl LbPolicy {
+    /// Whether endpoints are chosen by the request's hash (route `hash_policy`).
+    pub fn hashed(self) -> bool {
+        matches!(self, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
+    }
+}
+
+/// Envoy's ring sizes: 1,024 entries at least, 8M at most (also the largest allowed).
+pub const RING_SIZE_DEFAULT: (u64, u64) = (1024, 8 * 1024 * 1024);
+/// Envoy's default Maglev table size (a prime).
+pub const MAGLEV_TABLE_DEFAULT: u64 = 65537;
+/// Envoy's limit on `maglev_lb_config.table_size`.
+const MAGLEV_TABLE_MAX: u64 = 5_000_011;
+
+fn is_prime(n: u64) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
+}
+
+fn ring_hash(c: &wire::Cluster) -> Result<LbPolicy, ConfigError> {
+    use wire::cluster::LbConfig;
+    let (mut min, mut max) = RING_SIZE_DEFAULT;
+    if let Some(LbConfig::RingHashLbConfig(r)) = &c.lb_config {
+        min = r.minimum_ring_size.map(|v| v.value).unwrap_or(min);
+        max = r.maximum_ring_size.map(|v| v.value).unwrap_or(max);
+        if max > RING_SIZE_DEFAULT.1 {
+            return Err(ConfigError::new(
+                "ring_hash_lb_config.maximum_ring_size",
+                format!("{max} is over the limit of {}", RING_SIZE_DEFAULT.1),
+            ));
+        }
+        if min == 0 || min > max {
+            return Err(ConfigError::new(
+                "ring_hash_lb_config.minimum_ring_size",
+                format!("{min} must be between 1 and maximum_ring_size ({max})"),
+            ));
+        }
+    }
+    Ok(LbPolicy::RingHash {
+        min_ring_size: min,
+        max_ring_size: max,
+    })
+}
+
+fn maglev(c: &wire::Cluster) -> Result<LbPolicy, ConfigError> {
+    use wire::cluster::LbConfig;
+    let table_size = match &c.lb_config {
+        Some(LbConfig::MaglevLbConfig(m)) => m
+            .table_size
+            .map(|v| v.value)
+            .unwrap_or(MAGLEV_TABLE_DEFAULT),
+        _ => MAGLEV_TABLE_DEFAULT,
+    };
+    if table_size > MAGLEV_TABLE_MAX || !is_prime(table_size) {
+        return Err(ConfigError::new(
+            "maglev_lb_config.table_size",
+            format!("{table_size} is not a prime number up to {MAGLEV_TABLE_MAX}"),
+        ));
+    }
+    Ok(LbPolicy::Maglev { table_size })
 }
 
 #[derive(Debug, Clone)]
@@ -56,7 +127,32 @@ pub struct Cluster {
     pub service: Option<ServiceRef>,
     /// `outlier_detection`: passive health checking by consecutive errors.
     pub outlier: Option<Outlier>,
+    /// HttpProtocolOptions `common_http_protocol_options.idle_timeout`: an upstream connection
+    /// unused for this long is closed (Envoy's default 1 h; `None`: never).
+    pub idle_timeout: Option<Duration>,
     pub ignored: Vec<Ignored>,
+}
+
+fn upstream_idle_timeout(c: &wire::Cluster) -> Result<Option<Duration>, ConfigError> {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    const KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    let from_options = match c.typed_extension_protocol_options.get(KEY) {
+        Some(any) => <HttpProtocolOptions as prost::Message>::decode(any.value.as_slice())
+            .ok()
+            .and_then(|o| o.common_http_protocol_options)
+            .and_then(|o| o.idle_timeout),
+        None => None,
+    };
+    #[allow(deprecated)]
+    let legacy = c
+        .common_http_protocol_options
+        .as_ref()
+        .and_then(|o| o.idle_timeout);
+    super::listener::timeout_or(
+        from_options.or(legacy).as_ref(),
+        super::listener::DEFAULT_IDLE_TIMEOUT,
+        "common_http_protocol_options.idle_timeout",
+    )
 }
 
 /// `outlier_detection`, with Envoy's defaults (consecutive 5xx: 5, base ejection 30 s, at
@@ -98,6 +194,17 @@ pub struct Limits {
     pub max_pending_requests: u32,
     pub max_requests: u32,
     pub max_retries: u32,
+    /// `retry_budget`: concurrent retries limited to this share of the active and pending
+    /// requests (per mille), but at least `min_retry_concurrency`; replaces `max_retries`.
+    pub retry_budget: Option<RetryBudget>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudget {
+    /// Per mille of active plus pending requests (Envoy's default 20%).
+    pub budget_per_mille: u32,
+    /// Envoy's default 3.
+    pub min_retry_concurrency: u32,
 }
 
 impl Default for Limits {
@@ -107,6 +214,7 @@ impl Default for Limits {
             max_pending_requests: 1024,
             max_requests: 1024,
             max_retries: 3,
+            retry_budget: None,
         }
     }
 }
@@ -131,6 +239,14 @@ fn limits(c: &wire::Cluster) -> Limits {
             .unwrap_or(d.max_pending_requests),
         max_requests: t.max_requests.map(|v| v.value).unwrap_or(d.max_requests),
         max_retries: t.max_retries.map(|v| v.value).unwrap_or(d.max_retries),
+        retry_budget: t.retry_budget.as_ref().map(|b| RetryBudget {
+            budget_per_mille: b
+                .budget_percent
+                .as_ref()
+                .map(|p| (p.value.clamp(0.0, 100.0) * 10.0).round() as u32)
+                .unwrap_or(200),
+            min_retry_concurrency: b.min_retry_concurrency.map(|v| v.value).unwrap_or(3),
+        }),
     }
 }
 
@@ -423,8 +539,8 @@ impl TryFrom<&wire::Cluster> for Cluster {
             Ok(L::RoundRobin) => LbPolicy::RoundRobin,
             Ok(L::LeastRequest) => LbPolicy::LeastRequest,
             Ok(L::Random) => LbPolicy::Random,
-            Ok(L::RingHash) => LbPolicy::RingHash,
-            Ok(L::Maglev) => LbPolicy::Maglev,
+            Ok(L::RingHash) => ring_hash(c)?,
+            Ok(L::Maglev) => maglev(c)?,
             Ok(L::ClusterProvided) => LbPolicy::ClusterProvided,
             Ok(L::LoadBalancingPolicyConfig) => {
                 ignored.push(Ignored {
@@ -504,6 +620,7 @@ impl TryFrom<&wire::Cluster> for Cluster {
             limits: limits(c),
             service: service_ref(c.metadata.as_ref()),
             outlier: outlier(c)?,
+            idle_timeout: upstream_idle_timeout(c)?,
             locality_weighted: matches!(
                 c.common_lb_config.as_ref().and_then(|l| l.locality_config_specifier.as_ref()),
                 Some(wire::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))

@@ -137,6 +137,8 @@ pub struct TcpProxy {
     pub stat_prefix: String,
     pub target: Target,
     pub idle_timeout: Option<Duration>,
+    /// `hash_policy: [{source_ip}]`: RING_HASH / MAGLEV clusters hash the client's IP.
+    pub hash_source_ip: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +150,8 @@ pub enum RouteSource {
 #[derive(Debug, Clone)]
 pub enum HttpFilter {
     Router,
+    /// `istio.metadata_exchange`: peer workload identity in `x-envoy-peer-metadata` headers.
+    PeerMetadata,
     /// `envoy.filters.http.fault`: applies the routes' fault configurations.
     Fault,
     Ignored(Ignored),
@@ -163,6 +167,31 @@ pub struct HttpManager {
     /// `tracing`: the percentage of new traces sampled (`random_sampling`, Envoy's default
     /// 100). Trace headers are propagated; spans are not exported.
     pub tracing: Option<f64>,
+    /// `common_http_protocol_options.idle_timeout`: a downstream connection with no request in
+    /// flight for this long is closed (Envoy's default 1 h; `None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// `stream_idle_timeout`: a request whose response has not started after this long without
+    /// activity gets 408 with flag SI (Envoy's default 5 min; `None`: never, Istio's `0s`).
+    pub stream_idle_timeout: Option<Duration>,
+    /// The chain has Istio's metadata exchange filter.
+    pub peer_metadata: bool,
+}
+
+/// Envoy's default connection idle timeout (downstream, upstream and tcp_proxy).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Envoy's default stream idle timeout.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// An optional timeout field: unset gives `default`, `0s` disables it.
+pub fn timeout_or(
+    d: Option<&envoy_types::pb::google::protobuf::Duration>,
+    default: Duration,
+    field: &str,
+) -> Result<Option<Duration>, ConfigError> {
+    Ok(match d {
+        None => Some(default),
+        Some(d) => Some(duration(d, field)?).filter(|d| !d.is_zero()),
+    })
 }
 
 /// The config of a filter: its `typed_config`, or the inner type of a `TypedStruct`.
@@ -189,10 +218,8 @@ fn config_type(any: &Any) -> String {
 /// Filters the proxy recognises but does not act on yet, with the reason.
 fn known_ignored(config: &str) -> Option<&'static str> {
     Some(match config {
-        "envoy.tcp.metadataexchange.config.MetadataExchange"
-        | "io.istio.http.peer_metadata.Config"
-        | "envoy.extensions.filters.http.peer_metadata.v3.Config" => {
-            "Istio peer metadata exchange: feeds telemetry labels, not implemented yet"
+        "envoy.tcp.metadataexchange.config.MetadataExchange" => {
+            "Istio TCP metadata exchange: needs the istio-peer-exchange ALPN of mTLS, not implemented yet"
         }
         "stats.PluginConfig" | "io.istio.stats.PluginConfig" => {
             "Istio standard metrics: not implemented yet"
@@ -275,15 +302,22 @@ fn network_filter(f: &wire::Filter, field: &str) -> Result<NetworkFilter, Config
                 }
                 None => return Err(ConfigError::new(field, "tcp_proxy has no cluster")),
             };
-            let idle_timeout = t
-                .idle_timeout
-                .as_ref()
-                .map(|d| duration(d, &format!("{field}.idle_timeout")))
-                .transpose()?;
+            // Envoy: unset is 1 h, 0s disables.
+            let idle_timeout = timeout_or(
+                t.idle_timeout.as_ref(),
+                DEFAULT_IDLE_TIMEOUT,
+                &format!("{field}.idle_timeout"),
+            )?;
+            use envoy_types::pb::envoy::r#type::v3::hash_policy::PolicySpecifier as H;
+            let hash_source_ip = t
+                .hash_policy
+                .iter()
+                .any(|h| matches!(h.policy_specifier, Some(H::SourceIp(_))));
             Ok(NetworkFilter::TcpProxy(TcpProxy {
                 stat_prefix: t.stat_prefix,
                 target,
                 idle_timeout,
+                hash_source_ip,
             }))
         }
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => {
@@ -332,6 +366,15 @@ fn http_manager(h: &hcm::HttpConnectionManager) -> Result<HttpManager, ConfigErr
             HttpFilter::Router
         } else if config == "envoy.extensions.filters.http.fault.v3.HTTPFault" {
             HttpFilter::Fault
+        } else if matches!(
+            config.as_str(),
+            "io.istio.http.peer_metadata.Config"
+                | "envoy.extensions.filters.http.peer_metadata.v3.Config"
+        ) || (f.name == "istio.metadata_exchange"
+            && config == "envoy.extensions.filters.http.wasm.v3.Wasm")
+        {
+            // The header-based exchange, whatever the filter's build (native or Wasm).
+            HttpFilter::PeerMetadata
         } else if let Some(reason) = known_ignored(&config) {
             HttpFilter::Ignored(Ignored {
                 what: format!("http filter {} ({config})", f.name),
@@ -367,12 +410,28 @@ fn http_manager(h: &hcm::HttpConnectionManager) -> Result<HttpManager, ConfigErr
             .as_ref()
             .map_or(100.0, |p| p.value.clamp(0.0, 100.0))
     });
+    let peer_metadata = http_filters
+        .iter()
+        .any(|f| matches!(f, HttpFilter::PeerMetadata));
     Ok(HttpManager {
+        peer_metadata,
         stat_prefix: h.stat_prefix.clone(),
         routes,
         http_filters,
         access_logs,
         tracing,
+        idle_timeout: timeout_or(
+            h.common_http_protocol_options
+                .as_ref()
+                .and_then(|o| o.idle_timeout.as_ref()),
+            DEFAULT_IDLE_TIMEOUT,
+            "common_http_protocol_options.idle_timeout",
+        )?,
+        stream_idle_timeout: timeout_or(
+            h.stream_idle_timeout.as_ref(),
+            DEFAULT_STREAM_IDLE_TIMEOUT,
+            "stream_idle_timeout",
+        )?,
     })
 }
 
@@ -675,7 +734,7 @@ impl TryFrom<&wire::Listener> for Listener {
                 if let NetworkFilter::Http(h) = f {
                     ignored.extend(h.http_filters.iter().filter_map(|f| match f {
                         HttpFilter::Ignored(i) => Some(i.clone()),
-                        HttpFilter::Router | HttpFilter::Fault => None,
+                        HttpFilter::Router | HttpFilter::Fault | HttpFilter::PeerMetadata => None,
                     }));
                 }
             }
@@ -746,5 +805,31 @@ mod sniff_tests {
         ]);
         assert!(one.sniff_disabled.is_none());
         assert!(listener(vec![]).sniff_disabled.is_none());
+    }
+
+    #[test]
+    fn idle_timeouts_default_like_envoy_and_zero_disables() {
+        use envoy_types::pb::google::protobuf::Duration as Pb;
+        let secs = |seconds| Pb { seconds, nanos: 0 };
+        assert_eq!(
+            timeout_or(None, DEFAULT_IDLE_TIMEOUT, "f").unwrap(),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            timeout_or(Some(&secs(0)), DEFAULT_IDLE_TIMEOUT, "f").unwrap(),
+            None
+        );
+        assert_eq!(
+            timeout_or(Some(&secs(2)), DEFAULT_IDLE_TIMEOUT, "f").unwrap(),
+            Some(Duration::from_secs(2))
+        );
+        let bad = timeout_or(Some(&secs(-1)), DEFAULT_IDLE_TIMEOUT, "x.idle_timeout");
+        assert!(bad.unwrap_err().to_string().contains("x.idle_timeout"));
+        // A tcp_proxy without one gets Envoy's hour.
+        let l = Listener::try_from(&crate::testing::tcp_listener("in", 15006, "c")).unwrap();
+        let NetworkFilter::TcpProxy(t) = &l.filter_chains[0].filters[0] else {
+            panic!("{l:?}")
+        };
+        assert_eq!(t.idle_timeout, Some(DEFAULT_IDLE_TIMEOUT));
     }
 }

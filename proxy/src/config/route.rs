@@ -308,6 +308,78 @@ pub struct Forward {
     /// `regex_rewrite`: the path's matches replaced (`\\1` groups as in RE2).
     pub regex_rewrite: Option<(Regex, String)>,
     pub host_rewrite: Option<String>,
+    /// `hash_policy`: what a RING_HASH or MAGLEV cluster hashes to pick the endpoint.
+    pub hash_policies: Vec<HashPolicy>,
+    /// `idle_timeout`: the route's stream idle timeout, over the connection manager's
+    /// (`Some(ZERO)`: disabled for this route).
+    pub idle_timeout: Option<Duration>,
+}
+
+/// One `route.hash_policy` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashPolicy {
+    pub key: HashKey,
+    /// A hash from this policy ends the list.
+    pub terminal: bool,
+}
+
+/// What a hash policy hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// A request header (lower case); several values hash in sorted order.
+    Header(String),
+    /// A cookie. With `ttl`, a request without it gets one made up and set on the response
+    /// (`Set-Cookie` with `Max-Age` and `path`), so that its next requests stick.
+    Cookie {
+        name: String,
+        ttl: Option<Duration>,
+        path: String,
+    },
+    /// The downstream peer's IP address.
+    SourceIp,
+    /// A query parameter (first occurrence).
+    QueryParameter(String),
+}
+
+fn hash_policies(ra: &wire::RouteAction) -> Result<Vec<HashPolicy>, ConfigError> {
+    use wire::route_action::hash_policy::PolicySpecifier as P;
+    let mut out = Vec::new();
+    for (i, h) in ra.hash_policy.iter().enumerate() {
+        let field = || format!("route.hash_policy[{i}]");
+        let key = match &h.policy_specifier {
+            Some(P::Header(h)) if !h.header_name.is_empty() => {
+                HashKey::Header(h.header_name.to_ascii_lowercase())
+            }
+            Some(P::Header(_)) => return Err(ConfigError::new(field(), "empty header_name")),
+            Some(P::Cookie(c)) if !c.name.is_empty() => HashKey::Cookie {
+                name: c.name.clone(),
+                ttl: c
+                    .ttl
+                    .as_ref()
+                    .map(|d| duration(d, "route.hash_policy.cookie.ttl"))
+                    .transpose()?,
+                path: c.path.clone(),
+            },
+            Some(P::Cookie(_)) => return Err(ConfigError::new(field(), "empty cookie name")),
+            Some(P::ConnectionProperties(c)) if c.source_ip => HashKey::SourceIp,
+            Some(P::QueryParameter(q)) if !q.name.is_empty() => {
+                HashKey::QueryParameter(q.name.clone())
+            }
+            Some(P::QueryParameter(_)) => {
+                return Err(ConfigError::new(field(), "empty query parameter name"));
+            }
+            // Filter state and disabled connection properties never yield a hash in a sidecar.
+            Some(P::FilterState(_)) | Some(P::ConnectionProperties(_)) | None => {
+                tracing::debug!(policy = i, "hash policy never yields a hash here; ignored");
+                continue;
+            }
+        };
+        out.push(HashPolicy {
+            key,
+            terminal: h.terminal,
+        });
+    }
+    Ok(out)
 }
 
 /// Envoy's RE2 substitution (`\\1`) in the regex crate's syntax (`${1}`).
@@ -362,6 +434,9 @@ pub struct Redirect {
     pub status: u16,
 }
 
+// Forwarding is nearly every route: it stays inline (no indirection per request); routes live
+// in snapshots built once per configuration, so the size of the other variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Action {
     Forward(Forward),
@@ -563,6 +638,12 @@ fn action(r: &wire::Route) -> Result<Action, ConfigError> {
                     }
                     _ => None,
                 },
+                hash_policies: hash_policies(ra)?,
+                idle_timeout: ra
+                    .idle_timeout
+                    .as_ref()
+                    .map(|d| duration(d, "route.idle_timeout"))
+                    .transpose()?,
             }))
         }
         Some(A::Redirect(rd)) => {

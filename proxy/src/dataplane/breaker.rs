@@ -106,9 +106,23 @@ impl Breaker {
         })
     }
 
-    /// A retry, if fewer than `max_retries` are in flight.
+    /// How many retries may be in flight: `max_retries`, or with a retry budget its share of
+    /// the requests active and pending now, but at least its minimum.
+    fn retry_limit(&self) -> u32 {
+        match self.limits.retry_budget {
+            None => self.limits.max_retries,
+            Some(b) => {
+                let load = u64::from(self.requests.load(Ordering::Acquire))
+                    + u64::from(self.pending.load(Ordering::Acquire));
+                let share = (load * u64::from(b.budget_per_mille) / 1000) as u32;
+                share.max(b.min_retry_concurrency)
+            }
+        }
+    }
+
+    /// A retry, if fewer than the limit are in flight.
     pub fn retry(self: &Arc<Self>) -> Option<Retrying> {
-        if self.retries.fetch_add(1, Ordering::AcqRel) >= self.limits.max_retries {
+        if self.retries.fetch_add(1, Ordering::AcqRel) >= self.retry_limit() {
             self.retries.fetch_sub(1, Ordering::AcqRel);
             self.retry_overflow.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -173,6 +187,7 @@ mod tests {
             max_pending_requests: p,
             max_requests: r,
             max_retries: retries,
+            retry_budget: None,
         }
     }
 
@@ -201,6 +216,32 @@ mod tests {
         assert!(b.retry().is_none(), "max_retries 1");
         drop(r);
         assert!(b.retry().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_retry_budget_scales_with_the_requests_in_flight() {
+        let mut l = limits(1000, 1000, 1000, 1);
+        l.retry_budget = Some(crate::config::cluster::RetryBudget {
+            budget_per_mille: 200,
+            min_retry_concurrency: 2,
+        });
+        let b = Arc::new(Breaker::new(l));
+        // Idle: the minimum concurrency (not max_retries, which the budget replaces).
+        let first: Vec<_> = (0..3).filter_map(|_| b.retry()).collect();
+        assert_eq!(first.len(), 2);
+        drop(first);
+        // 20 requests in flight: 20% of them, 4.
+        let mut admitted = Vec::new();
+        for _ in 0..20 {
+            admitted.push(b.admit().await.unwrap());
+        }
+        let busy: Vec<_> = (0..10).filter_map(|_| b.retry()).collect();
+        assert_eq!(busy.len(), 4);
+        assert_eq!(b.retry_overflow.load(Ordering::Relaxed), 1 + 6);
+        drop(busy);
+        drop(admitted);
+        let idle: Vec<_> = (0..10).filter_map(|_| b.retry()).collect();
+        assert_eq!(idle.len(), 2, "back to the minimum");
     }
 
     #[test]

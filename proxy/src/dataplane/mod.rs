@@ -1,6 +1,7 @@
 //! The data path: accepting connections, choosing listener and filter chain, forwarding.
 
 pub mod breaker;
+pub mod hash_lb;
 pub mod http;
 pub mod outlier;
 pub mod relay;

@@ -16,7 +16,7 @@ use super::http::manager::{ConnContext, Upstreams, serve_connection};
 use super::relay::relay;
 use super::select::{ConnMeta, filter_chain, listener_for};
 use super::sniff::{MAX_PEEK, Sniffed, sniff};
-use super::upstream::{cluster_of, endpoint};
+use super::upstream::{Pick, cluster_of, endpoint};
 use crate::config::Address;
 use crate::config::listener::{Listener, ListenerFilter, NetworkFilter, TcpProxy};
 use crate::xds::store::Snapshot;
@@ -95,6 +95,7 @@ pub struct Counters {
     rr: AtomicU64,
     http: Arc<AtomicU64>,
     loads: Arc<super::upstream::Loads>,
+    hash_tables: Arc<super::hash_lb::HashTables>,
     telemetry: Arc<crate::stats::Telemetry>,
 }
 
@@ -141,6 +142,7 @@ async fn tcp_proxy(
     snap: &Snapshot,
     t: &TcpProxy,
     downstream: TcpStream,
+    src: SocketAddr,
     dst: SocketAddr,
     counters: &Counters,
     inbound: bool,
@@ -152,22 +154,26 @@ async fn tcp_proxy(
         .clusters
         .get(&name)
         .ok_or_else(|| ConnError::UnknownCluster(name.clone()))?;
-    let addr = endpoint(
-        snap,
-        cluster,
-        dst,
-        counters.rr.fetch_add(1, Ordering::Relaxed),
-        fastrand::u64(..),
-        &|d| counters.loads.get(d),
-        &|d| {
+    let pick = Pick {
+        counter: counters.rr.fetch_add(1, Ordering::Relaxed),
+        roll: fastrand::u64(..),
+        // tcp_proxy's source IP hash policy, as for HTTP (the address without the port).
+        hash: t
+            .hash_source_ip
+            .then(|| xxhash_rust::xxh64::xxh64(src.ip().to_string().as_bytes(), 0)),
+        attempt: 0,
+        active: &|d| counters.loads.get(d),
+        ejected: &|d| {
             cluster.outlier.is_some()
                 && counters
                     .telemetry
                     .outliers
                     .is_ejected(&name, d, std::time::Instant::now())
         },
-    )
-    .map_err(|_| ConnError::NoHealthyUpstream(name.clone()))?;
+        tables: &counters.hash_tables,
+    };
+    let addr = endpoint(snap, cluster, dst, &pick)
+        .map_err(|_| ConnError::NoHealthyUpstream(name.clone()))?;
     let _in_flight = (cluster.lb_policy == crate::config::cluster::LbPolicy::LeastRequest)
         .then(|| counters.loads.start(&addr));
     let addr = addr
@@ -267,7 +273,7 @@ pub async fn handle(
         match filter {
             NetworkFilter::TcpProxy(t) => {
                 let inbound = accepting.name == "virtualInbound";
-                return tcp_proxy(&snap, t, stream, dst, &counters, inbound).await;
+                return tcp_proxy(&snap, t, stream, src, dst, &counters, inbound).await;
             }
             NetworkFilter::Http(manager) => {
                 let ctx = ConnContext {
@@ -278,6 +284,7 @@ pub async fn handle(
                     upstreams: upstreams.clone(),
                     counter: counters.http.clone(),
                     loads: counters.loads.clone(),
+                    hash_tables: counters.hash_tables.clone(),
                     breakers: counters.telemetry.breakers.clone(),
                     telemetry: counters.telemetry.clone(),
                     inbound: accepting.name == "virtualInbound",

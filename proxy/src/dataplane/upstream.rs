@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use crate::config::Address;
 use crate::config::cluster::{Cluster, Discovery, LbPolicy, LocalityEndpoints};
 use crate::config::route::Target;
+use crate::dataplane::hash_lb::HashTables;
 use crate::xds::store::Snapshot;
 
 /// The index a weighted choice lands on; `roll` is uniform in `0..total weight`.
@@ -211,16 +212,46 @@ pub fn endpoint_workload(snap: &Snapshot, cluster: &Cluster, dest: &Dest) -> Opt
         .and_then(|e| e.workload.clone())
 }
 
-/// The endpoint to connect to. `counter` advances round robin; `roll` drives random choices;
-/// `active` says how many requests an endpoint has in flight (LEAST_REQUEST).
+/// What a load balancer may look at to choose an endpoint.
+pub struct Pick<'a> {
+    /// Advances round robin.
+    pub counter: u64,
+    /// Uniform random bits, for random choices.
+    pub roll: u64,
+    /// The request's hash (route `hash_policy`), for RING_HASH and MAGLEV; without one they
+    /// choose at random, as Envoy does.
+    pub hash: Option<u64>,
+    /// Host selection attempt: > 0 when a retry looks for another host.
+    pub attempt: u32,
+    /// Requests in flight on an endpoint (LEAST_REQUEST).
+    pub active: &'a (dyn Fn(&Dest) -> usize + Sync),
+    /// Whether outlier detection has ejected an endpoint.
+    pub ejected: &'a (dyn Fn(&Dest) -> bool + Sync),
+    /// The consistent hashing tables (built on first use per endpoint set).
+    pub tables: &'a HashTables,
+}
+
+impl Pick<'_> {
+    /// A pick with nothing but random bits (mirrors, tests).
+    pub fn random(roll: u64, tables: &HashTables) -> Pick<'_> {
+        Pick {
+            counter: roll,
+            roll,
+            hash: None,
+            attempt: 0,
+            active: &|_| 0,
+            ejected: &|_| false,
+            tables,
+        }
+    }
+}
+
+/// The endpoint to connect to.
 pub fn endpoint(
     snap: &Snapshot,
     cluster: &Cluster,
     original_dst: SocketAddr,
-    counter: u64,
-    roll: u64,
-    active: &dyn Fn(&Dest) -> usize,
-    ejected: &dyn Fn(&Dest) -> bool,
+    pick: &Pick<'_>,
 ) -> Result<Dest, NoUpstream> {
     let localities: &[LocalityEndpoints] = match &cluster.discovery {
         Discovery::OriginalDst => return Ok(Dest::Ip(original_dst)),
@@ -235,10 +266,11 @@ pub fn endpoint(
             .map(|a| a.localities.as_slice())
             .unwrap_or(&[]),
     };
+    let roll = pick.roll;
     let list = candidates(
         localities,
         cluster.locality_weighted.then(|| roll.rotate_left(17)),
-        ejected,
+        pick.ejected,
     );
     let total: u64 = list.iter().map(|(_, w)| u64::from(*w)).sum();
     if total == 0 {
@@ -273,12 +305,24 @@ pub fn endpoint(
                 first,
             );
             match (first, second) {
-                (Some(a), Some(b)) if active(&list[b].0) < active(&list[a].0) => Some(b),
+                (Some(a), Some(b)) if (pick.active)(&list[b].0) < (pick.active)(&list[a].0) => {
+                    Some(b)
+                }
                 (a, _) => a,
             }
         }
-        // Weighted round robin (and, for now, RING_HASH/MAGLEV) as a position in the weights.
-        _ => at(counter % total, None),
+        policy if policy.hashed() => {
+            let keys: Vec<(String, u32)> = list.iter().map(|(d, w)| (d.to_string(), *w)).collect();
+            pick.tables.pick(
+                &cluster.name,
+                policy,
+                &keys,
+                pick.hash.unwrap_or(roll),
+                pick.attempt,
+            )
+        }
+        // Weighted round robin as a position in the weights.
+        _ => at(pick.counter % total, None),
     };
     chosen
         .map(|i| list[i].0.clone())
@@ -290,6 +334,15 @@ mod tests {
     use super::*;
     use crate::config::cluster::{Endpoint, Health, LoadAssignment, Locality};
     use std::sync::Arc;
+
+    /// A pick by counter and roll only.
+    fn simple(counter: u64, roll: u64, tables: &HashTables) -> Pick<'_> {
+        Pick {
+            counter,
+            roll,
+            ..Pick::random(roll, tables)
+        }
+    }
 
     fn cluster(discovery: Discovery) -> Cluster {
         Cluster {
@@ -305,6 +358,7 @@ mod tests {
             limits: Default::default(),
             service: None,
             outlier: None,
+            idle_timeout: None,
             ignored: vec![],
         }
     }
@@ -349,9 +403,10 @@ mod tests {
             service_name: "svc".into(),
         });
         let dst = "1.1.1.1:1".parse().unwrap();
+        let t = HashTables::default();
         let picks: Vec<String> = (0..4)
             .map(|i| {
-                endpoint(&snap, &c, dst, i, 0, &|_| 0, &|_| false)
+                endpoint(&snap, &c, dst, &simple(i, 0, &t))
                     .unwrap()
                     .to_string()
             })
@@ -364,7 +419,7 @@ mod tests {
             service_name: "nope".into(),
         });
         assert_eq!(
-            endpoint(&snap, &missing, dst, 0, 0, &|_| 0, &|_| false),
+            endpoint(&snap, &missing, dst, &simple(0, 0, &t)),
             Err(NoUpstream::NoHealthyEndpoint("c".into()))
         );
         assert_eq!(
@@ -372,10 +427,7 @@ mod tests {
                 &snap,
                 &cluster(Discovery::OriginalDst),
                 dst,
-                0,
-                0,
-                &|_| 0,
-                &|_| false
+                &simple(0, 0, &t)
             ),
             Ok(Dest::Ip(dst))
         );
@@ -399,7 +451,8 @@ mod tests {
             }],
         });
         let dst = "1.1.1.1:1".parse().unwrap();
-        let d = endpoint(&Snapshot::default(), &c, dst, 0, 0, &|_| 0, &|_| false).unwrap();
+        let t = HashTables::default();
+        let d = endpoint(&Snapshot::default(), &c, dst, &simple(0, 0, &t)).unwrap();
         assert_eq!(d, Dest::Name("localhost".into(), 8080));
         let a = d.resolve().await.unwrap();
         assert!(a.ip().is_loopback() && a.port() == 8080, "{a}");
@@ -412,14 +465,19 @@ mod tests {
     }
 
     /// How many of 1000 picks (spread rolls; the counter is the pick's index) land on `target`.
-    fn picks_of(c: &Cluster, target: &str, active: &dyn Fn(&Dest) -> usize) -> usize {
+    fn picks_of(c: &Cluster, target: &str, active: &(dyn Fn(&Dest) -> usize + Sync)) -> usize {
         let target = Dest::Ip(target.parse().unwrap());
         let dst = "1.1.1.1:1".parse().unwrap();
         let snap = Snapshot::default();
+        let t = HashTables::default();
         (0..1000u64)
             .map(|r| {
                 let roll = r.wrapping_mul(0x2545_F491_4F6C_DD1D);
-                endpoint(&snap, c, dst, r, roll, active, &|_| false).unwrap()
+                let pick = Pick {
+                    active,
+                    ..simple(r, roll, &t)
+                };
+                endpoint(&snap, c, dst, &pick).unwrap()
             })
             .filter(|d| *d == target)
             .count()
@@ -469,6 +527,65 @@ mod tests {
         });
         let b = picks_of(&c, "10.0.0.2:80", &|_| 0);
         assert!((150..=250).contains(&b), "about 20% to zone b: {b}");
+    }
+
+    #[test]
+    fn hashed_policies_follow_the_request_hash_and_skip_ejected_hosts() {
+        let addrs = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
+        let snap = Snapshot::default();
+        let dst = "1.1.1.1:1".parse().unwrap();
+        for policy in [
+            LbPolicy::RingHash {
+                min_ring_size: 1024,
+                max_ring_size: 8 << 20,
+            },
+            LbPolicy::Maglev { table_size: 65537 },
+        ] {
+            let mut c = cluster(Discovery::Static);
+            c.lb_policy = policy;
+            c.load_assignment = Some(LoadAssignment {
+                cluster_name: "c".into(),
+                localities: vec![locality("", None, &addrs)],
+            });
+            let t = HashTables::default();
+            let by_hash = |hash: u64, roll: u64, ejected: &(dyn Fn(&Dest) -> bool + Sync)| {
+                let pick = Pick {
+                    hash: Some(hash),
+                    ejected,
+                    ..simple(roll, roll, &t)
+                };
+                endpoint(&snap, &c, dst, &pick).unwrap()
+            };
+            let mut seen = std::collections::HashSet::new();
+            let (mut kept, mut stayed) = (0, 0);
+            for key in 0..60u64 {
+                let hash = key.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let first = by_hash(hash, 0, &|_| false);
+                // Counter and random bits do not matter: the hash does.
+                for roll in 1..5 {
+                    assert_eq!(by_hash(hash, roll * 7919, &|_| false), first, "{policy:?}");
+                }
+                seen.insert(first.clone());
+                // An ejected host is left out; the others keep their keys.
+                let out = Dest::Ip(addrs[0].parse().unwrap());
+                let without = by_hash(hash, 0, &|d| *d == out);
+                assert_ne!(without, out);
+                if first != out {
+                    kept += 1;
+                    stayed += usize::from(without == first);
+                }
+            }
+            assert_eq!(seen.len(), 3, "60 keys reach every host: {policy:?}");
+            assert!(stayed * 10 >= kept * 8, "{stayed}/{kept} {policy:?}");
+            // No hash: a random host, so all of them over many picks.
+            let random: std::collections::HashSet<Dest> = (0..200u64)
+                .map(|r| {
+                    let roll = r.wrapping_mul(0x2545_F491_4F6C_DD1D);
+                    endpoint(&snap, &c, dst, &simple(r, roll, &t)).unwrap()
+                })
+                .collect();
+            assert_eq!(random.len(), 3, "{policy:?}");
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::config::listener::{HttpFilter, HttpManager, RouteSource};
 use crate::config::route::{Action, Forward, HeaderAction, HeaderOps, PathMatch};
 use crate::dataplane::outlier;
 use crate::dataplane::upstream::endpoint_count;
-use crate::dataplane::upstream::{NoUpstream, cluster_of, endpoint};
+use crate::dataplane::upstream::{NoUpstream, Pick, cluster_of, endpoint};
 use crate::xds::store::Snapshot;
 
 pub use super::body::Body;
@@ -50,6 +50,8 @@ pub enum ResponseFlag {
     FI,
     /// Upstream overflow (circuit breaking).
     UO,
+    /// Stream idle timeout.
+    SI,
 }
 
 impl ResponseFlag {
@@ -63,6 +65,7 @@ impl ResponseFlag {
             ResponseFlag::UT => "response_timeout",
             ResponseFlag::FI => "fault_filter_abort",
             ResponseFlag::UO => "upstream_reset_before_response_started{overflow}",
+            ResponseFlag::SI => "stream_idle_timeout",
         }
     }
 
@@ -75,6 +78,7 @@ impl ResponseFlag {
             ResponseFlag::UT => "UT",
             ResponseFlag::FI => "FI",
             ResponseFlag::UO => "UO",
+            ResponseFlag::SI => "SI",
         }
     }
 }
@@ -122,24 +126,57 @@ use super::body::BoxError;
 /// no pool bookkeeping per request).
 #[derive(Default)]
 pub struct Affinity {
-    conns: Mutex<Vec<(SocketAddr, hyper::client::conn::http1::SendRequest<Body>)>>,
+    /// (endpoint, connection, when it was last handed back).
+    conns: Mutex<
+        Vec<(
+            SocketAddr,
+            hyper::client::conn::http1::SendRequest<Body>,
+            Instant,
+        )>,
+    >,
 }
 
 /// Upstream connections kept per downstream connection.
 const AFFINITY_MAX: usize = 4;
 
 impl Affinity {
-    fn take(&self, addr: SocketAddr) -> Option<hyper::client::conn::http1::SendRequest<Body>> {
+    /// A kept connection to `addr`, unless it has been idle for `idle`.
+    fn take(
+        &self,
+        addr: SocketAddr,
+        idle: Option<Duration>,
+    ) -> Option<hyper::client::conn::http1::SendRequest<Body>> {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns.retain(|(_, s)| !s.is_closed());
-        let i = conns.iter().position(|(a, s)| *a == addr && s.is_ready())?;
+        conns.retain(|(_, s, at)| !s.is_closed() && idle.is_none_or(|i| at.elapsed() < i));
+        let i = conns
+            .iter()
+            .position(|(a, s, _)| *a == addr && s.is_ready())?;
         Some(conns.swap_remove(i).1)
     }
 
-    fn put(&self, addr: SocketAddr, sender: hyper::client::conn::http1::SendRequest<Body>) {
+    /// Keeps a connection for the next request. With an idle timeout shorter than Envoy's
+    /// default (which the downstream connection's own idle timeout covers), a timer drops it
+    /// once that time has passed unused: dropping the sender closes the upstream connection.
+    fn put(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        sender: hyper::client::conn::http1::SendRequest<Body>,
+        idle: Option<Duration>,
+    ) {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        if conns.len() < AFFINITY_MAX {
-            conns.push((addr, sender));
+        if conns.len() >= AFFINITY_MAX {
+            return;
+        }
+        conns.push((addr, sender, Instant::now()));
+        if let Some(idle) = idle.filter(|i| *i < crate::config::listener::DEFAULT_IDLE_TIMEOUT) {
+            let me = Arc::downgrade(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(idle).await;
+                if let Some(me) = me.upgrade() {
+                    let mut conns = me.conns.lock().unwrap_or_else(|e| e.into_inner());
+                    conns.retain(|(_, _, at)| at.elapsed() < idle);
+                }
+            });
         }
     }
 }
@@ -262,6 +299,7 @@ pub struct ConnContext {
     pub loads: Arc<crate::dataplane::upstream::Loads>,
     pub breakers: Arc<crate::dataplane::breaker::Breakers>,
     pub affinity: Arc<Affinity>,
+    pub hash_tables: Arc<crate::dataplane::hash_lb::HashTables>,
     pub telemetry: Arc<crate::stats::Telemetry>,
     /// Accepted by `virtualInbound`: this proxy reports as the destination.
     pub inbound: bool,
@@ -352,7 +390,7 @@ async fn send_once(
         });
     }
     let (bind, timeout) = (cluster.bind_source, cluster.connect_timeout);
-    let (mut sender, reused) = match ctx.affinity.take(addr) {
+    let (mut sender, reused) = match ctx.affinity.take(addr, cluster.idle_timeout) {
         Some(s) => (s, true),
         None => (
             connect_upstream(addr, bind, timeout)
@@ -378,7 +416,7 @@ async fn send_once(
         }
         Err(e) => return Err(SendError::Other(e.into_error().into())),
     };
-    ctx.affinity.put(addr, sender);
+    ctx.affinity.put(addr, sender, cluster.idle_timeout);
     Ok(resp)
 }
 
@@ -471,15 +509,11 @@ fn mirror(
     let n = ctx
         .counter
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let Ok(dest) = endpoint(
-        snap,
-        cluster,
-        ctx.original_dst,
-        n,
-        fastrand::u64(..),
-        &|_| 0,
-        &|_| false,
-    ) else {
+    let pick = Pick {
+        counter: n,
+        ..Pick::random(fastrand::u64(..), &ctx.hash_tables)
+    };
+    let Ok(dest) = endpoint(snap, cluster, ctx.original_dst, &pick) else {
         return;
     };
     let mut parts = parts.clone();
@@ -567,6 +601,19 @@ async fn forward(
         UpstreamProtocol::Downstream => req.version() == http::Version::HTTP_2,
     };
     let (mut parts, body) = req.into_parts();
+    // Consistent hashing: the request's hash by the route's hash policies.
+    let hashed = (cluster.lb_policy.hashed() && !f.hash_policies.is_empty()).then(|| {
+        super::hash_policy::request_hash(
+            &f.hash_policies,
+            &parts.headers,
+            Some(head.host.as_str()).filter(|h| !h.is_empty()),
+            head.query.as_deref(),
+            ctx.downstream,
+            ctx.original_dst,
+        )
+    });
+    let hash = hashed.as_ref().and_then(|h| h.hash);
+    let set_cookie = hashed.and_then(|h| h.set_cookie);
     // The upstream path: rewritten, or as received. HTTP/1.1 goes out on this connection's own
     // upstream connection in origin form (an origin-form request without a rewrite keeps its
     // URI); HTTP/2 through the shared client, which needs the absolute form.
@@ -617,6 +664,15 @@ async fn forward(
         && let Ok(v) = HeaderValue::from_str(&request_id())
     {
         headers.insert(HeaderName::from_static("x-request-id"), v);
+    }
+    // Metadata exchange: only towards mesh services (not passthrough), so that no identity
+    // leaks to hosts outside the mesh.
+    if ctx.manager.peer_metadata
+        && !ctx.inbound
+        && cluster.service.is_some()
+        && let Some(own) = &ctx.telemetry.own_headers
+    {
+        own.add(headers);
     }
     if let Some(percent) = ctx.manager.tracing {
         let next = super::trace::next_hop(
@@ -690,30 +746,32 @@ async fn forward(
         attempt += 1;
         let now = Instant::now();
         // Ejections only matter (and only cost a lookup) where outlier detection is on.
-        let ejected: &dyn Fn(&super::super::upstream::Dest) -> bool = if cluster.outlier.is_some() {
-            &|d| outliers.is_ejected(cluster_name, d, now)
-        } else {
-            &|_| false
-        };
+        let ejected: &(dyn Fn(&super::super::upstream::Dest) -> bool + Sync) =
+            if cluster.outlier.is_some() {
+                &|d| outliers.is_ejected(cluster_name, d, now)
+            } else {
+                &|_| false
+            };
         // The endpoint: with previous_hosts, a retry looks for one not tried yet.
         let picks = match retry {
             Some(p) if p.previous_hosts && attempt > 1 => p.host_selection_max_attempts.max(1),
             _ => 1,
         };
         let mut chosen = None;
-        for _ in 0..picks {
+        for selection in 0..picks {
             let n = ctx
                 .counter
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            match endpoint(
-                snap,
-                cluster,
-                ctx.original_dst,
-                n,
-                fastrand::u64(..),
-                &|d| loads.get(d),
+            let pick = Pick {
+                counter: n,
+                roll: fastrand::u64(..),
+                hash,
+                attempt: selection,
+                active: &|d| loads.get(d),
                 ejected,
-            ) {
+                tables: &ctx.hash_tables,
+            };
+            match endpoint(snap, cluster, ctx.original_dst, &pick) {
                 Ok(d) => {
                     let fresh = !tried.contains(&d);
                     chosen = Some(d);
@@ -796,10 +854,24 @@ async fn forward(
             (l, t) => l.or(t),
         };
         let sent = send_once(ctx, cluster, addr, http2, req);
-        let result = match limit {
+        // The stream idle timeout (the route's, else the connection manager's) ends the wait
+        // for the response when it comes first: 408 with flag SI, as Envoy.
+        let stream_idle = f
+            .idle_timeout
+            .or(ctx.manager.stream_idle_timeout)
+            .filter(|t| !t.is_zero())
+            .filter(|t| limit.is_none_or(|l| *t < l));
+        let result = match stream_idle.or(limit) {
             Some(t) => tokio::time::timeout(t, sent).await.ok(),
             None => Some(sent.await),
         };
+        if result.is_none() && stream_idle.is_some() {
+            return local_reply(
+                StatusCode::REQUEST_TIMEOUT,
+                ResponseFlag::SI,
+                "stream timeout",
+            );
+        }
         let route_expired = deadline.is_some_and(|d| Instant::now() >= d);
         let outcome = match &result {
             None => retry::Outcome::PerTryTimeout,
@@ -859,6 +931,11 @@ async fn forward(
                 if let Ok(v) = HeaderValue::from_str(&elapsed) {
                     resp.headers_mut()
                         .insert(HeaderName::from_static("x-envoy-upstream-service-time"), v);
+                }
+                if let Some(c) = &set_cookie
+                    && let Ok(v) = HeaderValue::from_str(c)
+                {
+                    resp.headers_mut().append(header::SET_COOKIE, v);
                 }
                 resp
             }
@@ -925,7 +1002,13 @@ fn response_headers(headers: &mut http::HeaderMap, ops: [&HeaderOps; 3]) {
 }
 
 /// Counts the request in Istio's metrics, as the reporting side sees it.
-fn record(ctx: &ConnContext, head: &RequestHead, resp: &Response<Body>, received: Instant) {
+fn record(
+    ctx: &ConnContext,
+    head: &RequestHead,
+    resp: &Response<Body>,
+    received: Instant,
+    peer: Option<&crate::stats::Workload>,
+) {
     use std::hash::{Hash, Hasher};
     let info = resp.extensions().get::<UpstreamInfo>();
     let grpc_status = resp
@@ -938,6 +1021,7 @@ fn record(ctx: &ConnContext, head: &RequestHead, resp: &Response<Body>, received
     // What makes a series different, hashed; the labels are built once per series.
     let mut h = std::collections::hash_map::DefaultHasher::new();
     ctx.inbound.hash(&mut h);
+    peer.hash(&mut h);
     match info {
         Some(i) => {
             i.cluster.name.hash(&mut h);
@@ -962,16 +1046,20 @@ fn record(ctx: &ConnContext, head: &RequestHead, resp: &Response<Body>, received
             }
         };
         let me = ctx.telemetry.me.clone();
-        let peer = info
-            .and_then(|i| {
-                crate::dataplane::upstream::endpoint_workload(&i.snap, &i.cluster, &i.dest)
-            })
-            .map(|w| crate::stats::Workload::from_istio(&w))
-            .unwrap_or_else(crate::stats::Workload::unknown);
+        // The destination: the endpoint's EDS metadata, else what its sidecar said.
+        let exchanged = || {
+            peer.cloned()
+                .unwrap_or_else(crate::stats::Workload::unknown)
+        };
         let (reporter, source, destination) = if ctx.inbound {
-            ("destination", crate::stats::Workload::unknown(), me)
+            ("destination", exchanged(), me)
         } else {
-            ("source", me, peer)
+            let endpoint = info
+                .and_then(|i| {
+                    crate::dataplane::upstream::endpoint_workload(&i.snap, &i.cluster, &i.dest)
+                })
+                .map(|w| crate::stats::Workload::from_istio(&w));
+            ("source", me, endpoint.unwrap_or_else(exchanged))
         };
         let grpc = resp
             .headers()
@@ -1041,8 +1129,24 @@ pub async fn handle(
             std::time::SystemTime::now(),
         )
     });
-    let (resp, head) = respond(&ctx, req).await;
-    record(&ctx, &head, &resp, received);
+    // Istio's metadata exchange: the client's identity comes in on the request, the server's
+    // on the response; the app sees neither.
+    let exchange = ctx.manager.peer_metadata;
+    let mut peer = None;
+    if exchange && ctx.inbound {
+        peer = super::peer::take(req.headers_mut());
+    }
+    let (mut resp, head) = respond(&ctx, req).await;
+    if exchange {
+        if ctx.inbound {
+            if let Some(own) = &ctx.telemetry.own_headers {
+                own.add(resp.headers_mut());
+            }
+        } else {
+            peer = super::peer::take(resp.headers_mut());
+        }
+    }
+    record(&ctx, &head, &resp, received, peer.as_ref());
     if let Some((headers, version, path, start)) = logged {
         access_log(
             &ctx, &head, &headers, version, &path, start, &resp, received,
@@ -1236,19 +1340,87 @@ fn grpc_abort(code: u32) -> Response<Body> {
 pub const MAX_REQUEST_HEADERS: usize = 60 * 1024;
 
 /// Serves one downstream connection (HTTP/1.1, or h2c with prior knowledge).
+/// Requests in flight on a downstream connection, and when the last one ended (for the
+/// connection's idle timeout).
+#[derive(Default)]
+struct Activity {
+    active: std::sync::atomic::AtomicUsize,
+    /// Milliseconds since the connection started.
+    last: std::sync::atomic::AtomicU64,
+}
+
+struct Active<'a>(&'a Activity, Instant);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.0
+            .last
+            .store(self.1.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Resolves once the connection has had no request in flight for `idle`.
+async fn idle_for(activity: &Activity, started: Instant, idle: Duration) {
+    use std::sync::atomic::Ordering;
+    loop {
+        let last = started + Duration::from_millis(activity.last.load(Ordering::Relaxed));
+        let deadline = last + idle;
+        if Instant::now() >= deadline && activity.active.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        tokio::time::sleep_until(
+            deadline
+                .max(Instant::now() + Duration::from_millis(10))
+                .into(),
+        )
+        .await;
+    }
+}
+
 pub async fn serve_connection(ctx: ConnContext, stream: TcpStream) {
+    let idle = ctx.manager.idle_timeout;
     let ctx = Arc::new(ctx);
-    let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
+    let activity = Arc::new(Activity::default());
+    let started = Instant::now();
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req| {
+            let (ctx, activity) = (ctx.clone(), activity.clone());
+            async move {
+                activity
+                    .active
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _active = Active(&activity, started);
+                handle(ctx, req).await
+            }
+        })
+    };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // Envoy's default limits: 60 KiB of request headers and 100 headers, else 431.
     builder.http1().max_buf_size(MAX_REQUEST_HEADERS);
     builder
         .http2()
         .max_header_list_size(MAX_REQUEST_HEADERS as u32);
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = match idle {
+        Some(idle) => {
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = idle_for(&activity, started, idle) => {
+                    // Envoy closes an idle connection (HTTP/2: GOAWAY first); a request that
+                    // races in is still answered.
+                    tracing::debug!(?idle, "downstream connection idle; closing");
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+        None => conn.await,
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
     }
 }

@@ -1,7 +1,9 @@
 //! HTTP: routing of requests by a route configuration, and the connection manager.
 
 pub mod body;
+pub mod hash_policy;
 pub mod manager;
+pub mod peer;
 pub mod retry;
 pub mod routing;
 pub mod trace;

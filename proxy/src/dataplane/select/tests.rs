@@ -11,6 +11,7 @@ fn chain(name: &str, m: ChainMatch) -> FilterChain {
             stat_prefix: name.into(),
             target: Target::Cluster(name.into()),
             idle_timeout: None,
+            hash_source_ip: false,
         })],
         tls: false,
     }

@@ -36,6 +36,8 @@ fn r(name: &str, path: PathMatch, headers: Vec<HeaderMatch>, query: Vec<QueryMat
             prefix_rewrite: None,
             regex_rewrite: None,
             host_rewrite: None,
+            hash_policies: vec![],
+            idle_timeout: None,
         }),
         headers: Default::default(),
         fault: None,
@@ -312,6 +314,8 @@ fn regex_rewrites_substitute_the_path() {
             "${2}/instance/${1}".into(),
         )),
         host_rewrite: None,
+        hash_policies: vec![],
+        idle_timeout: None,
     };
     assert_eq!(
         rewritten_path(&f, &PathMatch::Prefix("/".into()), "/service/foo/v1/api").as_deref(),
