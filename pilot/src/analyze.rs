@@ -483,6 +483,22 @@ impl Checker<'_> {
 /// out. `objects` are the individually valid resources, in load order.
 pub fn cross_check(objects: &[Object], registry: &Registry) -> Vec<(Key, Finding)> {
     let mut out = Vec::new();
+    // The tracer: a warning, as spans are then not reported while the trace headers still flow.
+    for o in objects {
+        if let Spec::MeshConfig(m) = &o.spec
+            && let Err(p) = crate::translate::tracing::collector(m, registry)
+        {
+            out.push((
+                o.key(),
+                Finding::warning(
+                    &o.origin,
+                    Some(&o.describe()),
+                    Some(&p.field),
+                    format!("{}; spans are not reported", p.message),
+                ),
+            ));
+        }
+    }
     // Subsets each host defines.
     let mut subsets: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for o in objects {

@@ -659,6 +659,69 @@ pub struct MeshConfig {
     pub enable_tracing: Option<bool>,
     #[serde(default)]
     pub default_config: ProxyConfig,
+    /// Named telemetry backends; of the tracers, Zipkin is served.
+    #[serde(default)]
+    pub extension_providers: Vec<ExtensionProvider>,
+    #[serde(default)]
+    pub default_providers: DefaultProviders,
+}
+
+/// `extensionProviders[]`: one backend. Only the tracer kinds are read; any other field (an
+/// authorization or metrics provider) is accepted and ignored.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionProvider {
+    pub name: String,
+    #[serde(default)]
+    pub zipkin: Option<ZipkinProvider>,
+    #[serde(default)]
+    pub opentelemetry: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub datadog: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub skywalking: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub lightstep: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub stackdriver: Option<serde_yaml::Value>,
+}
+
+impl ExtensionProvider {
+    /// A tracer this provider is, other than Zipkin (not served).
+    pub fn other_tracer(&self) -> Option<&'static str> {
+        [
+            ("opentelemetry", self.opentelemetry.is_some()),
+            ("datadog", self.datadog.is_some()),
+            ("skywalking", self.skywalking.is_some()),
+            ("lightstep", self.lightstep.is_some()),
+            ("stackdriver", self.stackdriver.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(k, set)| set.then_some(k))
+    }
+}
+
+/// `extensionProviders[].zipkin`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ZipkinProvider {
+    /// The collector's service: `zipkin.istio-system.svc.cluster.local`, or
+    /// `istio-system/zipkin.istio-system.svc.cluster.local`.
+    pub service: String,
+    pub port: u32,
+    /// Istio's default is 128-bit trace ids.
+    #[serde(default, rename = "enable64bitTraceId")]
+    pub enable_64bit_trace_id: bool,
+    /// The path spans are POSTed to (Istio's default `/api/v2/spans`).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// `defaultProviders`: the providers used where no Telemetry resource says otherwise.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+pub struct DefaultProviders {
+    #[serde(default)]
+    pub tracing: Vec<String>,
 }
 
 impl MeshConfig {
@@ -691,6 +754,15 @@ pub struct ProxyConfig {
 pub struct TracingConfig {
     #[serde(default)]
     pub sampling: Option<f64>,
+    /// The legacy tracer setting: `zipkin.address` (`host:port`).
+    #[serde(default)]
+    pub zipkin: Option<ZipkinAddress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+pub struct ZipkinAddress {
+    #[serde(default)]
+    pub address: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -39,6 +39,8 @@ pub struct AdminState {
     pub outliers: Arc<crate::dataplane::outlier::Outliers>,
     /// Circuit breakers, for their overflow counters in `/stats`.
     pub breakers: Arc<crate::dataplane::breaker::Breakers>,
+    /// The span reporter, for its `tracing.zipkin.*` counters in `/stats`.
+    pub zipkin: Arc<crate::dataplane::http::zipkin::Reporter>,
 }
 
 /// An `Any` rendered as Envoy renders it in a config dump (`@type`, proto field names).
@@ -421,10 +423,11 @@ pub fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes
             StatusCode::OK,
             "text/plain",
             format!(
-                "server.live: {}\ncluster_manager.active_clusters: {}\n{}",
+                "server.live: {}\ncluster_manager.active_clusters: {}\n{}{}",
                 u8::from(ready),
                 snap.clusters.len(),
-                breaker_stats_text(&state.breakers)
+                breaker_stats_text(&state.breakers),
+                state.zipkin.stats_text()
             ),
         ),
         (&Method::POST, "/healthcheck/fail") => {

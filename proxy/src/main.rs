@@ -332,15 +332,24 @@ fn run_proxy(args: RunArgs) -> ExitCode {
         );
         let telemetry = std::sync::Arc::new(outrigger_proxy::stats::Telemetry {
             metrics: Default::default(),
-            me,
             outliers: Default::default(),
             breakers: Default::default(),
             own_headers,
+            zipkin: std::sync::Arc::new(outrigger_proxy::dataplane::http::zipkin::Reporter::new(
+                outrigger_proxy::dataplane::http::zipkin::Local {
+                    // Istio's trace service name: `<app>.<namespace>`.
+                    service_name: format!("{}.{}", me.app, me.namespace),
+                    ip: identity.instance_ips.first().and_then(|ip| ip.parse().ok()),
+                },
+            )),
+            node_id: identity.node_id(),
+            me,
         });
         let state = std::sync::Arc::new(AdminState {
             metrics: telemetry.metrics.clone(),
             outliers: telemetry.outliers.clone(),
             breakers: telemetry.breakers.clone(),
+            zipkin: telemetry.zipkin.clone(),
             snapshot: handle.snapshot.clone(),
             ready: handle.ready.clone(),
             failing: std::sync::atomic::AtomicBool::new(false),

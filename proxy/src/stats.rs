@@ -302,6 +302,10 @@ pub struct Telemetry {
     pub breakers: std::sync::Arc<crate::dataplane::breaker::Breakers>,
     /// This proxy's metadata exchange headers (`None`: not sent).
     pub own_headers: Option<crate::dataplane::http::peer::OwnHeaders>,
+    /// Spans waiting for their report to a Zipkin collector.
+    pub zipkin: std::sync::Arc<crate::dataplane::http::zipkin::Reporter>,
+    /// The node id, a tag of every span.
+    pub node_id: String,
 }
 
 impl Default for Telemetry {
@@ -312,6 +316,10 @@ impl Default for Telemetry {
             outliers: Default::default(),
             breakers: Default::default(),
             own_headers: None,
+            zipkin: std::sync::Arc::new(crate::dataplane::http::zipkin::Reporter::new(
+                Default::default(),
+            )),
+            node_id: String::new(),
         }
     }
 }

@@ -52,6 +52,9 @@ async fn admin_endpoints() {
         metrics: Default::default(),
         outliers: Default::default(),
         breakers: Default::default(),
+        zipkin: Arc::new(outrigger_proxy::dataplane::http::zipkin::Reporter::new(
+            Default::default(),
+        )),
         snapshot: handle.snapshot.clone(),
         ready: handle.ready.clone(),
         failing: AtomicBool::new(false),

@@ -146,6 +146,7 @@ fn route(path: PathMatch, headers: Vec<HeaderMatch>, action: Action) -> Route {
         action,
         headers: HeaderOps::default(),
         fault: None,
+        operation: None,
     }
 }
 

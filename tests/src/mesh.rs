@@ -284,6 +284,16 @@ impl Mesh {
         self.processes.push(bg);
     }
 
+    /// Starts a long-running process in the pod (as root, outside any capture rule the pod has
+    /// for uid 1000), which prints `ready` once it serves; killed with the mesh.
+    pub fn background(&mut self, pod: usize, program: &str, args: &[&str]) {
+        let p = &self.pods[pod];
+        let mut cmd = p.ns.command(program);
+        cmd.args(args);
+        let bg = p.ns.spawn(cmd, true);
+        self.processes.push(bg);
+    }
+
     /// The pods as outrigger-agent's pod file lists them (network namespace, address).
     pub fn agent_pods(&self) -> String {
         let mut out = String::from("pods:\n");

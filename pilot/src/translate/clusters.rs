@@ -348,5 +348,55 @@ pub fn build(ctx: &Ctx) -> Built {
         let name = inbound_name(target);
         out.insert(name.clone(), (original_dst(&name, true), None));
     }
+    if let Some((host, port)) = zipkin_address(ctx) {
+        out.insert(
+            super::tracing::ZIPKIN_CLUSTER.into(),
+            (zipkin_cluster(&host, port), None),
+        );
+    }
     out
+}
+
+/// A legacy tracing address outside the registry, which gets a cluster of its own.
+fn zipkin_address(ctx: &Ctx) -> Option<(String, u16)> {
+    let default = crate::resources::MeshConfig::default();
+    let mesh = ctx.mesh_config().unwrap_or(&default);
+    mesh.trace_sampling()?;
+    super::tracing::collector(mesh, &ctx.mesh.registry)
+        .ok()
+        .flatten()?
+        .own_cluster
+}
+
+/// The `zipkin` cluster of pilot-agent's bootstrap: STRICT_DNS to the address (STATIC when it
+/// is an IP), round robin, a 1 s connect timeout.
+fn zipkin_cluster(host: &str, port: u16) -> cluster::Cluster {
+    use cluster::cluster::DiscoveryType as D;
+    let kind = if host.parse::<std::net::IpAddr>().is_ok() {
+        D::Static
+    } else {
+        D::StrictDns
+    };
+    cluster::Cluster {
+        name: super::tracing::ZIPKIN_CLUSTER.into(),
+        cluster_discovery_type: discovery(kind),
+        connect_timeout: Some(wire::duration(Duration::from_secs(1))),
+        load_assignment: Some(ep::ClusterLoadAssignment {
+            cluster_name: super::tracing::ZIPKIN_CLUSTER.into(),
+            endpoints: vec![ep::LocalityLbEndpoints {
+                lb_endpoints: vec![ep::LbEndpoint {
+                    host_identifier: Some(ep::lb_endpoint::HostIdentifier::Endpoint(
+                        ep::Endpoint {
+                            address: Some(wire::socket(host, u32::from(port))),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }

@@ -88,6 +88,7 @@ fn inline_hcm(
     route_name: &str,
     vhost: &str,
     cluster: &str,
+    operation: &str,
     telemetry: &wire::Telemetry,
 ) -> listener::Filter {
     let rc = route::RouteConfiguration {
@@ -109,6 +110,11 @@ fn inline_hcm(
                     timeout: Some(wire::duration(std::time::Duration::ZERO)),
                     ..Default::default()
                 })),
+                // The spans' name, as istiod sets it on inbound routes.
+                decorator: Some(route::Decorator {
+                    operation: operation.into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }],
             ..Default::default()
@@ -169,12 +175,12 @@ fn virtual_inbound(
                 &cluster,
                 &format!("inbound|http|{}", port.port),
                 &cluster,
+                &format!("{}:{}/*", svc.hostname, port.port),
                 telemetry,
             )
         } else {
             tcp_proxy(&cluster, &[(cluster.clone(), 1)])
         };
-        let _ = svc;
         chains.push(chain(
             &format!("0.0.0.0_{target}"),
             raw(Some(*target), &[], false),
@@ -189,6 +195,7 @@ fn virtual_inbound(
             "InboundPassthroughCluster",
             "inbound|http|0",
             INBOUND_PASSTHROUGH,
+            ":0/*",
             telemetry,
         )],
     ));
@@ -279,7 +286,7 @@ fn tcp_destinations(ctx: &Ctx, svc: &Service, port: u32) -> Vec<(String, u32)> {
 pub fn build(ctx: &Ctx) -> BTreeMap<String, Any> {
     let mut out: BTreeMap<String, listener::Listener> = BTreeMap::new();
     out.insert("virtualOutbound".into(), virtual_outbound(ctx.allow_any));
-    let mut telemetry = wire::telemetry(ctx.mesh_config());
+    let mut telemetry = wire::telemetry(ctx.mesh_config(), &ctx.mesh.registry);
     telemetry.idle_timeout = ctx.proxy.idle_timeout;
     out.insert(
         "virtualInbound".into(),

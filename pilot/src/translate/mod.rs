@@ -5,6 +5,7 @@ mod clusters;
 mod endpoints;
 mod listeners;
 mod routes;
+pub mod tracing;
 pub mod wire;
 
 use std::collections::BTreeMap;

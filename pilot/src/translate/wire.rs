@@ -191,6 +191,7 @@ pub fn http_connection_manager(
         tracing: telemetry
             .sampling
             .map(|value| hcm::http_connection_manager::Tracing {
+                provider: telemetry.zipkin.as_ref().map(zipkin_provider),
                 client_sampling: Some(envoy_types::pb::envoy::r#type::v3::Percent { value: 100.0 }),
                 random_sampling: Some(envoy_types::pb::envoy::r#type::v3::Percent { value }),
                 overall_sampling: Some(envoy_types::pb::envoy::r#type::v3::Percent {
@@ -268,16 +269,50 @@ pub struct Telemetry {
     pub sampling: Option<f64>,
     /// The proxy's `IDLE_TIMEOUT` metadata: the connection managers' connection idle timeout.
     pub idle_timeout: Option<Duration>,
+    /// Where spans are reported (`tracing.provider`); `None`: headers only.
+    pub zipkin: Option<super::tracing::Collector>,
+}
+
+/// `envoy.tracers.zipkin` as istiod configures it (`shared_span_context: false`: each sidecar
+/// reports its own span).
+fn zipkin_provider(
+    c: &super::tracing::Collector,
+) -> envoy_types::pb::envoy::config::trace::v3::tracing::Http {
+    use envoy_types::pb::envoy::config::trace::v3::{ZipkinConfig, tracing, zipkin_config};
+    tracing::Http {
+        name: "envoy.tracers.zipkin".into(),
+        config_type: Some(tracing::http::ConfigType::TypedConfig(pack(
+            &ZipkinConfig {
+                collector_cluster: c.cluster.clone(),
+                collector_endpoint: c.path.clone(),
+                collector_hostname: c.hostname.clone(),
+                collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson
+                    as i32,
+                trace_id_128bit: c.trace_id_128bit,
+                shared_span_context: bool_value(false),
+                ..Default::default()
+            },
+        ))),
+    }
 }
 
 /// The mesh config's access log and tracing settings, with Istio's defaults when there is no
 /// mesh config.
-pub fn telemetry(mesh: Option<&crate::resources::MeshConfig>) -> Telemetry {
+pub fn telemetry(
+    mesh: Option<&crate::resources::MeshConfig>,
+    registry: &crate::registry::Registry,
+) -> Telemetry {
     let default = crate::resources::MeshConfig::default();
+    let mesh_config = mesh.unwrap_or(&default);
+    let sampling = mesh_config.trace_sampling();
     Telemetry {
         access_log: access_logs(mesh),
-        sampling: mesh.unwrap_or(&default).trace_sampling(),
+        sampling,
         idle_timeout: None,
+        // A problem with the tracer is the analyzer's to report; the headers still flow.
+        zipkin: sampling
+            .and_then(|_| super::tracing::collector(mesh_config, registry).ok())
+            .flatten(),
     }
 }
 

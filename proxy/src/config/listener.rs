@@ -164,9 +164,8 @@ pub struct HttpManager {
     pub http_filters: Vec<HttpFilter>,
     /// `access_log`: file (and stdout/stderr) loggers, written once per request.
     pub access_logs: Vec<crate::accesslog::AccessLog>,
-    /// `tracing`: the percentage of new traces sampled (`random_sampling`, Envoy's default
-    /// 100). Trace headers are propagated; spans are not exported.
-    pub tracing: Option<f64>,
+    /// `tracing`: trace headers propagated, new traces sampled, spans reported.
+    pub tracing: Option<Tracing>,
     /// `common_http_protocol_options.idle_timeout`: a downstream connection with no request in
     /// flight for this long is closed (Envoy's default 1 h; `None`: never).
     pub idle_timeout: Option<Duration>,
@@ -175,6 +174,88 @@ pub struct HttpManager {
     pub stream_idle_timeout: Option<Duration>,
     /// The chain has Istio's metadata exchange filter.
     pub peer_metadata: bool,
+}
+
+/// A connection manager's `tracing` block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// `random_sampling`: the percentage of new traces sampled (Envoy's default 100).
+    pub sampling: f64,
+    /// `provider` `envoy.tracers.zipkin`: where sampled spans are reported. `None`: the trace
+    /// headers are propagated and no span is reported.
+    pub zipkin: Option<std::sync::Arc<ZipkinCollector>>,
+}
+
+/// `envoy.config.trace.v3.ZipkinConfig`: spans POSTed as Zipkin v2 JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ZipkinCollector {
+    /// `collector_cluster`: a cluster of the configuration (CDS or bootstrap).
+    pub cluster: String,
+    /// `collector_endpoint`: the path spans are POSTed to (`/api/v2/spans`).
+    pub endpoint: String,
+    /// `collector_hostname`: the Host header, by default the cluster's name.
+    pub hostname: String,
+    /// `trace_id_128bit`: new traces get 128-bit ids (else 64-bit).
+    pub trace_id_128bit: bool,
+}
+
+/// The `tracing` block: the sampling percentage and the Zipkin collector. A tracer other than
+/// Zipkin, or Zipkin in a wire format other than JSON, still gets the trace headers; its spans
+/// are not reported, which is logged.
+fn tracing_config(t: &hcm::http_connection_manager::Tracing) -> Result<Tracing, ConfigError> {
+    use envoy_types::pb::envoy::config::trace::v3::{ZipkinConfig, tracing::http::ConfigType};
+    let sampling = t
+        .random_sampling
+        .as_ref()
+        .map_or(100.0, |p| p.value.clamp(0.0, 100.0));
+    let zipkin = match &t.provider {
+        None => None,
+        Some(p) => match &p.config_type {
+            Some(ConfigType::TypedConfig(any))
+                if type_name(any) == "envoy.config.trace.v3.ZipkinConfig" =>
+            {
+                let z: ZipkinConfig = unpack(any, "tracing.provider.typed_config")?;
+                if z.collector_cluster.is_empty() {
+                    return Err(ConfigError::new(
+                        "tracing.provider.collector_cluster",
+                        "required",
+                    ));
+                }
+                // HTTP_JSON is 1; 0 is the removed v1 API.
+                if z.collector_endpoint_version != 1 {
+                    tracing::warn!(
+                        version = z.collector_endpoint_version,
+                        "Zipkin collector_endpoint_version other than HTTP_JSON: spans are not reported"
+                    );
+                    None
+                } else {
+                    let endpoint = if z.collector_endpoint.starts_with('/') {
+                        z.collector_endpoint
+                    } else {
+                        return Err(ConfigError::new(
+                            "tracing.provider.collector_endpoint",
+                            format!("{:?} is not a path", z.collector_endpoint),
+                        ));
+                    };
+                    Some(std::sync::Arc::new(ZipkinCollector {
+                        hostname: if z.collector_hostname.is_empty() {
+                            z.collector_cluster.clone()
+                        } else {
+                            z.collector_hostname
+                        },
+                        cluster: z.collector_cluster,
+                        endpoint,
+                        trace_id_128bit: z.trace_id_128bit,
+                    }))
+                }
+            }
+            _ => {
+                tracing::warn!(tracer = %p.name, "tracer not supported: trace headers are propagated, spans are not reported");
+                None
+            }
+        },
+    };
+    Ok(Tracing { sampling, zipkin })
 }
 
 /// Envoy's default connection idle timeout (downstream, upstream and tcp_proxy).
@@ -405,11 +486,7 @@ fn http_manager(h: &hcm::HttpConnectionManager) -> Result<HttpManager, ConfigErr
             access_logs.push(l);
         }
     }
-    let tracing = h.tracing.as_ref().map(|t| {
-        t.random_sampling
-            .as_ref()
-            .map_or(100.0, |p| p.value.clamp(0.0, 100.0))
-    });
+    let tracing = h.tracing.as_ref().map(tracing_config).transpose()?;
     let peer_metadata = http_filters
         .iter()
         .any(|f| matches!(f, HttpFilter::PeerMetadata));

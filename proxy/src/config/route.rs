@@ -123,6 +123,8 @@ pub struct Route {
     pub action: Action,
     pub headers: HeaderOps,
     pub fault: Option<Fault>,
+    /// `decorator.operation`: the name of the spans of its requests.
+    pub operation: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -867,6 +869,11 @@ impl TryFrom<&wire::VirtualHost> for VirtualHost {
                         Some(any) => fault(any).map_err(|e| e.at(&name))?,
                         None => None,
                     },
+                    operation: r
+                        .decorator
+                        .as_ref()
+                        .map(|d| d.operation.clone())
+                        .filter(|o| !o.is_empty()),
                 })
             })
             .collect::<Result<_, ConfigError>>()?;

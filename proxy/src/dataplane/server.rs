@@ -332,6 +332,16 @@ pub async fn serve_with(
         ..Counters::default()
     });
     let upstreams = Arc::new(Upstreams::default());
+    // Spans go to their collector in the background, through the same clients.
+    let reporter = tokio::spawn(super::http::zipkin::run(
+        counters.telemetry.zipkin.clone(),
+        Arc::new(super::http::manager::SpanPoster {
+            live: snapshots.clone(),
+            upstreams: upstreams.clone(),
+            hash_tables: counters.hash_tables.clone(),
+        }),
+    ));
+    let _reporter = AbortOnDrop(reporter);
     let mut bound: BTreeMap<String, Bound> = BTreeMap::new();
     loop {
         let snap = snapshots.borrow_and_update().clone();
@@ -376,6 +386,15 @@ pub async fn serve_with(
         if snapshots.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Stops a background task with the function that started it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

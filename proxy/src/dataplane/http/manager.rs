@@ -119,6 +119,44 @@ impl Upstreams {
     }
 }
 
+/// Reports spans through the proxy's own clients, to an endpoint of the collector cluster.
+pub struct SpanPoster {
+    pub live: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    pub upstreams: Arc<Upstreams>,
+    pub hash_tables: Arc<crate::dataplane::hash_lb::HashTables>,
+}
+
+impl super::zipkin::Post for SpanPoster {
+    async fn post(
+        &self,
+        collector: &crate::config::listener::ZipkinCollector,
+        body: Vec<u8>,
+    ) -> Result<Option<u16>, String> {
+        let snap = self.live.borrow().clone();
+        let Some(cluster) = snap.clusters.get(&collector.cluster) else {
+            return Ok(None);
+        };
+        let pick = Pick::random(fastrand::u64(..), &self.hash_tables);
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        let dest = endpoint(&snap, cluster, unspecified, &pick)
+            .map_err(|_| "no healthy endpoint".to_string())?;
+        let addr = dest.resolve().await.map_err(|e| e.to_string())?;
+        let client = self
+            .upstreams
+            .client(cluster.bind_source, cluster.connect_timeout, false);
+        let req = Request::post(format!("http://{addr}{}", collector.endpoint))
+            .header(header::HOST, &collector.hostname)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::Local(Full::new(Bytes::from(body))))
+            .map_err(|e| e.to_string())?;
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        use http_body_util::BodyExt;
+        let _ = resp.into_body().collect().await;
+        Ok(Some(status))
+    }
+}
+
 use super::body::BoxError;
 
 /// The HTTP/1.1 upstream connections one downstream connection has used, by endpoint. Its
@@ -674,23 +712,15 @@ async fn forward(
     {
         own.add(headers);
     }
-    if let Some(percent) = ctx.manager.tracing {
-        let next = super::trace::next_hop(
-            |name| {
-                headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(String::from)
-            },
-            || fastrand::f64() * 100.0 < percent,
-            || fastrand::u64(..),
-        );
-        for (name, value) in next.headers {
+    // The span decided when the request came in.
+    if let Some(hop) = parts.extensions.get::<super::trace::Hop>() {
+        for (name, value) in hop.headers() {
             if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(HeaderName::from_static(name), v);
+                parts.headers.insert(HeaderName::from_static(name), v);
             }
         }
     }
+    let headers = &mut parts.headers;
     if !headers.contains_key("x-forwarded-proto") {
         headers.insert(
             HeaderName::from_static("x-forwarded-proto"),
@@ -1109,7 +1139,27 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let received = Instant::now();
     let mut req = req;
-    let logged = (!ctx.manager.access_logs.is_empty()).then(|| {
+    // Tracing: this hop's span, decided before routing so that local replies are traced too.
+    let hop = ctx.manager.tracing.as_ref().map(|t| {
+        let h = req.headers();
+        super::trace::next_hop(
+            |name| h.get(name).and_then(|v| v.to_str().ok()).map(String::from),
+            || fastrand::f64() * 100.0 < t.sampling,
+            || fastrand::u64(..),
+            t.zipkin.as_ref().is_none_or(|z| z.trace_id_128bit),
+        )
+    });
+    let reported = match (
+        &hop,
+        ctx.manager.tracing.as_ref().and_then(|t| t.zipkin.as_ref()),
+    ) {
+        (Some(h), Some(collector)) if h.sampled => Some(collector.clone()),
+        _ => None,
+    };
+    if let Some(h) = &hop {
+        req.extensions_mut().insert(h.clone());
+    }
+    let logged = (!ctx.manager.access_logs.is_empty() || reported.is_some()).then(|| {
         // The request id the upstream will see is decided here, so that the log shows it.
         if !req.headers().contains_key("x-request-id")
             && let Ok(v) = HeaderValue::from_str(&request_id())
@@ -1148,11 +1198,110 @@ pub async fn handle(
     }
     record(&ctx, &head, &resp, received, peer.as_ref());
     if let Some((headers, version, path, start)) = logged {
-        access_log(
-            &ctx, &head, &headers, version, &path, start, &resp, received,
-        );
+        if !ctx.manager.access_logs.is_empty() {
+            access_log(
+                &ctx, &head, &headers, version, &path, start, &resp, received,
+            );
+        }
+        if let (Some(collector), Some(hop)) = (reported, hop) {
+            let span = span(&ctx, hop, &head, &headers, version, start, &resp, received);
+            ctx.telemetry.zipkin.submit(&collector, &span);
+        }
     }
     Ok(resp)
+}
+
+/// The route's `decorator.operation`, carried on the response to name the span.
+#[derive(Debug, Clone)]
+struct Operation(String);
+
+/// The request's span, tagged as Envoy tags an HTTP span.
+#[allow(clippy::too_many_arguments)]
+fn span(
+    ctx: &ConnContext,
+    hop: super::trace::Hop,
+    head: &RequestHead,
+    request_headers: &http::HeaderMap,
+    version: http::Version,
+    start: std::time::SystemTime,
+    resp: &Response<Body>,
+    received: Instant,
+) -> super::zipkin::Span {
+    let info = resp.extensions().get::<UpstreamInfo>();
+    let header = |name: &str| {
+        request_headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string()
+    };
+    let url = match &head.query {
+        Some(q) => format!("http://{}{}?{q}", head.host, head.path),
+        None => format!("http://{}{}", head.host, head.path),
+    };
+    let status = resp.status().as_u16();
+    let me = &ctx.telemetry.me;
+    let mut tags = vec![
+        ("component", "proxy".to_string()),
+        ("node_id", ctx.telemetry.node_id.clone()),
+        ("guid:x-request-id", header("x-request-id")),
+        ("http.url", url),
+        ("http.method", head.method.to_string()),
+        ("downstream_cluster", "-".to_string()),
+        ("user_agent", header("user-agent")),
+        (
+            "http.protocol",
+            match version {
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_2 => "HTTP/2",
+                _ => "HTTP/1.1",
+            }
+            .to_string(),
+        ),
+        ("peer.address", ctx.downstream.ip().to_string()),
+        (
+            "request_size",
+            content_length(request_headers).unwrap_or(0).to_string(),
+        ),
+        ("response_size", response_length(resp).to_string()),
+        ("response_flags", response_flags(resp)),
+        ("http.status_code", status.to_string()),
+        ("istio.canonical_service", me.app.clone()),
+        ("istio.canonical_revision", me.version.clone()),
+        ("istio.namespace", me.namespace.clone()),
+    ];
+    if let Some(i) = info {
+        tags.push(("upstream_cluster", i.cluster.name.clone()));
+        tags.push(("upstream_cluster.name", i.cluster.name.clone()));
+    }
+    if status >= 500 {
+        tags.push(("error", "true".to_string()));
+    }
+    let (kind, remote) = if ctx.inbound {
+        (super::zipkin::Kind::Server, Some(ctx.downstream))
+    } else {
+        (
+            super::zipkin::Kind::Client,
+            info.and_then(|i| match &i.dest {
+                crate::dataplane::upstream::Dest::Ip(a) => Some(*a),
+                crate::dataplane::upstream::Dest::Name(..) => None,
+            }),
+        )
+    };
+    super::zipkin::Span {
+        trace_id: hop.trace_id,
+        id: hop.span_id,
+        parent_id: hop.parent_id,
+        name: match resp.extensions().get::<Operation>() {
+            Some(op) => op.0.clone(),
+            None => format!("{}{}", head.host, head.path),
+        },
+        kind,
+        start,
+        duration: received.elapsed(),
+        remote,
+        tags,
+    }
 }
 
 /// Writes the request to every access log of the connection manager.
@@ -1260,6 +1409,11 @@ async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Bod
                 [&route.headers, &vh.headers, rc_headers],
             );
             tracing::info!(host = %head.host, path = %head.path, status = status.as_u16(), response_flags = "FI", "local reply");
+            if ctx.manager.tracing.is_some()
+                && let Some(op) = &route.operation
+            {
+                resp.extensions_mut().insert(Operation(op.clone()));
+            }
             return (resp, head);
         }
     }
@@ -1292,6 +1446,11 @@ async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Bod
     }
     if delayed {
         resp.extensions_mut().insert(DelayInjected);
+    }
+    if ctx.manager.tracing.is_some()
+        && let Some(op) = &route.operation
+    {
+        resp.extensions_mut().insert(Operation(op.clone()));
     }
     (resp, head)
 }

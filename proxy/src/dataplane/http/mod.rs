@@ -7,3 +7,4 @@ pub mod peer;
 pub mod retry;
 pub mod routing;
 pub mod trace;
+pub mod zipkin;

@@ -4,10 +4,45 @@
 //! with a new span whose parent is the incoming span; one without starts a trace here (128-bit
 //! trace id), sampled at the configured percentage. Pure: ids and the sampling draw are passed in.
 
-/// The headers to set on the upstream request.
+/// This hop's span: its ids, its parent (the incoming span, if any) and the sampling decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Propagation {
-    pub headers: Vec<(&'static str, String)>,
+pub struct Hop {
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_id: Option<String>,
+    pub sampled: bool,
+    /// The request came with a W3C `traceparent`, which is passed on too.
+    pub w3c: bool,
+}
+
+impl Hop {
+    /// The headers to set on the upstream request.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![
+            ("x-b3-traceid", self.trace_id.clone()),
+            ("x-b3-spanid", self.span_id.clone()),
+            (
+                "x-b3-sampled",
+                if self.sampled { "1" } else { "0" }.to_string(),
+            ),
+        ];
+        if let Some(p) = &self.parent_id {
+            headers.push(("x-b3-parentspanid", p.clone()));
+        }
+        if self.w3c {
+            // The W3C trace continues with the same span; a 64-bit B3 trace id is left-padded.
+            headers.push((
+                "traceparent",
+                format!(
+                    "00-{:0>32}-{}-{}",
+                    self.trace_id,
+                    self.span_id,
+                    if self.sampled { "01" } else { "00" }
+                ),
+            ));
+        }
+        headers
+    }
 }
 
 fn hex_ok(s: &str, len: usize) -> bool {
@@ -46,50 +81,41 @@ fn sampled_value(v: &str) -> Option<bool> {
     }
 }
 
-/// The next hop's trace context. `header` reads a request header (lower-case name); `sample`
-/// draws the sampling decision for a new trace; `id` gives random 64-bit ids.
+/// This hop's span. `header` reads a request header (lower-case name); `sample` draws the
+/// sampling decision for a new trace; `id` gives random 64-bit ids; a new trace gets a 128-bit
+/// id when `long_ids`, else 64-bit.
 pub fn next_hop(
     header: impl Fn(&str) -> Option<String>,
     sample: impl FnOnce() -> bool,
     mut id: impl FnMut() -> u64,
-) -> Propagation {
+    long_ids: bool,
+) -> Hop {
     let b3_trace = header("x-b3-traceid").filter(|t| hex_ok(t, 32) || hex_ok(t, 16));
     let w3c = header("traceparent").and_then(|v| traceparent(&v));
-    let (trace, parent, sampled) = match (b3_trace, &w3c) {
+    let (trace_id, parent_id, sampled) = match (b3_trace, &w3c) {
         (Some(t), _) => {
             let sampled = header("x-b3-sampled")
                 .and_then(|v| sampled_value(&v))
                 .or_else(|| header("x-b3-flags").map(|f| f.trim() == "1"));
             (
                 t.to_ascii_lowercase(),
-                header("x-b3-spanid").filter(|s| hex_ok(s, 16)),
+                header("x-b3-spanid")
+                    .filter(|s| hex_ok(s, 16))
+                    .map(|s| s.to_ascii_lowercase()),
                 sampled,
             )
         }
         (None, Some((t, p, s))) => (t.clone(), Some(p.clone()), Some(*s)),
-        (None, None) => (format!("{:016x}{:016x}", id(), id()), None, None),
+        (None, None) if long_ids => (format!("{:016x}{:016x}", id(), id()), None, None),
+        (None, None) => (format!("{:016x}", id()), None, None),
     };
-    let sampled = sampled.unwrap_or_else(sample);
-    let span = format!("{:016x}", id());
-    let mut headers = vec![
-        ("x-b3-traceid", trace.clone()),
-        ("x-b3-spanid", span.clone()),
-        ("x-b3-sampled", if sampled { "1" } else { "0" }.to_string()),
-    ];
-    if let Some(p) = parent {
-        headers.push(("x-b3-parentspanid", p));
+    Hop {
+        trace_id,
+        parent_id,
+        sampled: sampled.unwrap_or_else(sample),
+        span_id: format!("{:016x}", id()),
+        w3c: w3c.is_some(),
     }
-    if w3c.is_some() {
-        // The W3C trace continues with the same span; a 64-bit B3 trace id is left-padded.
-        headers.push((
-            "traceparent",
-            format!(
-                "00-{trace:0>32}-{span}-{}",
-                if sampled { "01" } else { "00" }
-            ),
-        ));
-    }
-    Propagation { headers }
 }
 
 #[cfg(test)]
@@ -110,8 +136,9 @@ mod tests {
                 n += 1;
                 0xa000 + n
             },
+            true,
         )
-        .headers
+        .headers()
         .into_iter()
         .collect()
     }
@@ -163,5 +190,14 @@ mod tests {
         let h = run(&[("traceparent", "00-zz-b7ad6b7169203331-01")], true);
         assert!(!h.contains_key("traceparent"));
         assert!(!h.contains_key("x-b3-parentspanid"));
+    }
+
+    #[test]
+    fn a_new_trace_id_is_64_bit_unless_asked_for_128() {
+        let hop = next_hop(|_| None, || true, || 0xabc, false);
+        assert_eq!(hop.trace_id, "0000000000000abc");
+        assert_eq!(hop.parent_id, None);
+        let hop = next_hop(|_| None, || true, || 0xabc, true);
+        assert_eq!(hop.trace_id.len(), 32);
     }
 }

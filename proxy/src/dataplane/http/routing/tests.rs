@@ -41,6 +41,7 @@ fn r(name: &str, path: PathMatch, headers: Vec<HeaderMatch>, query: Vec<QueryMat
         }),
         headers: Default::default(),
         fault: None,
+        operation: None,
     }
 }
 
