@@ -32,7 +32,12 @@ pub fn validate(o: &Object) -> Vec<Finding> {
             "spec",
             "Gateways are read but not served: outrigger-pilot configures sidecars only",
         ),
-        Spec::EndpointSlice(_) | Spec::Pod(_) | Spec::MeshConfig(_) => {}
+        Spec::MeshConfig(m) => {
+            if let Some(l) = &m.locality_lb_setting {
+                c.locality_lb("localityLbSetting", l);
+            }
+        }
+        Spec::EndpointSlice(_) | Spec::Pod(_) => {}
     }
     c.out
 }
@@ -337,8 +342,8 @@ impl Checker<'_> {
                     );
                 }
             }
-            if lb.locality_lb_setting.is_some() {
-                self.warn(&format!("{field}.loadBalancer.localityLbSetting"), NOT_YET);
+            if let Some(l) = &lb.locality_lb_setting {
+                self.locality_lb(&format!("{field}.loadBalancer.localityLbSetting"), l);
             }
         }
         if let Some(cp) = &p.connection_pool {
@@ -393,6 +398,33 @@ impl Checker<'_> {
             if v.is_some() {
                 self.warn(&format!("{field}.{name}"), NOT_YET);
             }
+        }
+    }
+
+    /// Istio's validation of `localityLbSetting`.
+    fn locality_lb(&mut self, field: &str, l: &r::LocalityLbSetting) {
+        if !l.distribute.is_empty() && !l.failover.is_empty() {
+            self.error(field, "set either distribute or failover, not both");
+        }
+        for (i, d) in l.distribute.iter().enumerate() {
+            let total: u64 = d.to.values().map(|w| u64::from(*w)).sum();
+            if total != 100 {
+                self.error(
+                    &format!("{field}.distribute[{i}].to"),
+                    format!("the weights add up to {total}, not 100"),
+                );
+            }
+        }
+        for (i, f) in l.failover.iter().enumerate() {
+            if f.from == f.to {
+                self.error(
+                    &format!("{field}.failover[{i}]"),
+                    "from and to are the same region",
+                );
+            }
+        }
+        if !l.failover_priority.is_empty() {
+            self.warn(&format!("{field}.failoverPriority"), NOT_YET);
         }
     }
 

@@ -137,16 +137,29 @@ fn selects(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// `region/zone[/subzone]`: Istio's `istio-locality` label (`region.zone.subzone`), else the
+/// topology labels.
 fn locality_of(labels: &Labels) -> Option<String> {
+    if let Some(l) = labels.get("istio-locality").filter(|l| !l.is_empty()) {
+        return Some(l.replace('.', "/"));
+    }
     let region = labels.get("topology.kubernetes.io/region");
     let zone = labels.get("topology.kubernetes.io/zone");
+    let subzone = labels.get("topology.istio.io/subzone");
     match (region, zone) {
         (None, None) => None,
-        (r, z) => Some(format!(
-            "{}/{}",
-            r.map(String::as_str).unwrap_or(""),
-            z.map(String::as_str).unwrap_or("")
-        )),
+        (r, z) => {
+            let mut l = format!(
+                "{}/{}",
+                r.map(String::as_str).unwrap_or(""),
+                z.map(String::as_str).unwrap_or("")
+            );
+            if let Some(s) = subzone {
+                l.push('/');
+                l.push_str(s);
+            }
+            Some(l)
+        }
     }
 }
 

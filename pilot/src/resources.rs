@@ -331,9 +331,40 @@ pub struct TrafficPolicy {
 pub struct LoadBalancer {
     pub simple: Option<String>,
     pub consistent_hash: Option<ConsistentHash>,
-    pub locality_lb_setting: Option<Value>,
+    pub locality_lb_setting: Option<LocalityLbSetting>,
     pub warmup_duration_secs: Option<Value>,
     pub warmup: Option<Value>,
+}
+
+/// `localityLbSetting`, in a DestinationRule's load balancer or in the mesh config.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityLbSetting {
+    /// Istio's default is on (it then needs outlier detection to fail over).
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub distribute: Vec<LocalityDistribute>,
+    #[serde(default)]
+    pub failover: Vec<LocalityFailover>,
+    #[serde(default)]
+    pub failover_priority: Vec<String>,
+}
+
+/// `distribute[]`: from the proxy's locality (`region/zone/subzone`, `*` wildcards), the
+/// share of traffic each destination locality gets.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityDistribute {
+    pub from: String,
+    pub to: std::collections::BTreeMap<String, u32>,
+}
+
+/// `failover[]`: from a region, the region to fail over to before any other.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityFailover {
+    pub from: String,
+    pub to: String,
 }
 
 /// `loadBalancer.consistentHash`: one hash key, and the ring or Maglev table.
@@ -664,6 +695,9 @@ pub struct MeshConfig {
     pub extension_providers: Vec<ExtensionProvider>,
     #[serde(default)]
     pub default_providers: DefaultProviders,
+    /// The mesh-wide locality load balancing, for rules without their own.
+    #[serde(default)]
+    pub locality_lb_setting: Option<LocalityLbSetting>,
 }
 
 /// `extensionProviders[]`: one backend. Only the tracer kinds are read; any other field (an

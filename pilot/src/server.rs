@@ -137,17 +137,29 @@ pub fn proxy_of(node: &Node, mesh: &crate::mesh::Mesh) -> ProxyNode {
             }
         }
     }
+    let workload = ips.iter().find_map(|ip| mesh.registry.workload_by_ip(ip));
     if labels.is_empty()
-        && let Some(w) = ips.iter().find_map(|ip| mesh.registry.workload_by_ip(ip))
+        && let Some(w) = workload
     {
         labels = w.labels.clone();
     }
+    let locality = node
+        .locality
+        .as_ref()
+        .filter(|l| !l.region.is_empty())
+        .map(|l| {
+            format!("{}/{}/{}", l.region, l.zone, l.sub_zone)
+                .trim_end_matches('/')
+                .to_string()
+        })
+        .or_else(|| workload.and_then(|w| w.locality.clone()));
     ProxyNode {
         id: node.id.clone(),
         namespace,
         ips,
         labels,
         idle_timeout: string("IDLE_TIMEOUT").and_then(|t| crate::duration::parse(&t).ok()),
+        locality,
     }
 }
 

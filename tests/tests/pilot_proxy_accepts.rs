@@ -116,6 +116,7 @@ fn every_generated_resource_is_accepted() {
             ips: vec![ip.into()],
             labels: Default::default(),
             idle_timeout: None,
+            locality: None,
         };
         let x = generate(&mesh, &node);
         let mut store = Store::default();

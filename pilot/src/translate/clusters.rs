@@ -27,6 +27,10 @@ pub struct EdsSource {
     pub hostname: String,
     pub port: u32,
     pub subset_labels: Labels,
+    /// The rule's `loadBalancer.localityLbSetting`.
+    pub locality_lb: Option<crate::resources::LocalityLbSetting>,
+    /// The cluster has outlier detection (locality failover needs it).
+    pub outlier_detection: bool,
 }
 
 pub type Built = BTreeMap<String, (cluster::Cluster, Option<EdsSource>)>;
@@ -287,6 +291,8 @@ fn outbound(
         hostname: svc.hostname.clone(),
         port: port.port,
         subset_labels: Labels::new(),
+        locality_lb: lb.and_then(|l| l.locality_lb_setting.clone()),
+        outlier_detection: c.outlier_detection.is_some(),
     };
     if svc.resolution == Resolution::Dns {
         c.cluster_discovery_type = discovery(D::StrictDns);
@@ -347,6 +353,26 @@ pub fn build(ctx: &Ctx) -> Built {
     for (_, _, target) in ctx.inbound() {
         let name = inbound_name(target);
         out.insert(name.clone(), (original_dst(&name, true), None));
+    }
+    // `distribute`: the clusters balance by locality weight first.
+    let mesh_locality = ctx
+        .mesh_config()
+        .and_then(|m| m.locality_lb_setting.as_ref());
+    for (c, src) in out.values_mut() {
+        let distributes = src.as_ref().is_some_and(|s| {
+            super::locality::effective(s.locality_lb.as_ref(), mesh_locality)
+                .is_some_and(|l| !l.distribute.is_empty())
+        });
+        if distributes {
+            use cluster::cluster::common_lb_config::{
+                LocalityConfigSpecifier, LocalityWeightedLbConfig,
+            };
+            c.common_lb_config
+                .get_or_insert_with(Default::default)
+                .locality_config_specifier = Some(
+                LocalityConfigSpecifier::LocalityWeightedLbConfig(LocalityWeightedLbConfig {}),
+            );
+        }
     }
     if let Some((host, port)) = zipkin_address(ctx) {
         out.insert(

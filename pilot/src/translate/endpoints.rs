@@ -62,14 +62,29 @@ pub fn assignment(
             .or_default()
             .push(lb_endpoint(i));
     }
+    // Locality load balancing for this proxy: failover priorities or distribute weights.
+    let groups: Vec<Option<&str>> = by_locality.keys().map(|l| l.as_deref()).collect();
+    let setting = super::locality::effective(
+        src.locality_lb.as_ref(),
+        ctx.mesh_config()
+            .and_then(|m| m.locality_lb_setting.as_ref()),
+    );
+    let placed = super::locality::place(
+        &groups,
+        ctx.proxy.locality.as_deref(),
+        setting,
+        src.outlier_detection,
+    );
     ep::ClusterLoadAssignment {
         cluster_name: cluster_name.into(),
         endpoints: by_locality
             .into_iter()
-            .map(|(l, lb_endpoints)| ep::LocalityLbEndpoints {
+            .zip(placed)
+            .map(|((l, lb_endpoints), place)| ep::LocalityLbEndpoints {
                 locality: locality(l.as_deref()),
-                lb_endpoints,
-                load_balancing_weight: None,
+                lb_endpoints: if place.kept { lb_endpoints } else { Vec::new() },
+                load_balancing_weight: place.weight.and_then(wire::u32_value),
+                priority: place.priority,
                 ..Default::default()
             })
             .collect(),

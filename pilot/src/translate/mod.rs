@@ -4,6 +4,7 @@
 mod clusters;
 mod endpoints;
 mod listeners;
+mod locality;
 mod routes;
 pub mod tracing;
 pub mod wire;
@@ -29,6 +30,9 @@ pub struct ProxyNode {
     /// Metadata `IDLE_TIMEOUT` (`ISTIO_META_IDLE_TIMEOUT`): the idle timeout of the proxy's
     /// connection managers and TCP proxies.
     pub idle_timeout: Option<std::time::Duration>,
+    /// `region/zone/subzone`: the node's locality, else its pod's (for locality load
+    /// balancing).
+    pub locality: Option<String>,
 }
 
 /// Generated resources per xDS type, by name.
@@ -229,6 +233,7 @@ mod tests {
             ips: vec!["10.30.0.10".into()],
             labels: Labels::new(),
             idle_timeout: None,
+            locality: None,
         }
     }
 

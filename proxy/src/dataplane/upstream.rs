@@ -134,6 +134,10 @@ fn candidates(
     let mut priorities: Vec<u32> = localities.iter().map(|l| l.priority).collect();
     priorities.sort_unstable();
     priorities.dedup();
+    // An ejected endpoint counts as unhealthy for the choice of priority, so a priority whose
+    // endpoints are all ejected hands its traffic to the next one (locality failover). Only
+    // when every priority is out does the first one serve anyway (Envoy's panic mode).
+    let mut panic = None;
     for p in priorities {
         let in_priority: Vec<&LocalityEndpoints> = localities
             .iter()
@@ -166,16 +170,15 @@ fn candidates(
                 _ => None,
             })
             .collect();
-        // Outlier ejections apply unless every endpoint is out (Envoy's panic mode).
         let kept: Vec<(Dest, u32)> = list.iter().filter(|(d, _)| !ejected(d)).cloned().collect();
         if !kept.is_empty() {
             return kept;
         }
-        if !list.is_empty() {
-            return list;
+        if panic.is_none() && !list.is_empty() {
+            panic = Some(list);
         }
     }
-    Vec::new()
+    panic.unwrap_or_default()
 }
 
 /// How many endpoints `cluster` has (all priorities).
@@ -430,6 +433,45 @@ mod tests {
                 &simple(0, 0, &t)
             ),
             Ok(Dest::Ip(dst))
+        );
+    }
+
+    #[test]
+    fn an_ejected_priority_fails_over_to_the_next_and_all_ejected_is_panic() {
+        let group = |priority, addr: &str| LocalityEndpoints {
+            locality: Locality::default(),
+            priority,
+            weight: None,
+            endpoints: vec![ep(addr, Health::Healthy, 1)],
+        };
+        let mut c = cluster(Discovery::Static);
+        c.load_assignment = Some(LoadAssignment {
+            cluster_name: "c".into(),
+            localities: vec![
+                group(0, "10.0.0.1:80"),
+                group(1, "10.0.1.1:80"),
+                group(2, "10.0.2.1:80"),
+            ],
+        });
+        let dst = "1.1.1.1:1".parse().unwrap();
+        let t = HashTables::default();
+        let pick = |out: &[&str]| {
+            let ejected = |d: &Dest| out.contains(&d.to_string().as_str());
+            let p = Pick {
+                ejected: &ejected,
+                ..simple(0, 0, &t)
+            };
+            endpoint(&Snapshot::default(), &c, dst, &p)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(pick(&[]), "10.0.0.1:80");
+        assert_eq!(pick(&["10.0.0.1:80"]), "10.0.1.1:80");
+        assert_eq!(pick(&["10.0.0.1:80", "10.0.1.1:80"]), "10.0.2.1:80");
+        // Everything ejected: the first priority serves anyway.
+        assert_eq!(
+            pick(&["10.0.0.1:80", "10.0.1.1:80", "10.0.2.1:80"]),
+            "10.0.0.1:80"
         );
     }
 
