@@ -139,6 +139,8 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
         bail!("tests failed");
     }
     if extra.is_empty() {
+        step("the policies demo, which checks its own numbers (cargo xtask demo --policies)");
+        policies_demo::run()?;
         step("the eBPF tests on Debian's LTS kernel, under QEMU (cargo xtask vm-test)");
         vm_test::run_all(&[], false)?;
     }

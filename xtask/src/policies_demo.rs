@@ -105,6 +105,9 @@ pub fn run() -> Result<()> {
         "    5 requests: {} in {per} ms each (flag UT)",
         codes(&slow)
     );
+    if slow.iter().any(|r| r.code != 504) {
+        bail!("timeout: expected 5 × 504, got {}", codes(&slow));
+    }
     summary.push((
         "timeout 0.5 s, backend 2 s".into(),
         format!("{}, {per} ms each", codes(&slow)),
@@ -132,6 +135,12 @@ pub fn run() -> Result<()> {
         "    10 requests: {}; bill-service-v1's sidecar saw {attempts} attempts (1 + 3 retries each)",
         codes(&failing)
     );
+    if attempts != 40 || failing.iter().any(|r| r.code != 503) {
+        bail!(
+            "retries: expected 10 × 503 from 40 attempts, got {} from {attempts}",
+            codes(&failing)
+        );
+    }
     summary.push((
         "retries attempts 3, backend 503".into(),
         format!(
@@ -167,6 +176,12 @@ pub fn run() -> Result<()> {
         "    50 requests: the client saw {}; bill-service-v2's sidecar received {seen} mirrored copies",
         codes(&mirrored)
     );
+    if seen < 50 || mirrored.iter().any(|r| r.server().as_deref() != Some("v1")) {
+        bail!(
+            "mirror: expected the client to see v1 only and v2 to get 50 copies, got {} and {seen}",
+            codes(&mirrored)
+        );
+    }
     summary.push((
         "mirror 100% to v2".into(),
         format!("client: {}; v2 received {seen} copies", codes(&mirrored)),
@@ -217,6 +232,10 @@ pub fn run() -> Result<()> {
         bail!("the circuit breaker never tripped");
     };
     let overflow = stats_line(&m);
+    let rejected = burst.iter().filter(|r| r.code == 503).count() as u64;
+    if overflow < rejected {
+        bail!("circuit breaker: {rejected} × 503 but upstream_rq_pending_overflow {overflow}");
+    }
     eprintln!(
         "    10 parallel requests: {}; /stats: upstream_rq_pending_overflow {overflow}",
         codes(&burst)
