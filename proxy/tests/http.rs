@@ -127,6 +127,7 @@ fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
         bind_source: None,
         upstream_protocol: Default::default(),
         locality_weighted: false,
+        panic_threshold: 50.0,
         limits: Default::default(),
         service: None,
         outlier: None,
@@ -839,6 +840,8 @@ async fn outlier_detection_ejects_a_failing_endpoint() {
     c.outlier = Some(Outlier {
         consecutive_5xx: Some(2),
         consecutive_gateway: None,
+        split_local_origin: false,
+        consecutive_local_origin: None,
         base_ejection: Duration::from_secs(30),
         max_ejection_percent: 100,
     });

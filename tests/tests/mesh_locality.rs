@@ -2,7 +2,8 @@
 //! in its zone (`a`), one in another zone of its region (`b`), one in another region (`c`).
 //! With outlier detection, outrigger-pilot gives the client's endpoints failover priorities by
 //! proximity; each endpoint cut off (every packet from the client reset) is ejected and the
-//! traffic moves one level out. With `distribute`, the traffic is split by locality weight.
+//! traffic moves one level out, until none is left: 503 UH, Istio turning panic mode off. With
+//! `distribute`, the traffic is split by locality weight.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -123,6 +124,27 @@ fn failover_goes_one_locality_level_out_at_a_time() {
     cut_off(&m, 2);
     let t = moved_to(&m, "c");
     assert_eq!(t, BTreeMap::from([("c".to_string(), 20)]), "{t:?}");
+    // cart-c gone as well. Istio's default minHealthPercent 0 turns panic mode off: with
+    // every endpoint ejected, the client gets Envoy's 503 "no healthy upstream" (UH) at once.
+    cut_off(&m, 3);
+    let all_out = wait_for(Duration::from_secs(20), || {
+        let r = m.curl_many(0, URL, 5, &[]);
+        r.iter()
+            .all(|r| r.code == 503 && r.body.contains("no healthy upstream"))
+            .then_some(())
+    });
+    assert!(
+        all_out.is_some(),
+        "every endpoint ejected: no healthy upstream"
+    );
+    let prom = m.pods[0]
+        .ns
+        .ok("curl", &["-s", "http://127.0.0.1:15090/stats/prometheus"]);
+    assert!(
+        prom.lines()
+            .any(|l| l.starts_with("istio_requests_total{") && l.contains("response_flags=\"UH\"")),
+        "UH counted"
+    );
     let clusters = m.admin(0, "/clusters");
     assert!(
         clusters.contains("outbound|8080||cart.default.svc.cluster.local::10.30.0.11:8080::health_flags::/failed_outlier_check"),

@@ -103,6 +103,11 @@ fn outlier_detection(v: &serde_yaml::Value) -> cluster::OutlierDetection {
     };
     let consecutive_5xx = n("consecutive5xxErrors").or(n("consecutiveErrors"));
     let gateway = n("consecutiveGatewayErrors");
+    let split = v
+        .get("splitExternalLocalOriginErrors")
+        .and_then(serde_yaml::Value::as_bool)
+        .unwrap_or(false);
+    let local = n("consecutiveLocalOriginFailures");
     cluster::OutlierDetection {
         // istiod disables the 5xx rule unless it is set, and enforces what is set.
         consecutive_5xx: wire::u32_value(consecutive_5xx.unwrap_or(0)),
@@ -116,8 +121,25 @@ fn outlier_detection(v: &serde_yaml::Value) -> cluster::OutlierDetection {
         interval: d("interval"),
         base_ejection_time: d("baseEjectionTime"),
         max_ejection_percent: n("maxEjectionPercent").and_then(wire::u32_value),
+        // Connect failures counted apart from 5xx (Istio's `applyOutlierDetection`).
+        split_external_local_origin_errors: split,
+        consecutive_local_origin_failure: local.filter(|_| split).and_then(wire::u32_value),
+        enforcing_consecutive_local_origin_failure: local
+            .filter(|n| split && *n > 0)
+            .and_then(|_| wire::u32_value(100)),
         ..Default::default()
     }
+}
+
+/// `outlierDetection.minHealthPercent` (default 0: panic mode off, so that ejected hosts never
+/// get traffic back while others are left), as `healthy_panic_threshold`.
+fn panic_threshold(v: &serde_yaml::Value) -> envoy_types::pb::envoy::r#type::v3::Percent {
+    let value = v
+        .get("minHealthPercent")
+        .and_then(serde_yaml::Value::as_f64)
+        .unwrap_or(0.0)
+        .clamp(0.0, 100.0);
+    envoy_types::pb::envoy::r#type::v3::Percent { value }
 }
 
 /// The subset policy merged over the top-level one (field by field, as istiod does).
@@ -194,6 +216,10 @@ fn outbound(
         lb_policy: lb_policy as i32,
         circuit_breakers: Some(circuit_breakers(pool)),
         outlier_detection: outlier.map(outlier_detection),
+        common_lb_config: outlier.map(|o| cluster::cluster::CommonLbConfig {
+            healthy_panic_threshold: Some(panic_threshold(o)),
+            ..Default::default()
+        }),
         lb_config: hash.and_then(hash_lb_config),
         ..Default::default()
     };

@@ -404,6 +404,55 @@ mod tests {
     }
 
     #[test]
+    fn outlier_detection_sets_local_origin_splitting_and_the_panic_threshold() {
+        use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+        let yaml = concat!(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: bill}\n",
+            "spec: {clusterIP: 10.96.0.5, ports: [{name: http, port: 80}]}\n---\n",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: bill}\n",
+            "spec:\n  host: bill\n  trafficPolicy:\n    outlierDetection:\n",
+            "      consecutive5xxErrors: 3\n      splitExternalLocalOriginErrors: true\n",
+            "      consecutiveLocalOriginFailures: 2\n      baseEjectionTime: 10s\n",
+            "  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy:\n",
+            "      outlierDetection: {consecutiveGatewayErrors: 1, minHealthPercent: 30}\n",
+        );
+        let objects = crate::load::parse_file(std::path::Path::new("m.yaml"), yaml).objects;
+        let mesh = Mesh {
+            registry: crate::registry::Registry::build(&objects),
+            objects,
+        };
+        let x = generate(&mesh, &client());
+        let cluster = |name: &str| Cluster::decode(x.clusters[name].value.as_slice()).unwrap();
+        let top = cluster("outbound|80||bill.default.svc.cluster.local");
+        let o = top.outlier_detection.as_ref().unwrap();
+        assert_eq!(o.consecutive_5xx.unwrap().value, 3);
+        assert!(o.split_external_local_origin_errors);
+        assert_eq!(o.consecutive_local_origin_failure.unwrap().value, 2);
+        assert_eq!(
+            o.enforcing_consecutive_local_origin_failure.unwrap().value,
+            100
+        );
+        let panic = |c: &Cluster| {
+            c.common_lb_config
+                .as_ref()
+                .and_then(|l| l.healthy_panic_threshold.as_ref())
+                .map(|p| p.value)
+        };
+        assert_eq!(
+            panic(&top),
+            Some(0.0),
+            "minHealthPercent 0 by default: no panic"
+        );
+        let v1 = cluster("outbound|80|v1|bill.default.svc.cluster.local");
+        assert_eq!(panic(&v1), Some(30.0));
+        assert!(
+            !v1.outlier_detection
+                .unwrap()
+                .split_external_local_origin_errors
+        );
+    }
+
+    #[test]
     fn consistent_hash_sets_the_cluster_policy_and_the_route_hash() {
         use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster::LbConfig};
         use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier as P;

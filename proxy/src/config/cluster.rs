@@ -121,6 +121,9 @@ pub struct Cluster {
     pub upstream_protocol: UpstreamProtocol,
     /// `common_lb_config.locality_weighted_lb_config`: pick a locality by its weight first.
     pub locality_weighted: bool,
+    /// `common_lb_config.healthy_panic_threshold` in percent (Envoy's default 50; 0 disables
+    /// panic mode).
+    pub panic_threshold: f64,
     /// Circuit-breaker thresholds of the default priority.
     pub limits: Limits,
     /// The Istio service this cluster reaches (for telemetry labels).
@@ -155,12 +158,20 @@ fn upstream_idle_timeout(c: &wire::Cluster) -> Result<Option<Duration>, ConfigEr
     )
 }
 
+/// Envoy's `healthy_panic_threshold` default, in percent.
+pub const DEFAULT_PANIC_THRESHOLD: f64 = 50.0;
+
 /// `outlier_detection`, with Envoy's defaults (consecutive 5xx: 5, base ejection 30 s, at
 /// most 10% of the hosts ejected, but always one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outlier {
     pub consecutive_5xx: Option<u32>,
     pub consecutive_gateway: Option<u32>,
+    /// `split_external_local_origin_errors`: connect failures are counted apart (else as 5xx
+    /// and gateway errors)...
+    pub split_local_origin: bool,
+    /// ...and eject after `consecutive_local_origin_failure` (default 5) of them, if enforced.
+    pub consecutive_local_origin: Option<u32>,
     pub base_ejection: Duration,
     pub max_ejection_percent: u32,
 }
@@ -175,6 +186,18 @@ fn outlier(c: &wire::Cluster) -> Result<Option<Outlier>, ConfigError> {
             .then(|| o.consecutive_5xx.map(|v| v.value).unwrap_or(5)),
         consecutive_gateway: enforcing(o.enforcing_consecutive_gateway_failure.map(|v| v.value), 0)
             .then(|| o.consecutive_gateway_failure.map(|v| v.value).unwrap_or(5)),
+        split_local_origin: o.split_external_local_origin_errors,
+        consecutive_local_origin: (o.split_external_local_origin_errors
+            && enforcing(
+                o.enforcing_consecutive_local_origin_failure
+                    .map(|v| v.value),
+                100,
+            ))
+        .then(|| {
+            o.consecutive_local_origin_failure
+                .map(|v| v.value)
+                .unwrap_or(5)
+        }),
         base_ejection: match &o.base_ejection_time {
             Some(d) => duration(d, "outlier_detection.base_ejection_time")?,
             None => Duration::from_secs(30),
@@ -621,6 +644,11 @@ impl TryFrom<&wire::Cluster> for Cluster {
             service: service_ref(c.metadata.as_ref()),
             outlier: outlier(c)?,
             idle_timeout: upstream_idle_timeout(c)?,
+            panic_threshold: c
+                .common_lb_config
+                .as_ref()
+                .and_then(|l| l.healthy_panic_threshold.as_ref())
+                .map_or(DEFAULT_PANIC_THRESHOLD, |p| p.value.clamp(0.0, 100.0)),
             locality_weighted: matches!(
                 c.common_lb_config.as_ref().and_then(|l| l.locality_config_specifier.as_ref()),
                 Some(wire::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))

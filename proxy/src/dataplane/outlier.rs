@@ -1,7 +1,8 @@
 //! Outlier detection (passive health checking): endpoints that answer with consecutive 5xx (or
 //! gateway errors, or fail to connect) are ejected for the base ejection time multiplied by the
 //! number of times they were ejected, while at most `max_ejection_percent` of the cluster's hosts
-//! (and always at least one) are out.
+//! (and always at least one) are out. With `split_external_local_origin_errors`, failures to
+//! connect (local origin) are counted on their own and not as 5xx.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,6 +15,7 @@ use crate::config::cluster::Outlier;
 struct Host {
     consecutive_5xx: u32,
     consecutive_gateway: u32,
+    consecutive_local: u32,
     ejections: u32,
     ejected_until: Option<Instant>,
 }
@@ -71,26 +73,30 @@ impl Outliers {
         let c = m.entry(cluster.to_string()).or_default();
         let out_now = out(c, now).count();
         let h = c.entry(d.clone()).or_default();
-        let (server_error, gateway) = match result {
-            Result::Failed => (true, true),
-            Result::Status(s) => (s >= 500, matches!(s, 502..=504)),
+        let split = policy.split_local_origin;
+        let (server_error, gateway, local) = match result {
+            // Split: a local-origin failure leaves the 5xx and gateway counts as they are.
+            Result::Failed if split => (None, None, true),
+            Result::Failed => (Some(true), Some(true), false),
+            Result::Status(s) => (Some(s >= 500), Some(matches!(s, 502..=504)), false),
         };
-        h.consecutive_5xx = if server_error {
-            h.consecutive_5xx + 1
-        } else {
-            0
+        h.consecutive_local = if local { h.consecutive_local + 1 } else { 0 };
+        let count = |n: u32, hit: Option<bool>| match hit {
+            Some(true) => n + 1,
+            Some(false) => 0,
+            None => n,
         };
-        h.consecutive_gateway = if gateway {
-            h.consecutive_gateway + 1
-        } else {
-            0
-        };
+        h.consecutive_5xx = count(h.consecutive_5xx, server_error);
+        h.consecutive_gateway = count(h.consecutive_gateway, gateway);
         let tripped = policy
             .consecutive_5xx
             .is_some_and(|n| h.consecutive_5xx >= n)
             || policy
                 .consecutive_gateway
-                .is_some_and(|n| h.consecutive_gateway >= n);
+                .is_some_and(|n| h.consecutive_gateway >= n)
+            || policy
+                .consecutive_local_origin
+                .is_some_and(|n| h.consecutive_local >= n);
         let already = h.ejected_until.is_some_and(|u| now < u);
         let allowed = (hosts * policy.max_ejection_percent as usize / 100).max(1);
         if tripped && !already && out_now < allowed {
@@ -98,6 +104,7 @@ impl Outliers {
             h.ejected_until = Some(now + policy.base_ejection * h.ejections);
             h.consecutive_5xx = 0;
             h.consecutive_gateway = 0;
+            h.consecutive_local = 0;
             tracing::info!(cluster, endpoint = %d, ejections = h.ejections, "endpoint ejected (outlier detection)");
         }
     }
@@ -113,9 +120,43 @@ mod tests {
         Outlier {
             consecutive_5xx: Some(3),
             consecutive_gateway: None,
+            split_local_origin: false,
+            consecutive_local_origin: None,
             base_ejection: Duration::from_secs(30),
             max_ejection_percent: 50,
         }
+    }
+
+    #[test]
+    fn split_local_origin_failures_are_counted_apart() {
+        let o = Outliers::default();
+        let p = Outlier {
+            split_local_origin: true,
+            consecutive_local_origin: Some(2),
+            ..policy()
+        };
+        let (a, b) = (
+            Dest::Ip("10.0.0.1:80".parse().unwrap()),
+            Dest::Ip("10.0.0.2:80".parse().unwrap()),
+        );
+        let t = Instant::now();
+        // 5xx and connect failures interleaved: neither count reaches its threshold.
+        for r in [Result::Status(500), Result::Failed, Result::Status(500)] {
+            o.report("c", &p, &a, r, 4, t);
+        }
+        assert!(
+            !o.is_ejected("c", &a, t),
+            "a response resets the local count"
+        );
+        o.report("c", &p, &a, Result::Status(500), 4, t);
+        assert!(
+            o.is_ejected("c", &a, t),
+            "three 5xx: the failure between is not one"
+        );
+        for _ in 0..2 {
+            o.report("c", &p, &b, Result::Failed, 4, t);
+        }
+        assert!(o.is_ejected("c", &b, t), "two local-origin failures");
     }
 
     #[test]

@@ -123,62 +123,87 @@ impl Drop for LoadGuard {
     }
 }
 
-/// The healthy endpoints of the best priority, flattened with their weights. With
-/// `locality_roll`, one locality of that priority is chosen first, by its weight.
+/// Envoy's overprovisioning factor (1.4): a priority is fully healthy at 72% healthy hosts.
+const OVERPROVISIONING: f64 = 1.4;
+
+/// The endpoints to balance over, with their weights: the usable ones (routable and not
+/// ejected) of the best priority that has any; with `locality_roll`, of one locality of that
+/// priority chosen by its weight first. A priority whose endpoints are all ejected hands its
+/// traffic to the next one (locality failover).
+///
+/// Panic mode, as Envoy computes it: each priority's health is its usable share times the
+/// overprovisioning factor (at most 100%); when their sum is under `panic_threshold` percent,
+/// health is ignored and every endpoint of the first priority is used. A threshold of 0
+/// disables it: with nothing usable there is no endpoint (503 UH).
 fn candidates(
     localities: &[LocalityEndpoints],
     locality_roll: Option<u64>,
     ejected: &dyn Fn(&Dest) -> bool,
+    panic_threshold: f64,
 ) -> Vec<(Dest, u32)> {
-    let healthy = |l: &LocalityEndpoints| l.endpoints.iter().any(|e| e.health.routable());
-    let mut priorities: Vec<u32> = localities.iter().map(|l| l.priority).collect();
-    priorities.sort_unstable();
-    priorities.dedup();
-    // An ejected endpoint counts as unhealthy for the choice of priority, so a priority whose
-    // endpoints are all ejected hands its traffic to the next one (locality failover). Only
-    // when every priority is out does the first one serve anyway (Envoy's panic mode).
-    let mut panic = None;
-    for p in priorities {
-        let in_priority: Vec<&LocalityEndpoints> = localities
-            .iter()
-            .filter(|l| l.priority == p && healthy(l))
-            .collect();
-        let chosen: Vec<&LocalityEndpoints> = match locality_roll {
-            Some(roll) => {
-                let total: u64 = in_priority
-                    .iter()
-                    .map(|l| u64::from(l.weight.unwrap_or(0)))
-                    .sum();
-                match weighted_index(
-                    in_priority.iter().map(|l| l.weight.unwrap_or(0)),
-                    roll % total.max(1),
-                ) {
-                    Some(i) if total > 0 => vec![in_priority[i]],
-                    // No locality weights: every locality counts.
-                    _ => in_priority.clone(),
-                }
-            }
-            None => in_priority.clone(),
-        };
-        let list: Vec<(Dest, u32)> = chosen
-            .into_iter()
-            .flat_map(|l| l.endpoints.iter())
-            .filter(|e| e.health.routable())
-            .filter_map(|e| match &e.address {
-                Address::Socket(s) => Some((Dest::Ip(*s), e.weight)),
-                Address::Dns(h, p) => Some((Dest::Name(h.clone(), *p), e.weight)),
-                _ => None,
-            })
-            .collect();
-        let kept: Vec<(Dest, u32)> = list.iter().filter(|(d, _)| !ejected(d)).cloned().collect();
-        if !kept.is_empty() {
-            return kept;
-        }
-        if panic.is_none() && !list.is_empty() {
-            panic = Some(list);
+    struct Ep {
+        locality: usize,
+        dest: Dest,
+        weight: u32,
+        usable: bool,
+    }
+    let mut by_priority: std::collections::BTreeMap<u32, Vec<Ep>> = Default::default();
+    for (i, l) in localities.iter().enumerate() {
+        let eps = by_priority.entry(l.priority).or_default();
+        for e in &l.endpoints {
+            let dest = match &e.address {
+                Address::Socket(s) => Dest::Ip(*s),
+                Address::Dns(h, p) => Dest::Name(h.clone(), *p),
+                _ => continue,
+            };
+            let usable = e.health.routable() && !ejected(&dest);
+            eps.push(Ep {
+                locality: i,
+                dest,
+                weight: e.weight,
+                usable,
+            });
         }
     }
-    panic.unwrap_or_default()
+    let health: f64 = by_priority
+        .values()
+        .filter(|eps| !eps.is_empty())
+        .map(|eps| {
+            let usable = eps.iter().filter(|e| e.usable).count() as f64;
+            (OVERPROVISIONING * 100.0 * usable / eps.len() as f64).min(100.0)
+        })
+        .sum();
+    if panic_threshold > 0.0 && health.min(100.0) < panic_threshold {
+        return by_priority
+            .into_values()
+            .find(|eps| !eps.is_empty())
+            .map(|eps| eps.into_iter().map(|e| (e.dest, e.weight)).collect())
+            .unwrap_or_default();
+    }
+    for eps in by_priority.into_values() {
+        let mut usable: Vec<Ep> = eps.into_iter().filter(|e| e.usable).collect();
+        if usable.is_empty() {
+            continue;
+        }
+        if let Some(roll) = locality_roll {
+            // The localities with a usable endpoint, by weight; none weighted: all of them.
+            let mut present: Vec<usize> = usable.iter().map(|e| e.locality).collect();
+            present.dedup();
+            let weights: Vec<u32> = present
+                .iter()
+                .map(|&i| localities[i].weight.unwrap_or(0))
+                .collect();
+            let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+            if total > 0
+                && let Some(k) = weighted_index(weights.iter().copied(), roll % total)
+            {
+                let chosen = present[k];
+                usable.retain(|e| e.locality == chosen);
+            }
+        }
+        return usable.into_iter().map(|e| (e.dest, e.weight)).collect();
+    }
+    Vec::new()
 }
 
 /// How many endpoints `cluster` has (all priorities).
@@ -274,6 +299,7 @@ pub fn endpoint(
         localities,
         cluster.locality_weighted.then(|| roll.rotate_left(17)),
         pick.ejected,
+        cluster.panic_threshold,
     );
     let total: u64 = list.iter().map(|(_, w)| u64::from(*w)).sum();
     if total == 0 {
@@ -358,6 +384,7 @@ mod tests {
             bind_source: None,
             upstream_protocol: Default::default(),
             locality_weighted: false,
+            panic_threshold: 50.0,
             limits: Default::default(),
             service: None,
             outlier: None,
@@ -473,6 +500,59 @@ mod tests {
             pick(&["10.0.0.1:80", "10.0.1.1:80", "10.0.2.1:80"]),
             "10.0.0.1:80"
         );
+    }
+
+    #[test]
+    fn the_panic_threshold_decides_when_health_is_ignored() {
+        let mut c = cluster(Discovery::Static);
+        c.load_assignment = Some(LoadAssignment {
+            cluster_name: "c".into(),
+            localities: vec![LocalityEndpoints {
+                locality: Locality::default(),
+                priority: 0,
+                weight: None,
+                endpoints: vec![
+                    ep("10.0.0.1:80", Health::Healthy, 1),
+                    ep("10.0.0.2:80", Health::Healthy, 1),
+                    ep("10.0.0.3:80", Health::Healthy, 1),
+                ],
+            }],
+        });
+        let dst = "1.1.1.1:1".parse().unwrap();
+        let t = HashTables::default();
+        // The endpoints round robin reaches in 30 picks, with `out` ejected.
+        let reached = |c: &Cluster, out: &[&str]| {
+            let ejected = |d: &Dest| out.contains(&d.to_string().as_str());
+            let mut seen: Vec<String> = (0..30)
+                .filter_map(|i| {
+                    let p = Pick {
+                        ejected: &ejected,
+                        ..simple(i, i, &t)
+                    };
+                    endpoint(&Snapshot::default(), c, dst, &p)
+                        .ok()
+                        .map(|d| d.to_string())
+                })
+                .collect();
+            seen.sort();
+            seen.dedup();
+            seen
+        };
+        // One of three out: 67% × 1.4 is healthy enough.
+        assert_eq!(
+            reached(&c, &["10.0.0.1:80"]),
+            ["10.0.0.2:80", "10.0.0.3:80"]
+        );
+        // Two out: 33% × 1.4 = 47% < 50%: panic, all three serve.
+        assert_eq!(reached(&c, &["10.0.0.1:80", "10.0.0.2:80"]).len(), 3);
+        // Istio's default with outlier detection (minHealthPercent 0): no panic, ever.
+        c.panic_threshold = 0.0;
+        assert_eq!(
+            reached(&c, &["10.0.0.1:80", "10.0.0.2:80"]),
+            ["10.0.0.3:80"]
+        );
+        let all = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
+        assert!(reached(&c, &all).is_empty(), "no healthy upstream");
     }
 
     #[tokio::test]
