@@ -709,7 +709,7 @@ pub struct ExtensionProvider {
     #[serde(default)]
     pub zipkin: Option<ZipkinProvider>,
     #[serde(default)]
-    pub opentelemetry: Option<serde_yaml::Value>,
+    pub opentelemetry: Option<OpenTelemetryProvider>,
     #[serde(default)]
     pub datadog: Option<serde_yaml::Value>,
     #[serde(default)]
@@ -724,7 +724,6 @@ impl ExtensionProvider {
     /// A tracer this provider is, other than Zipkin (not served).
     pub fn other_tracer(&self) -> Option<&'static str> {
         [
-            ("opentelemetry", self.opentelemetry.is_some()),
             ("datadog", self.datadog.is_some()),
             ("skywalking", self.skywalking.is_some()),
             ("lightstep", self.lightstep.is_some()),
@@ -733,6 +732,27 @@ impl ExtensionProvider {
         .into_iter()
         .find_map(|(k, set)| set.then_some(k))
     }
+}
+
+/// `extensionProviders[].opentelemetry`: OTLP over gRPC, or over HTTP with `http`. Other
+/// fields (`maxTagLength`, `resourceDetectors`, samplers) are accepted and not used.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenTelemetryProvider {
+    pub service: String,
+    pub port: u32,
+    #[serde(default)]
+    pub http: Option<OtlpHttp>,
+}
+
+/// `opentelemetry.http`: OTLP/HTTP (protobuf) to `path` (default `/v1/traces`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OtlpHttp {
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
 }
 
 /// `extensionProviders[].zipkin`.

@@ -39,8 +39,9 @@ pub struct AdminState {
     pub outliers: Arc<crate::dataplane::outlier::Outliers>,
     /// Circuit breakers, for their overflow counters in `/stats`.
     pub breakers: Arc<crate::dataplane::breaker::Breakers>,
-    /// The span reporter, for its `tracing.zipkin.*` counters in `/stats`.
-    pub zipkin: Arc<crate::dataplane::http::zipkin::Reporter>,
+    /// The span reporter, for its `tracing.zipkin.*` and `tracing.opentelemetry.*` counters in
+    /// `/stats`.
+    pub spans: Arc<crate::dataplane::http::report::Reporter>,
 }
 
 /// An `Any` rendered as Envoy renders it in a config dump (`@type`, proto field names).
@@ -427,7 +428,7 @@ pub fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes
                 u8::from(ready),
                 snap.clusters.len(),
                 breaker_stats_text(&state.breakers),
-                state.zipkin.stats_text()
+                state.spans.stats_text()
             ),
         ),
         (&Method::POST, "/healthcheck/fail") => {

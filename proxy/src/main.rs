@@ -335,8 +335,8 @@ fn run_proxy(args: RunArgs) -> ExitCode {
             outliers: Default::default(),
             breakers: Default::default(),
             own_headers,
-            zipkin: std::sync::Arc::new(outrigger_proxy::dataplane::http::zipkin::Reporter::new(
-                outrigger_proxy::dataplane::http::zipkin::Local {
+            spans: std::sync::Arc::new(outrigger_proxy::dataplane::http::report::Reporter::new(
+                outrigger_proxy::dataplane::http::span::Local {
                     // Istio's trace service name: `<app>.<namespace>`.
                     service_name: format!("{}.{}", me.app, me.namespace),
                     ip: identity.instance_ips.first().and_then(|ip| ip.parse().ok()),
@@ -349,7 +349,7 @@ fn run_proxy(args: RunArgs) -> ExitCode {
             metrics: telemetry.metrics.clone(),
             outliers: telemetry.outliers.clone(),
             breakers: telemetry.breakers.clone(),
-            zipkin: telemetry.zipkin.clone(),
+            spans: telemetry.spans.clone(),
             snapshot: handle.snapshot.clone(),
             ready: handle.ready.clone(),
             failing: std::sync::atomic::AtomicBool::new(false),

@@ -302,8 +302,8 @@ pub struct Telemetry {
     pub breakers: std::sync::Arc<crate::dataplane::breaker::Breakers>,
     /// This proxy's metadata exchange headers (`None`: not sent).
     pub own_headers: Option<crate::dataplane::http::peer::OwnHeaders>,
-    /// Spans waiting for their report to a Zipkin collector.
-    pub zipkin: std::sync::Arc<crate::dataplane::http::zipkin::Reporter>,
+    /// Spans waiting for their report to a collector.
+    pub spans: std::sync::Arc<crate::dataplane::http::report::Reporter>,
     /// The node id, a tag of every span.
     pub node_id: String,
 }
@@ -316,7 +316,7 @@ impl Default for Telemetry {
             outliers: Default::default(),
             breakers: Default::default(),
             own_headers: None,
-            zipkin: std::sync::Arc::new(crate::dataplane::http::zipkin::Reporter::new(
+            spans: std::sync::Arc::new(crate::dataplane::http::report::Reporter::new(
                 Default::default(),
             )),
             node_id: String::new(),

@@ -2,7 +2,9 @@
 //! legacy `defaultConfig.tracing.zipkin.address`, then a Zipkin `extensionProviders` entry named
 //! by `defaultProviders.tracing`, switched live. The collector is a Python HTTP server in a pod
 //! of its own that records every report. Each request through the mesh gives two spans: the
-//! client sidecar's CLIENT span and the server sidecar's SERVER span, its child.
+//! client sidecar's CLIENT span and the server sidecar's SERVER span, its child. Then the same
+//! with an OpenTelemetry provider: OTLP to a grpcio server, and OTLP/HTTP, switched live; the
+//! collector decodes the protobuf wire format itself (field numbers from opentelemetry-proto).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -257,5 +259,234 @@ fn sidecars_report_spans_to_zipkin() {
                 .is_some_and(|u| u.starts_with("outbound|8080|"))),
         "{:#?}",
         switched.spans
+    );
+}
+
+/// An OTLP collector: grpcio's generic handler for `TraceService/Export` on 4317 and OTLP/HTTP
+/// on 4318; each report becomes a JSON line with its spans decoded from the wire format.
+const OTEL_COLLECTOR: &str = r#"
+import http.server, json, sys, threading
+from concurrent import futures
+import grpc
+
+out = sys.argv[1]
+lock = threading.Lock()
+
+def fields(buf):
+    """Protobuf wire format → {field number: [values]}; length-delimited values stay bytes."""
+    i, res = 0, {}
+    def varint():
+        nonlocal i
+        shift = value = 0
+        while True:
+            b = buf[i]; i += 1
+            value |= (b & 0x7f) << shift
+            shift += 7
+            if b < 0x80:
+                return value
+    while i < len(buf):
+        key = varint()
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            v = varint()
+        elif wire == 1:
+            v = int.from_bytes(buf[i:i + 8], "little"); i += 8
+        elif wire == 2:
+            n = varint(); v = buf[i:i + n]; i += n
+        elif wire == 5:
+            v = int.from_bytes(buf[i:i + 4], "little"); i += 4
+        else:
+            raise ValueError("wire type %d" % wire)
+        res.setdefault(num, []).append(v)
+    return res
+
+def attrs(kvs):
+    out = {}
+    for kv in kvs:
+        f = fields(kv)
+        value = fields(f[2][0]).get(1, [b""])[0] if 2 in f else b""
+        out[f[1][0].decode()] = value.decode()
+    return out
+
+def decode(body):
+    """ExportTraceServiceRequest → [{service, traceId, id, parentId, name, kind, start, end, attributes}]."""
+    spans = []
+    for rs in fields(body).get(1, []):
+        r = fields(rs)
+        resource = attrs(fields(r[1][0]).get(1, [])) if 1 in r else {}
+        for ss in r.get(2, []):
+            for sp in fields(ss).get(2, []):
+                s = fields(sp)
+                spans.append({
+                    "service": resource.get("service.name"),
+                    "traceId": s[1][0].hex(), "id": s[2][0].hex(),
+                    "parentId": s.get(4, [b""])[0].hex(),
+                    "name": s[5][0].decode(), "kind": s.get(6, [0])[0],
+                    "start": s[7][0], "end": s[8][0],
+                    "attributes": attrs(s.get(9, [])),
+                })
+    return spans
+
+def record(transport, meta, body):
+    with lock, open(out, "a") as f:
+        f.write(json.dumps({"transport": transport, "meta": meta, "spans": decode(body)}) + "\n")
+
+def export(request, context):
+    meta = {k: v for k, v in context.invocation_metadata()}
+    record("grpc", meta, request)
+    return b""
+
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+    "opentelemetry.proto.collector.trace.v1.TraceService",
+    {"Export": grpc.unary_unary_rpc_method_handler(export)}),))
+server.add_insecure_port("0.0.0.0:4317")
+server.start()
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        record("http", {"path": self.path, "content-type": self.headers.get("content-type"),
+                        "host": self.headers.get("host")}, body)
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+http_server = http.server.ThreadingHTTPServer(("0.0.0.0", 4318), Handler)
+print("ready", flush=True)
+http_server.serve_forever()
+"#;
+
+const OTEL_SERVICE: &str = concat!(
+    "apiVersion: v1\nkind: Service\nmetadata: {name: otel-collector, namespace: observability}\n",
+    "spec:\n  clusterIP: 10.96.0.60\n  selector: {app: otel-collector}\n",
+    "  ports:\n  - {name: grpc-otlp, port: 4317, targetPort: 4317}\n",
+    "  - {name: http-otlp, port: 4318, targetPort: 4318}\n",
+    "---\napiVersion: v1\nkind: Pod\nmetadata: {name: otel, namespace: observability, labels: {app: otel-collector}}\n",
+    "status: {podIP: 10.30.0.21}\n",
+);
+
+fn otel_config(port: u16, http: &str) -> String {
+    mesh_config(&format!(
+        "defaultConfig:\n  tracing:\n    sampling: 100\nextensionProviders:\n- name: otel\n  opentelemetry:\n    service: otel-collector.observability.svc.cluster.local\n    port: {port}\n{http}defaultProviders:\n  tracing: [otel]\n"
+    ))
+}
+
+fn otlp_reports(file: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+fn otlp_spans(file: &std::path::Path, transport: &str) -> Vec<Value> {
+    otlp_reports(file)
+        .into_iter()
+        .filter(|r| r["transport"] == transport)
+        .flat_map(|r| r["spans"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn sidecars_export_spans_over_otlp() {
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/bill-service");
+    let mut m = Mesh::new("otel", &example);
+    m.write_config("otel.yaml", OTEL_SERVICE);
+    m.write_config("mesh-config.yaml", &otel_config(4317, ""));
+    let hosts = "10.96.0.10 bill-service bill-service.default.svc.cluster.local\n";
+    let client = m.add_pod("client", "10.30.0.10", hosts);
+    let v1 = m.add_pod("bill-service-v1", "10.30.0.11", hosts);
+    let v2 = m.add_pod("bill-service-v2", "10.30.0.12", hosts);
+    let otel = m.add_pod("otel", "10.30.0.21", hosts);
+    let file = m.dir.join("otlp.jsonl");
+    let script = m.dir.join("otel.py");
+    std::fs::write(&script, OTEL_COLLECTOR).unwrap();
+    m.background(
+        otel,
+        "/usr/bin/python3",
+        &[&script.display().to_string(), &file.display().to_string()],
+    );
+    for (pod, version) in [(v1, "v1"), (v2, "v2")] {
+        m.app_http(pod, version, 8080);
+    }
+    m.sidecar(client, &[("app", "client")]);
+    m.sidecar(v1, &[("app", "bill-service"), ("version", "v1")]);
+    m.sidecar(v2, &[("app", "bill-service"), ("version", "v2")]);
+
+    // 1. gRPC: 10 requests, 20 spans.
+    let replies = m.curl_many(client, URL, 10, &[]);
+    assert_eq!(replies.iter().filter(|r| r.code == 200).count(), 10);
+    let all = wait_for(Duration::from_secs(15), || {
+        let all = otlp_spans(&file, "grpc");
+        (all.len() >= 20).then_some(all)
+    })
+    .unwrap_or_else(|| panic!("expected 20 spans over gRPC: {:#?}", otlp_reports(&file)));
+    assert_eq!(all.len(), 20, "{all:#?}");
+    // SPAN_KIND_CLIENT is 3, SPAN_KIND_SERVER 2.
+    let clients: Vec<&Value> = all.iter().filter(|v| v["kind"] == 3).collect();
+    let servers: Vec<&Value> = all.iter().filter(|v| v["kind"] == 2).collect();
+    assert_eq!((clients.len(), servers.len()), (10, 10), "{all:#?}");
+    for c in &clients {
+        assert_eq!(c["service"], "client.default");
+        assert_eq!(s(c, "name"), OPERATION);
+        assert_eq!(s(c, "traceId").len(), 32);
+        assert_eq!(s(c, "id").len(), 16);
+        assert_eq!(s(c, "parentId"), "", "a root span: {c}");
+        assert_eq!(c["attributes"]["http.status_code"], "200");
+        assert_eq!(c["attributes"]["http.method"], "GET");
+        assert!(c["end"].as_u64() > c["start"].as_u64(), "{c}");
+    }
+    for sv in &servers {
+        assert_eq!(sv["service"], "bill-service.default");
+        let parent = clients
+            .iter()
+            .find(|c| s(c, "id") == s(sv, "parentId"))
+            .unwrap_or_else(|| panic!("no client span is the parent of {sv}"));
+        assert_eq!(s(parent, "traceId"), s(sv, "traceId"));
+    }
+    // Only grpcio's TraceService/Export handler records "grpc": these came as gRPC calls.
+    assert!(otlp_reports(&file).iter().all(|r| r["transport"] == "grpc"));
+    let stats = m.admin(client, "/stats");
+    assert!(
+        stats.contains("tracing.opentelemetry.spans_sent: 10\n"),
+        "the client sidecar's counters:\n{stats}"
+    );
+
+    // 2. OTLP/HTTP, switched live.
+    m.write_config(
+        "mesh-config.yaml",
+        &otel_config(
+            4318,
+            "    http:\n      path: /v1/traces\n      timeout: 5s\n",
+        ),
+    );
+    let over_http = wait_for(Duration::from_secs(30), || {
+        let replies = m.curl_many(client, URL, 5, &[]);
+        assert!(replies.iter().all(|r| r.code == 200));
+        std::thread::sleep(Duration::from_millis(500));
+        otlp_reports(&file).into_iter().find(|r| {
+            r["transport"] == "http"
+                && r["spans"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().all(|v| v["service"] == "client.default"))
+        })
+    })
+    .unwrap_or_else(|| panic!("no OTLP/HTTP report: {:#?}", otlp_reports(&file)));
+    assert_eq!(over_http["meta"]["path"], "/v1/traces");
+    assert_eq!(over_http["meta"]["content-type"], "application/x-protobuf");
+    assert_eq!(
+        over_http["meta"]["host"],
+        "otel-collector.observability.svc.cluster.local"
+    );
+    assert!(
+        over_http["spans"]
+            .as_array()
+            .is_some_and(|s| s.iter().all(|v| v["kind"] == 3 && v["name"] == OPERATION)),
+        "{over_http}"
     );
 }

@@ -15,6 +15,11 @@ pub const TEST: Needs = &[
     ("setpriv", "util-linux"),
     ("curl", "curl"),
     ("python3", "python3"),
+    // A real gRPC server as the OpenTelemetry collector of the tracing test.
+    (
+        "/usr/lib/python3/dist-packages/grpc/__init__.py",
+        "python3-grpcio",
+    ),
     // The capture programs are rebuilt by a test to prove the committed object is current.
     ("clang-19", "clang-19"),
     ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),

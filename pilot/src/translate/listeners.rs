@@ -288,6 +288,25 @@ pub fn build(ctx: &Ctx) -> BTreeMap<String, Any> {
     out.insert("virtualOutbound".into(), virtual_outbound(ctx.allow_any));
     let mut telemetry = wire::telemetry(ctx.mesh_config(), &ctx.mesh.registry);
     telemetry.idle_timeout = ctx.proxy.idle_timeout;
+    // Istio's trace service name: the app label (else the pod's name) and the namespace.
+    let app = [
+        "app",
+        "app.kubernetes.io/name",
+        "service.istio.io/canonical-name",
+    ]
+    .iter()
+    .find_map(|k| ctx.proxy.labels.get(*k))
+    .cloned()
+    .unwrap_or_else(|| {
+        ctx.proxy
+            .id
+            .split('~')
+            .nth(2)
+            .and_then(|p| p.split('.').next())
+            .unwrap_or("unknown")
+            .to_string()
+    });
+    telemetry.service_name = format!("{app}.{}", ctx.proxy.namespace);
     out.insert(
         "virtualInbound".into(),
         virtual_inbound(&ctx.inbound(), &telemetry),

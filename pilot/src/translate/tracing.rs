@@ -1,8 +1,9 @@
 //! Where sidecars report spans, from the mesh config, as istiod decides it:
 //!
-//! - `defaultProviders.tracing` naming a Zipkin `extensionProviders` entry: the collector is the
-//!   outbound cluster of its service (`outbound|9411||zipkin.istio-system.svc.cluster.local`),
-//!   with 128-bit trace ids unless `enable64bitTraceId`.
+//! - `defaultProviders.tracing` naming a Zipkin or OpenTelemetry `extensionProviders` entry: the
+//!   collector is the outbound cluster of its service
+//!   (`outbound|9411||zipkin.istio-system.svc.cluster.local`); Zipkin with 128-bit trace ids
+//!   unless `enable64bitTraceId`, OpenTelemetry over gRPC, or OTLP/HTTP with `http`.
 //! - Otherwise the legacy `defaultConfig.tracing.zipkin.address` (Istio's default
 //!   `zipkin.istio-system:9411`): a registry service by that name gives its outbound cluster.
 //!   An explicit address outside the registry gets a cluster named `zipkin`, as pilot-agent's
@@ -32,8 +33,17 @@ pub struct Collector {
     pub hostname: String,
     pub path: String,
     pub trace_id_128bit: bool,
+    /// An OpenTelemetry collector (`path` and `trace_id_128bit` are then Zipkin's only).
+    pub otlp: Option<Otlp>,
     /// A collector outside the registry: host (name or IP) and port of the `zipkin` cluster.
     pub own_cluster: Option<(String, u16)>,
+}
+
+/// How spans reach an OpenTelemetry collector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Otlp {
+    /// OTLP/HTTP to this path; `None`: gRPC.
+    pub http_path: Option<String>,
 }
 
 /// A problem with the tracing settings: the field and what is wrong. Spans are then not
@@ -63,6 +73,17 @@ fn by_dns_name<'a>(registry: &'a Registry, host: &str) -> Option<&'a Service> {
     .find_map(|h| registry.services.get(h))
 }
 
+/// An extension provider's `service` (`[namespace/]host`) with `port`.
+fn service<'a>(registry: &'a Registry, service: &str, port: u32) -> Option<&'a Service> {
+    let (namespace, host) = match service.split_once('/') {
+        Some((ns, h)) => (Some(ns), h),
+        None => (None, service),
+    };
+    by_dns_name(registry, host)
+        .filter(|s| namespace.is_none_or(|ns| s.namespace == ns))
+        .filter(|s| s.port(port).is_some())
+}
+
 /// The collector sidecars report to; `Ok(None)`: spans are not reported.
 pub fn collector(mesh: &MeshConfig, registry: &Registry) -> Result<Option<Collector>, Problem> {
     if mesh.enable_tracing == Some(false) {
@@ -80,25 +101,51 @@ pub fn collector(mesh: &MeshConfig, registry: &Registry) -> Result<Option<Collec
                 format!("no extension provider named '{name}'"),
             ));
         };
+        if let Some(o) = &p.opentelemetry {
+            let svc = service(registry, &o.service, o.port).ok_or_else(|| {
+                problem(
+                    format!("extensionProviders[{i}].opentelemetry.service"),
+                    format!(
+                        "no service '{}' with port {} in the registry",
+                        o.service, o.port
+                    ),
+                )
+            })?;
+            return Ok(Some(Collector {
+                cluster: outbound_name(o.port, "", &svc.hostname),
+                hostname: svc.hostname.clone(),
+                path: String::new(),
+                trace_id_128bit: true,
+                otlp: Some(Otlp {
+                    http_path: o.http.as_ref().map(|h| {
+                        h.path
+                            .clone()
+                            .filter(|p| !p.is_empty())
+                            .map(|p| {
+                                if p.starts_with('/') {
+                                    p
+                                } else {
+                                    format!("/{p}")
+                                }
+                            })
+                            .unwrap_or_else(|| "/v1/traces".into())
+                    }),
+                }),
+                own_cluster: None,
+            }));
+        }
         let Some(z) = &p.zipkin else {
             return Err(problem(
                 format!("extensionProviders[{i}]"),
                 match p.other_tracer() {
                     Some(kind) => format!(
-                        "'{name}' is a {kind} tracer: spans are reported to Zipkin collectors only (trace headers are still propagated)"
+                        "'{name}' is a {kind} tracer: spans are reported to Zipkin and OpenTelemetry collectors only (trace headers are still propagated)"
                     ),
                     None => format!("'{name}' is not a tracer"),
                 },
             ));
         };
-        let (namespace, host) = match z.service.split_once('/') {
-            Some((ns, h)) => (Some(ns), h),
-            None => (None, z.service.as_str()),
-        };
-        let svc = by_dns_name(registry, host)
-            .filter(|s| namespace.is_none_or(|ns| s.namespace == ns))
-            .filter(|s| s.port(z.port).is_some());
-        let Some(svc) = svc else {
+        let Some(svc) = service(registry, &z.service, z.port) else {
             return Err(problem(
                 format!("extensionProviders[{i}].zipkin.service"),
                 format!(
@@ -112,6 +159,7 @@ pub fn collector(mesh: &MeshConfig, registry: &Registry) -> Result<Option<Collec
             hostname: svc.hostname.clone(),
             path: z.path.clone().unwrap_or_else(|| SPANS_PATH.into()),
             trace_id_128bit: !z.enable_64bit_trace_id,
+            otlp: None,
             own_cluster: None,
         }));
     }
@@ -139,6 +187,7 @@ pub fn collector(mesh: &MeshConfig, registry: &Registry) -> Result<Option<Collec
             hostname: svc.hostname.clone(),
             path: SPANS_PATH.into(),
             trace_id_128bit: true,
+            otlp: None,
             own_cluster: None,
         }));
     }
@@ -147,6 +196,7 @@ pub fn collector(mesh: &MeshConfig, registry: &Registry) -> Result<Option<Collec
         hostname: host.to_string(),
         path: SPANS_PATH.into(),
         trace_id_128bit: true,
+        otlp: None,
         own_cluster: Some((host.to_string(), port)),
     }))
 }
@@ -187,6 +237,29 @@ mod tests {
     }
 
     #[test]
+    fn an_opentelemetry_provider_exports_over_grpc_or_http() {
+        let m = mesh(
+            "extensionProviders:\n- name: otel\n  opentelemetry:\n    service: zipkin.istio-system.svc.cluster.local\n    port: 9411\ndefaultProviders:\n  tracing: [otel]\n",
+        );
+        let c = collector(&m, &registry()).unwrap().unwrap();
+        assert_eq!(
+            c.cluster,
+            "outbound|9411||zipkin.istio-system.svc.cluster.local"
+        );
+        assert_eq!(c.otlp, Some(Otlp { http_path: None }));
+        let m = mesh(
+            "extensionProviders:\n- name: otel\n  opentelemetry:\n    service: zipkin.istio-system.svc.cluster.local\n    port: 9411\n    http: {path: v1/traces, timeout: 5s}\ndefaultProviders:\n  tracing: [otel]\n",
+        );
+        let c = collector(&m, &registry()).unwrap().unwrap();
+        assert_eq!(
+            c.otlp,
+            Some(Otlp {
+                http_path: Some("/v1/traces".into())
+            })
+        );
+    }
+
+    #[test]
     fn provider_problems_name_the_field() {
         let cases = [
             (
@@ -194,8 +267,12 @@ mod tests {
                 "defaultProviders.tracing",
             ),
             (
-                "extensionProviders:\n- name: otel\n  opentelemetry:\n    service: otel.x\n    port: 4317\ndefaultProviders:\n  tracing: [otel]\n",
+                "extensionProviders:\n- name: sky\n  skywalking:\n    service: sky.x\n    port: 11800\ndefaultProviders:\n  tracing: [sky]\n",
                 "extensionProviders[0]",
+            ),
+            (
+                "extensionProviders:\n- name: otel\n  opentelemetry:\n    service: otel.x\n    port: 4317\ndefaultProviders:\n  tracing: [otel]\n",
+                "extensionProviders[0].opentelemetry.service",
             ),
             (
                 "extensionProviders:\n- name: z\n  zipkin:\n    service: zipkin.istio-system.svc.cluster.local\n    port: 9999\ndefaultProviders:\n  tracing: [z]\n",

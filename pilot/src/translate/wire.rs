@@ -191,7 +191,10 @@ pub fn http_connection_manager(
         tracing: telemetry
             .sampling
             .map(|value| hcm::http_connection_manager::Tracing {
-                provider: telemetry.zipkin.as_ref().map(zipkin_provider),
+                provider: telemetry
+                    .zipkin
+                    .as_ref()
+                    .map(|c| tracer_provider(c, &telemetry.service_name)),
                 client_sampling: Some(envoy_types::pb::envoy::r#type::v3::Percent { value: 100.0 }),
                 random_sampling: Some(envoy_types::pb::envoy::r#type::v3::Percent { value }),
                 overall_sampling: Some(envoy_types::pb::envoy::r#type::v3::Percent {
@@ -271,14 +274,57 @@ pub struct Telemetry {
     pub idle_timeout: Option<Duration>,
     /// Where spans are reported (`tracing.provider`); `None`: headers only.
     pub zipkin: Option<super::tracing::Collector>,
+    /// The proxy's trace service name (`<app>.<namespace>`), for OpenTelemetry's resource.
+    pub service_name: String,
 }
 
-/// `envoy.tracers.zipkin` as istiod configures it (`shared_span_context: false`: each sidecar
-/// reports its own span).
-fn zipkin_provider(
+/// The tracer as istiod configures it: `envoy.tracers.zipkin` (`shared_span_context: false`:
+/// each sidecar reports its own span), or `envoy.tracers.opentelemetry` to the collector's
+/// cluster over gRPC, or over HTTP.
+fn tracer_provider(
     c: &super::tracing::Collector,
+    service_name: &str,
 ) -> envoy_types::pb::envoy::config::trace::v3::tracing::Http {
-    use envoy_types::pb::envoy::config::trace::v3::{ZipkinConfig, tracing, zipkin_config};
+    use envoy_types::pb::envoy::config::core::v3 as core;
+    use envoy_types::pb::envoy::config::trace::v3::{
+        OpenTelemetryConfig, ZipkinConfig, tracing, zipkin_config,
+    };
+    if let Some(o) = &c.otlp {
+        let config = match &o.http_path {
+            None => OpenTelemetryConfig {
+                grpc_service: Some(core::GrpcService {
+                    target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
+                        core::grpc_service::EnvoyGrpc {
+                            cluster_name: c.cluster.clone(),
+                            authority: c.hostname.clone(),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                }),
+                service_name: service_name.into(),
+                ..Default::default()
+            },
+            Some(path) => OpenTelemetryConfig {
+                http_service: Some(core::HttpService {
+                    http_uri: Some(core::HttpUri {
+                        uri: format!("{}{path}", c.hostname),
+                        http_upstream_type: Some(core::http_uri::HttpUpstreamType::Cluster(
+                            c.cluster.clone(),
+                        )),
+                        timeout: Some(duration(Duration::from_secs(5))),
+                    }),
+                    ..Default::default()
+                }),
+                service_name: service_name.into(),
+                ..Default::default()
+            },
+        };
+        return tracing::Http {
+            name: "envoy.tracers.opentelemetry".into(),
+            config_type: Some(tracing::http::ConfigType::TypedConfig(pack(&config))),
+        };
+    }
     tracing::Http {
         name: "envoy.tracers.zipkin".into(),
         config_type: Some(tracing::http::ConfigType::TypedConfig(pack(
@@ -309,6 +355,7 @@ pub fn telemetry(
         access_log: access_logs(mesh),
         sampling,
         idle_timeout: None,
+        service_name: String::new(),
         // A problem with the tracer is the analyzer's to report; the headers still flow.
         zipkin: sampling
             .and_then(|_| super::tracing::collector(mesh_config, registry).ok())

@@ -181,9 +181,36 @@ pub struct HttpManager {
 pub struct Tracing {
     /// `random_sampling`: the percentage of new traces sampled (Envoy's default 100).
     pub sampling: f64,
-    /// `provider` `envoy.tracers.zipkin`: where sampled spans are reported. `None`: the trace
-    /// headers are propagated and no span is reported.
-    pub zipkin: Option<std::sync::Arc<ZipkinCollector>>,
+    /// `provider`: where sampled spans are reported. `None`: the trace headers are propagated
+    /// and no span is reported.
+    pub collector: Option<std::sync::Arc<Collector>>,
+}
+
+/// A tracer that reports spans.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Collector {
+    /// `envoy.tracers.zipkin`.
+    Zipkin(ZipkinCollector),
+    /// `envoy.tracers.opentelemetry`.
+    OpenTelemetry(OtlpCollector),
+}
+
+impl Collector {
+    /// The cluster the reports go to.
+    pub fn cluster(&self) -> &str {
+        match self {
+            Collector::Zipkin(z) => &z.cluster,
+            Collector::OpenTelemetry(o) => &o.cluster,
+        }
+    }
+
+    /// New traces get 128-bit ids (always with OpenTelemetry).
+    pub fn trace_id_128bit(&self) -> bool {
+        match self {
+            Collector::Zipkin(z) => z.trace_id_128bit,
+            Collector::OpenTelemetry(_) => true,
+        }
+    }
 }
 
 /// `envoy.config.trace.v3.ZipkinConfig`: spans POSTed as Zipkin v2 JSON.
@@ -199,55 +226,40 @@ pub struct ZipkinCollector {
     pub trace_id_128bit: bool,
 }
 
-/// The `tracing` block: the sampling percentage and the Zipkin collector. A tracer other than
-/// Zipkin, or Zipkin in a wire format other than JSON, still gets the trace headers; its spans
-/// are not reported, which is logged.
+/// `envoy.config.trace.v3.OpenTelemetryConfig`: spans exported as OTLP protobuf.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OtlpCollector {
+    /// `grpc_service.envoy_grpc.cluster_name`, or `http_service.http_uri.cluster`.
+    pub cluster: String,
+    /// The `:authority` / Host of the reports.
+    pub authority: String,
+    /// `service_name`: the resource's `service.name` (empty: the sidecar's own name).
+    pub service_name: String,
+    /// `http_service`: OTLP/HTTP POSTs to this path; `None`: gRPC `TraceService/Export`.
+    pub http_path: Option<String>,
+}
+
+/// The `tracing` block: the sampling percentage and the span collector. A tracer other than
+/// Zipkin or OpenTelemetry (or one in a form not served: Zipkin other than JSON, Google gRPC)
+/// still gets the trace headers; its spans are not reported, which is logged.
 fn tracing_config(t: &hcm::http_connection_manager::Tracing) -> Result<Tracing, ConfigError> {
-    use envoy_types::pb::envoy::config::trace::v3::{ZipkinConfig, tracing::http::ConfigType};
+    use envoy_types::pb::envoy::config::trace::v3::tracing::http::ConfigType;
     let sampling = t
         .random_sampling
         .as_ref()
         .map_or(100.0, |p| p.value.clamp(0.0, 100.0));
-    let zipkin = match &t.provider {
+    let collector = match &t.provider {
         None => None,
         Some(p) => match &p.config_type {
             Some(ConfigType::TypedConfig(any))
                 if type_name(any) == "envoy.config.trace.v3.ZipkinConfig" =>
             {
-                let z: ZipkinConfig = unpack(any, "tracing.provider.typed_config")?;
-                if z.collector_cluster.is_empty() {
-                    return Err(ConfigError::new(
-                        "tracing.provider.collector_cluster",
-                        "required",
-                    ));
-                }
-                // HTTP_JSON is 1; 0 is the removed v1 API.
-                if z.collector_endpoint_version != 1 {
-                    tracing::warn!(
-                        version = z.collector_endpoint_version,
-                        "Zipkin collector_endpoint_version other than HTTP_JSON: spans are not reported"
-                    );
-                    None
-                } else {
-                    let endpoint = if z.collector_endpoint.starts_with('/') {
-                        z.collector_endpoint
-                    } else {
-                        return Err(ConfigError::new(
-                            "tracing.provider.collector_endpoint",
-                            format!("{:?} is not a path", z.collector_endpoint),
-                        ));
-                    };
-                    Some(std::sync::Arc::new(ZipkinCollector {
-                        hostname: if z.collector_hostname.is_empty() {
-                            z.collector_cluster.clone()
-                        } else {
-                            z.collector_hostname
-                        },
-                        cluster: z.collector_cluster,
-                        endpoint,
-                        trace_id_128bit: z.trace_id_128bit,
-                    }))
-                }
+                zipkin_collector(unpack(any, "tracing.provider.typed_config")?)?
+            }
+            Some(ConfigType::TypedConfig(any))
+                if type_name(any) == "envoy.config.trace.v3.OpenTelemetryConfig" =>
+            {
+                otlp_collector(unpack(any, "tracing.provider.typed_config")?)?
             }
             _ => {
                 tracing::warn!(tracer = %p.name, "tracer not supported: trace headers are propagated, spans are not reported");
@@ -255,7 +267,104 @@ fn tracing_config(t: &hcm::http_connection_manager::Tracing) -> Result<Tracing, 
             }
         },
     };
-    Ok(Tracing { sampling, zipkin })
+    Ok(Tracing {
+        sampling,
+        collector: collector.map(std::sync::Arc::new),
+    })
+}
+
+fn zipkin_collector(
+    z: envoy_types::pb::envoy::config::trace::v3::ZipkinConfig,
+) -> Result<Option<Collector>, ConfigError> {
+    if z.collector_cluster.is_empty() {
+        return Err(ConfigError::new(
+            "tracing.provider.collector_cluster",
+            "required",
+        ));
+    }
+    // HTTP_JSON is 1; 0 is the removed v1 API.
+    if z.collector_endpoint_version != 1 {
+        tracing::warn!(
+            version = z.collector_endpoint_version,
+            "Zipkin collector_endpoint_version other than HTTP_JSON: spans are not reported"
+        );
+        return Ok(None);
+    }
+    if !z.collector_endpoint.starts_with('/') {
+        return Err(ConfigError::new(
+            "tracing.provider.collector_endpoint",
+            format!("{:?} is not a path", z.collector_endpoint),
+        ));
+    }
+    Ok(Some(Collector::Zipkin(ZipkinCollector {
+        hostname: if z.collector_hostname.is_empty() {
+            z.collector_cluster.clone()
+        } else {
+            z.collector_hostname
+        },
+        cluster: z.collector_cluster,
+        endpoint: z.collector_endpoint,
+        trace_id_128bit: z.trace_id_128bit,
+    })))
+}
+
+fn otlp_collector(
+    o: envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig,
+) -> Result<Option<Collector>, ConfigError> {
+    use envoy_types::pb::envoy::config::core::v3::{
+        grpc_service::TargetSpecifier, http_uri::HttpUpstreamType,
+    };
+    if let Some(h) = &o.http_service {
+        let uri = h
+            .http_uri
+            .as_ref()
+            .ok_or_else(|| ConfigError::new("tracing.provider.http_service.http_uri", "missing"))?;
+        let Some(HttpUpstreamType::Cluster(cluster)) = &uri.http_upstream_type else {
+            return Err(ConfigError::new(
+                "tracing.provider.http_service.http_uri.cluster",
+                "missing",
+            ));
+        };
+        // `http://host:port/path` or `host:port/path`: the authority and the path.
+        let rest = uri
+            .uri
+            .split_once("://")
+            .map_or(uri.uri.as_str(), |(_, r)| r);
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/v1/traces"),
+        };
+        return Ok(Some(Collector::OpenTelemetry(OtlpCollector {
+            cluster: cluster.clone(),
+            authority: authority.to_string(),
+            service_name: o.service_name,
+            http_path: Some(path.to_string()),
+        })));
+    }
+    match o.grpc_service.and_then(|g| g.target_specifier) {
+        Some(TargetSpecifier::EnvoyGrpc(g)) if !g.cluster_name.is_empty() => {
+            Ok(Some(Collector::OpenTelemetry(OtlpCollector {
+                authority: if g.authority.is_empty() {
+                    g.cluster_name.clone()
+                } else {
+                    g.authority
+                },
+                cluster: g.cluster_name,
+                service_name: o.service_name,
+                http_path: None,
+            })))
+        }
+        Some(TargetSpecifier::EnvoyGrpc(_)) => Err(ConfigError::new(
+            "tracing.provider.grpc_service.envoy_grpc.cluster_name",
+            "required",
+        )),
+        _ => {
+            tracing::warn!(
+                "OpenTelemetry tracer without an envoy_grpc or http service: spans are not reported"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Envoy's default connection idle timeout (downstream, upstream and tcp_proxy).

@@ -333,8 +333,8 @@ pub async fn serve_with(
     });
     let upstreams = Arc::new(Upstreams::default());
     // Spans go to their collector in the background, through the same clients.
-    let reporter = tokio::spawn(super::http::zipkin::run(
-        counters.telemetry.zipkin.clone(),
+    let reporter = tokio::spawn(super::http::report::run(
+        counters.telemetry.spans.clone(),
         Arc::new(super::http::manager::SpanPoster {
             live: snapshots.clone(),
             upstreams: upstreams.clone(),

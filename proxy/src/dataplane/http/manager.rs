@@ -126,34 +126,92 @@ pub struct SpanPoster {
     pub hash_tables: Arc<crate::dataplane::hash_lb::HashTables>,
 }
 
-impl super::zipkin::Post for SpanPoster {
+impl super::report::Post for SpanPoster {
     async fn post(
         &self,
-        collector: &crate::config::listener::ZipkinCollector,
+        collector: &crate::config::listener::Collector,
         body: Vec<u8>,
-    ) -> Result<Option<u16>, String> {
+    ) -> super::report::Sent {
+        use super::report::Sent;
+        use crate::config::listener::Collector;
+        use http_body_util::BodyExt;
         let snap = self.live.borrow().clone();
-        let Some(cluster) = snap.clusters.get(&collector.cluster) else {
-            return Ok(None);
+        let Some(cluster) = snap.clusters.get(collector.cluster()) else {
+            return Sent::NoCluster;
         };
         let pick = Pick::random(fastrand::u64(..), &self.hash_tables);
         let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-        let dest = endpoint(&snap, cluster, unspecified, &pick)
-            .map_err(|_| "no healthy endpoint".to_string())?;
-        let addr = dest.resolve().await.map_err(|e| e.to_string())?;
+        let Ok(dest) = endpoint(&snap, cluster, unspecified, &pick) else {
+            return Sent::Failed("no healthy endpoint".into());
+        };
+        let addr = match dest.resolve().await {
+            Ok(a) => a,
+            Err(e) => return Sent::Failed(e.to_string()),
+        };
+        // (path, Host, content type, HTTP/2): Zipkin JSON and OTLP/HTTP over HTTP/1.1, OTLP
+        // gRPC over h2c.
+        let (path, host, content_type, grpc) = match collector {
+            Collector::Zipkin(z) => (z.endpoint.as_str(), &z.hostname, "application/json", false),
+            Collector::OpenTelemetry(o) => match &o.http_path {
+                Some(p) => (p.as_str(), &o.authority, "application/x-protobuf", false),
+                None => (
+                    super::otlp::EXPORT_PATH,
+                    &o.authority,
+                    "application/grpc",
+                    true,
+                ),
+            },
+        };
         let client = self
             .upstreams
-            .client(cluster.bind_source, cluster.connect_timeout, false);
-        let req = Request::post(format!("http://{addr}{}", collector.endpoint))
-            .header(header::HOST, &collector.hostname)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::Local(Full::new(Bytes::from(body))))
-            .map_err(|e| e.to_string())?;
-        let resp = client.request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        use http_body_util::BodyExt;
-        let _ = resp.into_body().collect().await;
-        Ok(Some(status))
+            .client(cluster.bind_source, cluster.connect_timeout, grpc);
+        let mut req = Request::post(format!("http://{addr}{path}"))
+            .header(header::CONTENT_TYPE, content_type);
+        req = if grpc {
+            req.header(header::TE, "trailers")
+        } else {
+            req.header(header::HOST, host.as_str())
+        };
+        let Ok(req) = req.body(Body::Local(Full::new(Bytes::from(body)))) else {
+            return Sent::Failed("bad collector address".into());
+        };
+        let resp = match client.request(req).await {
+            Ok(r) => r,
+            Err(e) => return Sent::Failed(e.to_string()),
+        };
+        let status = resp.status();
+        let header_status = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        // Read the answer to its end (the connection is reused; gRPC's status is in trailers).
+        let trailers = resp
+            .into_body()
+            .collect()
+            .await
+            .ok()
+            .and_then(|c| c.trailers().cloned());
+        if !status.is_success() {
+            return Sent::Refused(format!("HTTP {status}"));
+        }
+        if grpc {
+            let code = header_status.or_else(|| {
+                trailers
+                    .as_ref()?
+                    .get("grpc-status")?
+                    .to_str()
+                    .ok()
+                    .map(String::from)
+            });
+            if code.as_deref() != Some("0") {
+                return Sent::Refused(format!(
+                    "grpc-status {}",
+                    code.as_deref().unwrap_or("missing")
+                ));
+            }
+        }
+        Sent::Accepted
     }
 }
 
@@ -1146,12 +1204,15 @@ pub async fn handle(
             |name| h.get(name).and_then(|v| v.to_str().ok()).map(String::from),
             || fastrand::f64() * 100.0 < t.sampling,
             || fastrand::u64(..),
-            t.zipkin.as_ref().is_none_or(|z| z.trace_id_128bit),
+            t.collector.as_ref().is_none_or(|c| c.trace_id_128bit()),
         )
     });
     let reported = match (
         &hop,
-        ctx.manager.tracing.as_ref().and_then(|t| t.zipkin.as_ref()),
+        ctx.manager
+            .tracing
+            .as_ref()
+            .and_then(|t| t.collector.as_ref()),
     ) {
         (Some(h), Some(collector)) if h.sampled => Some(collector.clone()),
         _ => None,
@@ -1205,7 +1266,7 @@ pub async fn handle(
         }
         if let (Some(collector), Some(hop)) = (reported, hop) {
             let span = span(&ctx, hop, &head, &headers, version, start, &resp, received);
-            ctx.telemetry.zipkin.submit(&collector, &span);
+            ctx.telemetry.spans.submit(&collector, span);
         }
     }
     Ok(resp)
@@ -1226,7 +1287,7 @@ fn span(
     start: std::time::SystemTime,
     resp: &Response<Body>,
     received: Instant,
-) -> super::zipkin::Span {
+) -> super::span::Span {
     let info = resp.extensions().get::<UpstreamInfo>();
     let header = |name: &str| {
         request_headers
@@ -1278,17 +1339,17 @@ fn span(
         tags.push(("error", "true".to_string()));
     }
     let (kind, remote) = if ctx.inbound {
-        (super::zipkin::Kind::Server, Some(ctx.downstream))
+        (super::span::Kind::Server, Some(ctx.downstream))
     } else {
         (
-            super::zipkin::Kind::Client,
+            super::span::Kind::Client,
             info.and_then(|i| match &i.dest {
                 crate::dataplane::upstream::Dest::Ip(a) => Some(*a),
                 crate::dataplane::upstream::Dest::Name(..) => None,
             }),
         )
     };
-    super::zipkin::Span {
+    super::span::Span {
         trace_id: hop.trace_id,
         id: hop.span_id,
         parent_id: hop.parent_id,

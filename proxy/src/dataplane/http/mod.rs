@@ -3,8 +3,11 @@
 pub mod body;
 pub mod hash_policy;
 pub mod manager;
+pub mod otlp;
 pub mod peer;
+pub mod report;
 pub mod retry;
 pub mod routing;
+pub mod span;
 pub mod trace;
 pub mod zipkin;

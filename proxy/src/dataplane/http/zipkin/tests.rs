@@ -1,13 +1,6 @@
 use super::*;
-
-fn collector(cluster: &str) -> Arc<ZipkinCollector> {
-    Arc::new(ZipkinCollector {
-        cluster: cluster.into(),
-        endpoint: "/api/v2/spans".into(),
-        hostname: cluster.into(),
-        trace_id_128bit: true,
-    })
-}
+use crate::dataplane::http::span::{Kind, Local, Span};
+use std::time::{Duration, UNIX_EPOCH};
 
 fn span(id: u64) -> Span {
     Span {
@@ -29,7 +22,7 @@ fn a_span_in_zipkin_v2_json() {
         service_name: "client.default".into(),
         ip: Some("10.30.0.10".parse().unwrap()),
     };
-    let v = span(7).to_json(&local);
+    let v = to_json(&span(7), &local);
     assert_eq!(
         v,
         json!({
@@ -50,116 +43,8 @@ fn a_span_in_zipkin_v2_json() {
     root.parent_id = None;
     root.duration = Duration::ZERO;
     root.remote = Some("[fd00::2]:80".parse().unwrap());
-    let v = root.to_json(&Local::default());
+    let v = to_json(&root, &Local::default());
     assert!(v.get("parentId").is_none());
     assert_eq!(v["duration"], 1);
     assert_eq!(v["remoteEndpoint"], json!({"ipv6": "fd00::2", "port": 80}));
-}
-
-/// Records what would be POSTed; answers with a fixed status, or fails.
-struct Recorder {
-    bodies: Mutex<Vec<(String, Vec<Value>)>>,
-    answer: Result<Option<u16>, String>,
-}
-
-impl Post for Recorder {
-    async fn post(
-        &self,
-        collector: &ZipkinCollector,
-        body: Vec<u8>,
-    ) -> Result<Option<u16>, String> {
-        let spans: Vec<Value> = serde_json::from_slice(&body).unwrap();
-        self.bodies
-            .lock()
-            .unwrap()
-            .push((collector.cluster.clone(), spans));
-        self.answer.clone()
-    }
-}
-
-fn recorder(answer: Result<Option<u16>, String>) -> Arc<Recorder> {
-    Arc::new(Recorder {
-        bodies: Mutex::new(Vec::new()),
-        answer,
-    })
-}
-
-async fn settle() {
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn five_spans_go_at_once_fewer_on_the_timer() {
-    let reporter = Arc::new(Reporter::new(Local::default()));
-    let rec = recorder(Ok(Some(202)));
-    tokio::spawn(run(reporter.clone(), rec.clone()));
-    settle().await;
-    let (a, b) = (collector("zipkin"), collector("outbound|9411||zipkin"));
-    for i in 0..4 {
-        reporter.submit(&a, &span(i));
-    }
-    reporter.submit(&b, &span(100));
-    settle().await;
-    assert!(rec.bodies.lock().unwrap().is_empty(), "4 spans wait");
-    reporter.submit(&a, &span(4));
-    settle().await;
-    {
-        let bodies = rec.bodies.lock().unwrap();
-        assert_eq!(bodies.len(), 1);
-        assert_eq!(bodies[0].0, "zipkin");
-        assert_eq!(bodies[0].1.len(), 5);
-    }
-    // The other collector's lone span goes with the next tick.
-    tokio::time::advance(FLUSH_INTERVAL).await;
-    settle().await;
-    let bodies = rec.bodies.lock().unwrap();
-    assert_eq!(bodies.len(), 2);
-    assert_eq!(bodies[1].0, "outbound|9411||zipkin");
-    assert_eq!(bodies[1].1[0]["id"], "0000000000000064");
-    let s = &reporter.stats;
-    assert_eq!(s.spans_sent.load(Ordering::Relaxed), 6);
-    assert_eq!(s.reports_sent.load(Ordering::Relaxed), 2);
-    assert_eq!(s.timer_flushed.load(Ordering::Relaxed), 1);
-    assert!(
-        reporter
-            .stats_text()
-            .contains("tracing.zipkin.spans_sent: 6\n")
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn failed_and_refused_reports_are_counted() {
-    for (answer, field) in [
-        (Err("connection refused".to_string()), "reports_failed"),
-        (Ok(Some(500)), "reports_dropped"),
-        (Ok(None), "reports_skipped_no_cluster"),
-    ] {
-        let reporter = Arc::new(Reporter::new(Local::default()));
-        let rec = recorder(answer);
-        tokio::spawn(run(reporter.clone(), rec.clone()));
-        settle().await;
-        for i in 0..5 {
-            reporter.submit(&collector("zipkin"), &span(i));
-        }
-        settle().await;
-        let text = reporter.stats_text();
-        assert!(
-            text.contains(&format!("tracing.zipkin.{field}: 1\n")),
-            "{text}"
-        );
-        assert!(text.contains("tracing.zipkin.spans_sent: 0\n"), "{text}");
-    }
-}
-
-#[test]
-fn the_buffer_is_bounded() {
-    let reporter = Reporter::new(Local::default());
-    // No sender runs: everything beyond the bound is dropped and counted.
-    for i in 0..(MAX_PENDING as u64 + 10) {
-        reporter.submit(&collector("zipkin"), &span(i));
-    }
-    assert_eq!(reporter.stats.spans_dropped.load(Ordering::Relaxed), 10);
-    assert_eq!(reporter.take(1)[0].1.len(), MAX_PENDING);
 }
