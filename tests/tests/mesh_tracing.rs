@@ -97,27 +97,29 @@ fn wait_spans(file: &std::path::Path, n: usize) -> Vec<Value> {
     .unwrap_or_else(|| panic!("expected {n} spans, got {:#?}", spans(file)))
 }
 
-#[test]
-fn sidecars_report_spans_to_zipkin() {
+/// The bill-service mesh with tracing: `registry` added to its configuration, `mesh` as the
+/// mesh config, and a collector pod (name, IP, Python script) recording into the returned
+/// file. The client is pod 0.
+fn traced_mesh(
+    tag: &str,
+    registry: (&str, &str),
+    mesh: &str,
+    collector: (&str, &str, &str),
+) -> (Mesh, PathBuf) {
     let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/bill-service");
-    let mut m = Mesh::new("zipk", &example);
-    m.write_config("zipkin.yaml", ZIPKIN_SERVICE);
-    m.write_config(
-        "mesh-config.yaml",
-        &mesh_config(
-            "defaultConfig:\n  tracing:\n    sampling: 100\n    zipkin:\n      address: 10.30.0.20:9411\n",
-        ),
-    );
+    let mut m = Mesh::new(tag, &example);
+    m.write_config(registry.0, registry.1);
+    m.write_config("mesh-config.yaml", mesh);
     let hosts = "10.96.0.10 bill-service bill-service.default.svc.cluster.local\n";
     let client = m.add_pod("client", "10.30.0.10", hosts);
     let v1 = m.add_pod("bill-service-v1", "10.30.0.11", hosts);
     let v2 = m.add_pod("bill-service-v2", "10.30.0.12", hosts);
-    let zipkin = m.add_pod("zipkin", "10.30.0.20", hosts);
-    let file = m.dir.join("spans.jsonl");
+    let pod = m.add_pod(collector.0, collector.1, hosts);
+    let file = m.dir.join("reports.jsonl");
     let script = m.dir.join("collector.py");
-    std::fs::write(&script, COLLECTOR).unwrap();
+    std::fs::write(&script, collector.2).unwrap();
     m.background(
-        zipkin,
+        pod,
         "/usr/bin/python3",
         &[&script.display().to_string(), &file.display().to_string()],
     );
@@ -127,6 +129,20 @@ fn sidecars_report_spans_to_zipkin() {
     m.sidecar(client, &[("app", "client")]);
     m.sidecar(v1, &[("app", "bill-service"), ("version", "v1")]);
     m.sidecar(v2, &[("app", "bill-service"), ("version", "v2")]);
+    (m, file)
+}
+
+#[test]
+fn sidecars_report_spans_to_zipkin() {
+    let (m, file) = traced_mesh(
+        "zipk",
+        ("zipkin.yaml", ZIPKIN_SERVICE),
+        &mesh_config(
+            "defaultConfig:\n  tracing:\n    sampling: 100\n    zipkin:\n      address: 10.30.0.20:9411\n",
+        ),
+        ("zipkin", "10.30.0.20", COLLECTOR),
+    );
+    let client = 0;
 
     // 1. The legacy address: 10 requests, 20 spans.
     let replies = m.curl_many(client, URL, 10, &[]);
@@ -394,29 +410,13 @@ fn otlp_spans(file: &std::path::Path, transport: &str) -> Vec<Value> {
 
 #[test]
 fn sidecars_export_spans_over_otlp() {
-    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/bill-service");
-    let mut m = Mesh::new("otel", &example);
-    m.write_config("otel.yaml", OTEL_SERVICE);
-    m.write_config("mesh-config.yaml", &otel_config(4317, ""));
-    let hosts = "10.96.0.10 bill-service bill-service.default.svc.cluster.local\n";
-    let client = m.add_pod("client", "10.30.0.10", hosts);
-    let v1 = m.add_pod("bill-service-v1", "10.30.0.11", hosts);
-    let v2 = m.add_pod("bill-service-v2", "10.30.0.12", hosts);
-    let otel = m.add_pod("otel", "10.30.0.21", hosts);
-    let file = m.dir.join("otlp.jsonl");
-    let script = m.dir.join("otel.py");
-    std::fs::write(&script, OTEL_COLLECTOR).unwrap();
-    m.background(
-        otel,
-        "/usr/bin/python3",
-        &[&script.display().to_string(), &file.display().to_string()],
+    let (m, file) = traced_mesh(
+        "otel",
+        ("otel.yaml", OTEL_SERVICE),
+        &otel_config(4317, ""),
+        ("otel", "10.30.0.21", OTEL_COLLECTOR),
     );
-    for (pod, version) in [(v1, "v1"), (v2, "v2")] {
-        m.app_http(pod, version, 8080);
-    }
-    m.sidecar(client, &[("app", "client")]);
-    m.sidecar(v1, &[("app", "bill-service"), ("version", "v1")]);
-    m.sidecar(v2, &[("app", "bill-service"), ("version", "v2")]);
+    let client = 0;
 
     // 1. gRPC: 10 requests, 20 spans.
     let replies = m.curl_many(client, URL, 10, &[]);

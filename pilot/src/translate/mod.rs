@@ -207,6 +207,15 @@ mod tests {
 
     use super::*;
 
+    /// The mesh of one YAML text.
+    fn mesh_of(yaml: &str) -> Mesh {
+        let objects = crate::load::parse_file(std::path::Path::new("m.yaml"), yaml).objects;
+        Mesh {
+            registry: crate::registry::Registry::build(&objects),
+            objects,
+        }
+    }
+
     fn bill_mesh(extra_vs: Option<&str>) -> Mesh {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bill-service");
         let mut objects = Vec::new();
@@ -377,11 +386,7 @@ mod tests {
             "      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1, maxRetries: 2}\n",
             "    retryBudget: {percent: 25, minRetryConcurrency: 5}\n",
         );
-        let objects = crate::load::parse_file(std::path::Path::new("m.yaml"), yaml).objects;
-        let mesh = Mesh {
-            registry: crate::registry::Registry::build(&objects),
-            objects,
-        };
+        let mesh = mesh_of(yaml);
         let x = generate(&mesh, &client());
         let c = Cluster::decode(
             x.clusters["outbound|80||bill.default.svc.cluster.local"]
@@ -416,11 +421,7 @@ mod tests {
             "  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy:\n",
             "      outlierDetection: {consecutiveGatewayErrors: 1, minHealthPercent: 30}\n",
         );
-        let objects = crate::load::parse_file(std::path::Path::new("m.yaml"), yaml).objects;
-        let mesh = Mesh {
-            registry: crate::registry::Registry::build(&objects),
-            objects,
-        };
+        let mesh = mesh_of(yaml);
         let x = generate(&mesh, &client());
         let cluster = |name: &str| Cluster::decode(x.clusters[name].value.as_slice()).unwrap();
         let top = cluster("outbound|80||bill.default.svc.cluster.local");
@@ -465,11 +466,7 @@ mod tests {
             "  subsets:\n  - name: ip\n    labels: {v: x}\n    trafficPolicy:\n      loadBalancer:\n",
             "        consistentHash: {useSourceIp: true, maglev: {tableSize: 1031}}\n",
         );
-        let objects = crate::load::parse_file(std::path::Path::new("m.yaml"), yaml).objects;
-        let mesh = Mesh {
-            registry: crate::registry::Registry::build(&objects),
-            objects,
-        };
+        let mesh = mesh_of(yaml);
         let x = generate(&mesh, &client());
         let cluster = |name: &str| Cluster::decode(x.clusters[name].value.as_slice()).unwrap();
         let top = cluster("outbound|80||cart.default.svc.cluster.local");

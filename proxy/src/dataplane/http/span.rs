@@ -35,3 +35,19 @@ pub struct Span {
     pub remote: Option<SocketAddr>,
     pub tags: Vec<(&'static str, String)>,
 }
+
+/// A client span with fixed ids and times, for the encoders' tests.
+#[cfg(test)]
+pub fn sample(id: u64) -> Span {
+    Span {
+        trace_id: "463ac35c9f6413ad48485a3953bb6124".into(),
+        id: format!("{id:016x}"),
+        parent_id: Some("a2fb4a1d1a96d312".into()),
+        name: "bill-service.default.svc.cluster.local:8080/*".into(),
+        kind: Kind::Client,
+        start: std::time::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+        duration: Duration::from_micros(2_500),
+        remote: Some("10.30.0.11:8080".parse().expect("an address")),
+        tags: vec![("http.status_code", "200".into())],
+    }
+}

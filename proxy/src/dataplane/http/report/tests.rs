@@ -1,8 +1,7 @@
 use super::*;
 use crate::config::listener::{Collector, ZipkinCollector};
-use crate::dataplane::http::span::Kind;
+use crate::dataplane::http::span::sample as span;
 use serde_json::Value;
-use std::time::UNIX_EPOCH;
 
 fn collector(cluster: &str) -> Arc<Collector> {
     Arc::new(Collector::Zipkin(ZipkinCollector {
@@ -11,20 +10,6 @@ fn collector(cluster: &str) -> Arc<Collector> {
         hostname: cluster.into(),
         trace_id_128bit: true,
     }))
-}
-
-fn span(id: u64) -> Span {
-    Span {
-        trace_id: "463ac35c9f6413ad48485a3953bb6124".into(),
-        id: format!("{id:016x}"),
-        parent_id: Some("a2fb4a1d1a96d312".into()),
-        name: "bill-service.default.svc.cluster.local:8080/*".into(),
-        kind: Kind::Client,
-        start: UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
-        duration: Duration::from_micros(2_500),
-        remote: Some("10.30.0.11:8080".parse().unwrap()),
-        tags: vec![("http.status_code", "200".into())],
-    }
 }
 
 /// Records what would be POSTed; answers with a fixed status, or fails.

@@ -1,20 +1,6 @@
 use super::*;
-use crate::dataplane::http::span::{Kind, Local, Span};
-use std::time::{Duration, UNIX_EPOCH};
-
-fn span(id: u64) -> Span {
-    Span {
-        trace_id: "463ac35c9f6413ad48485a3953bb6124".into(),
-        id: format!("{id:016x}"),
-        parent_id: Some("a2fb4a1d1a96d312".into()),
-        name: "bill-service.default.svc.cluster.local:8080/*".into(),
-        kind: Kind::Client,
-        start: UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
-        duration: Duration::from_micros(2_500),
-        remote: Some("10.30.0.11:8080".parse().unwrap()),
-        tags: vec![("http.status_code", "200".into())],
-    }
-}
+use crate::dataplane::http::span::{Local, sample as span};
+use std::time::Duration;
 
 #[test]
 fn a_span_in_zipkin_v2_json() {
