@@ -24,7 +24,7 @@ pub enum Discovery {
     OriginalDst,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LbPolicy {
     RoundRobin,
     LeastRequest,

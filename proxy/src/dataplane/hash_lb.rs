@@ -195,18 +195,19 @@ pub struct HashTables {
 
 impl HashTables {
     /// The index in `hosts` that `hash` picks under `policy` (RING_HASH or MAGLEV), building the
-    /// cluster's table if its host list changed. `None` for other policies or no hosts.
-    pub fn pick(
+    /// cluster's table if its host list changed. `None` for other policies or no hosts. Hosts
+    /// are hashed by their address text, as Envoy does; the text is only made on a rebuild.
+    pub fn pick<H: Hash + std::fmt::Display>(
         &self,
         cluster: &str,
         policy: LbPolicy,
-        hosts: &[(String, u32)],
+        hosts: &[(H, u32)],
         hash: u64,
         attempt: u32,
     ) -> Option<usize> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         hosts.hash(&mut h);
-        format!("{policy:?}").hash(&mut h);
+        policy.hash(&mut h);
         let fingerprint = h.finish();
         let cached = {
             let m = self.built.lock().unwrap_or_else(|e| e.into_inner());
@@ -217,6 +218,9 @@ impl HashTables {
         let built = match cached {
             Some(b) => b,
             None => {
+                let hosts: Vec<(String, u32)> =
+                    hosts.iter().map(|(k, w)| (k.to_string(), *w)).collect();
+                let hosts = hosts.as_slice();
                 let table = match policy {
                     LbPolicy::RingHash {
                         min_ring_size,

@@ -142,14 +142,14 @@ fn candidates(
     panic_threshold: f64,
 ) -> Vec<(Dest, u32)> {
     struct Ep {
+        priority: u32,
         locality: usize,
         dest: Dest,
         weight: u32,
         usable: bool,
     }
-    let mut by_priority: std::collections::BTreeMap<u32, Vec<Ep>> = Default::default();
+    let mut eps: Vec<Ep> = Vec::with_capacity(localities.iter().map(|l| l.endpoints.len()).sum());
     for (i, l) in localities.iter().enumerate() {
-        let eps = by_priority.entry(l.priority).or_default();
         for e in &l.endpoints {
             let dest = match &e.address {
                 Address::Socket(s) => Dest::Ip(*s),
@@ -158,6 +158,7 @@ fn candidates(
             };
             let usable = e.health.routable() && !ejected(&dest);
             eps.push(Ep {
+                priority: l.priority,
                 locality: i,
                 dest,
                 weight: e.weight,
@@ -165,45 +166,47 @@ fn candidates(
             });
         }
     }
-    let health: f64 = by_priority
-        .values()
-        .filter(|eps| !eps.is_empty())
-        .map(|eps| {
-            let usable = eps.iter().filter(|e| e.usable).count() as f64;
-            (OVERPROVISIONING * 100.0 * usable / eps.len() as f64).min(100.0)
+    let mut priorities: Vec<u32> = eps.iter().map(|e| e.priority).collect();
+    priorities.sort_unstable();
+    priorities.dedup();
+    let health: f64 = priorities
+        .iter()
+        .map(|&p| {
+            let (all, usable) = eps
+                .iter()
+                .filter(|e| e.priority == p)
+                .fold((0usize, 0usize), |(a, u), e| {
+                    (a + 1, u + usize::from(e.usable))
+                });
+            (OVERPROVISIONING * 100.0 * usable as f64 / all as f64).min(100.0)
         })
         .sum();
-    if panic_threshold > 0.0 && health.min(100.0) < panic_threshold {
-        return by_priority
-            .into_values()
-            .find(|eps| !eps.is_empty())
-            .map(|eps| eps.into_iter().map(|e| (e.dest, e.weight)).collect())
-            .unwrap_or_default();
-    }
-    for eps in by_priority.into_values() {
-        let mut usable: Vec<Ep> = eps.into_iter().filter(|e| e.usable).collect();
-        if usable.is_empty() {
-            continue;
-        }
+    let chosen = if panic_threshold > 0.0 && health.min(100.0) < panic_threshold {
+        // Panic: every endpoint of the first priority, whatever its health.
+        let first = priorities.first().copied();
+        eps.retain(|e| Some(e.priority) == first);
+        eps
+    } else {
+        let Some(best) = eps.iter().filter(|e| e.usable).map(|e| e.priority).min() else {
+            return Vec::new();
+        };
+        eps.retain(|e| e.usable && e.priority == best);
         if let Some(roll) = locality_roll {
             // The localities with a usable endpoint, by weight; none weighted: all of them.
-            let mut present: Vec<usize> = usable.iter().map(|e| e.locality).collect();
+            let mut present: Vec<usize> = eps.iter().map(|e| e.locality).collect();
             present.dedup();
-            let weights: Vec<u32> = present
-                .iter()
-                .map(|&i| localities[i].weight.unwrap_or(0))
-                .collect();
-            let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+            let weights = present.iter().map(|&i| localities[i].weight.unwrap_or(0));
+            let total: u64 = weights.clone().map(u64::from).sum();
             if total > 0
-                && let Some(k) = weighted_index(weights.iter().copied(), roll % total)
+                && let Some(k) = weighted_index(weights, roll % total)
             {
-                let chosen = present[k];
-                usable.retain(|e| e.locality == chosen);
+                let locality = present[k];
+                eps.retain(|e| e.locality == locality);
             }
         }
-        return usable.into_iter().map(|e| (e.dest, e.weight)).collect();
-    }
-    Vec::new()
+        eps
+    };
+    chosen.into_iter().map(|e| (e.dest, e.weight)).collect()
 }
 
 /// How many endpoints `cluster` has (all priorities).
@@ -340,16 +343,13 @@ pub fn endpoint(
                 (a, _) => a,
             }
         }
-        policy if policy.hashed() => {
-            let keys: Vec<(String, u32)> = list.iter().map(|(d, w)| (d.to_string(), *w)).collect();
-            pick.tables.pick(
-                &cluster.name,
-                policy,
-                &keys,
-                pick.hash.unwrap_or(roll),
-                pick.attempt,
-            )
-        }
+        policy if policy.hashed() => pick.tables.pick(
+            &cluster.name,
+            policy,
+            &list,
+            pick.hash.unwrap_or(roll),
+            pick.attempt,
+        ),
         // Weighted round robin as a position in the weights.
         _ => at(pick.counter % total, None),
     };
@@ -480,26 +480,38 @@ mod tests {
                 group(2, "10.0.2.1:80"),
             ],
         });
-        let dst = "1.1.1.1:1".parse().unwrap();
-        let t = HashTables::default();
-        let pick = |out: &[&str]| {
-            let ejected = |d: &Dest| out.contains(&d.to_string().as_str());
-            let p = Pick {
-                ejected: &ejected,
-                ..simple(0, 0, &t)
-            };
-            endpoint(&Snapshot::default(), &c, dst, &p)
-                .unwrap()
-                .to_string()
-        };
-        assert_eq!(pick(&[]), "10.0.0.1:80");
-        assert_eq!(pick(&["10.0.0.1:80"]), "10.0.1.1:80");
-        assert_eq!(pick(&["10.0.0.1:80", "10.0.1.1:80"]), "10.0.2.1:80");
+        assert_eq!(reached(&c, &[]), ["10.0.0.1:80"]);
+        assert_eq!(reached(&c, &["10.0.0.1:80"]), ["10.0.1.1:80"]);
+        assert_eq!(
+            reached(&c, &["10.0.0.1:80", "10.0.1.1:80"]),
+            ["10.0.2.1:80"]
+        );
         // Everything ejected: the first priority serves anyway.
         assert_eq!(
-            pick(&["10.0.0.1:80", "10.0.1.1:80", "10.0.2.1:80"]),
-            "10.0.0.1:80"
+            reached(&c, &["10.0.0.1:80", "10.0.1.1:80", "10.0.2.1:80"]),
+            ["10.0.0.1:80"]
         );
+    }
+
+    /// The endpoints 30 picks of `c` reach (sorted, once each), with `out` ejected.
+    fn reached(c: &Cluster, out: &[&str]) -> Vec<String> {
+        let dst = "1.1.1.1:1".parse().unwrap();
+        let t = HashTables::default();
+        let ejected = |d: &Dest| out.contains(&d.to_string().as_str());
+        let mut seen: Vec<String> = (0..30)
+            .filter_map(|i| {
+                let p = Pick {
+                    ejected: &ejected,
+                    ..simple(i, i, &t)
+                };
+                endpoint(&Snapshot::default(), c, dst, &p)
+                    .ok()
+                    .map(|d| d.to_string())
+            })
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen
     }
 
     #[test]
@@ -518,26 +530,6 @@ mod tests {
                 ],
             }],
         });
-        let dst = "1.1.1.1:1".parse().unwrap();
-        let t = HashTables::default();
-        // The endpoints round robin reaches in 30 picks, with `out` ejected.
-        let reached = |c: &Cluster, out: &[&str]| {
-            let ejected = |d: &Dest| out.contains(&d.to_string().as_str());
-            let mut seen: Vec<String> = (0..30)
-                .filter_map(|i| {
-                    let p = Pick {
-                        ejected: &ejected,
-                        ..simple(i, i, &t)
-                    };
-                    endpoint(&Snapshot::default(), c, dst, &p)
-                        .ok()
-                        .map(|d| d.to_string())
-                })
-                .collect();
-            seen.sort();
-            seen.dedup();
-            seen
-        };
         // One of three out: 67% × 1.4 is healthy enough.
         assert_eq!(
             reached(&c, &["10.0.0.1:80"]),

@@ -1217,10 +1217,17 @@ pub async fn handle(
         (Some(h), Some(collector)) if h.sampled => Some(collector.clone()),
         _ => None,
     };
-    if let Some(h) = &hop {
-        req.extensions_mut().insert(h.clone());
+    // The hop goes with the request (forward sets its headers); the span's copy only when it
+    // is reported.
+    let hop = hop.map(|h| {
+        let kept = reported.is_some().then(|| h.clone());
+        req.extensions_mut().insert(h);
+        kept
+    });
+    if reported.is_some() {
+        req.extensions_mut().insert(NameSpan);
     }
-    let logged = (!ctx.manager.access_logs.is_empty() || reported.is_some()).then(|| {
+    let recorded = (!ctx.manager.access_logs.is_empty() || reported.is_some()).then(|| {
         // The request id the upstream will see is decided here, so that the log shows it.
         if !req.headers().contains_key("x-request-id")
             && let Ok(v) = HeaderValue::from_str(&request_id())
@@ -1258,13 +1265,13 @@ pub async fn handle(
         }
     }
     record(&ctx, &head, &resp, received, peer.as_ref());
-    if let Some((headers, version, path, start)) = logged {
+    if let Some((headers, version, path, start)) = recorded {
         if !ctx.manager.access_logs.is_empty() {
             access_log(
                 &ctx, &head, &headers, version, &path, start, &resp, received,
             );
         }
-        if let (Some(collector), Some(hop)) = (reported, hop) {
+        if let (Some(collector), Some(Some(hop))) = (reported, hop) {
             let span = span(&ctx, hop, &head, &headers, version, start, &resp, received);
             ctx.telemetry.spans.submit(&collector, span);
         }
@@ -1275,6 +1282,17 @@ pub async fn handle(
 /// The route's `decorator.operation`, carried on the response to name the span.
 #[derive(Debug, Clone)]
 struct Operation(String);
+
+/// Marks a request whose span is reported: its route names the span.
+#[derive(Debug, Clone, Copy)]
+struct NameSpan;
+
+/// Carries the route's operation on a reported request's response.
+fn name_span(resp: &mut Response<Body>, operation: Option<&String>, named: bool) {
+    if named && let Some(op) = operation {
+        resp.extensions_mut().insert(Operation(op.clone()));
+    }
+}
 
 /// The request's span, tagged as Envoy tags an HTTP span.
 #[allow(clippy::too_many_arguments)]
@@ -1417,6 +1435,7 @@ fn access_log(
 
 async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Body>, RequestHead) {
     let mut head = head_of(&req);
+    let named = req.extensions().get::<NameSpan>().is_some();
     let snap = ctx.live.borrow().clone();
     let rc = match &ctx.manager.routes {
         RouteSource::Inline(rc) => Some(rc),
@@ -1470,11 +1489,7 @@ async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Bod
                 [&route.headers, &vh.headers, rc_headers],
             );
             tracing::info!(host = %head.host, path = %head.path, status = status.as_u16(), response_flags = "FI", "local reply");
-            if ctx.manager.tracing.is_some()
-                && let Some(op) = &route.operation
-            {
-                resp.extensions_mut().insert(Operation(op.clone()));
-            }
+            name_span(&mut resp, route.operation.as_ref(), named);
             return (resp, head);
         }
     }
@@ -1508,11 +1523,7 @@ async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Bod
     if delayed {
         resp.extensions_mut().insert(DelayInjected);
     }
-    if ctx.manager.tracing.is_some()
-        && let Some(op) = &route.operation
-    {
-        resp.extensions_mut().insert(Operation(op.clone()));
-    }
+    name_span(&mut resp, route.operation.as_ref(), named);
     (resp, head)
 }
 
