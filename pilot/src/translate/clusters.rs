@@ -400,24 +400,14 @@ pub fn build(ctx: &Ctx) -> Built {
             );
         }
     }
-    if let Some((host, port)) = zipkin_address(ctx) {
+    // A legacy tracing address outside the registry gets a cluster of its own.
+    if let Some((host, port)) = ctx.collector.as_ref().and_then(|c| c.own_cluster.clone()) {
         out.insert(
             super::tracing::ZIPKIN_CLUSTER.into(),
             (zipkin_cluster(&host, port), None),
         );
     }
     out
-}
-
-/// A legacy tracing address outside the registry, which gets a cluster of its own.
-fn zipkin_address(ctx: &Ctx) -> Option<(String, u16)> {
-    let default = crate::resources::MeshConfig::default();
-    let mesh = ctx.mesh_config().unwrap_or(&default);
-    mesh.trace_sampling()?;
-    super::tracing::collector(mesh, &ctx.mesh.registry)
-        .ok()
-        .flatten()?
-        .own_cluster
 }
 
 /// The `zipkin` cluster of pilot-agent's bootstrap: STRICT_DNS to the address (STATIC when it

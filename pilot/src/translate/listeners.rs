@@ -286,7 +286,7 @@ fn tcp_destinations(ctx: &Ctx, svc: &Service, port: u32) -> Vec<(String, u32)> {
 pub fn build(ctx: &Ctx) -> BTreeMap<String, Any> {
     let mut out: BTreeMap<String, listener::Listener> = BTreeMap::new();
     out.insert("virtualOutbound".into(), virtual_outbound(ctx.allow_any));
-    let mut telemetry = wire::telemetry(ctx.mesh_config(), &ctx.mesh.registry);
+    let mut telemetry = wire::telemetry(ctx.mesh_config(), ctx.collector.clone());
     telemetry.idle_timeout = ctx.proxy.idle_timeout;
     // Istio's trace service name: the app label (else the pod's name) and the namespace.
     let app = [

@@ -54,6 +54,14 @@ pub fn inbound_name(port: u32) -> String {
     format!("inbound|{port}||")
 }
 
+/// The mesh config (the `istio` ConfigMap), if the directory has one.
+fn mesh_config_of(mesh: &Mesh) -> Option<&crate::resources::MeshConfig> {
+    mesh.objects.iter().find_map(|o| match &o.spec {
+        Spec::MeshConfig(m) => Some(m),
+        _ => None,
+    })
+}
+
 /// What the translators share for one proxy.
 pub(crate) struct Ctx<'a> {
     pub mesh: &'a Mesh,
@@ -63,15 +71,14 @@ pub(crate) struct Ctx<'a> {
     pub virtual_services: BTreeMap<String, (&'a crate::load::Object, &'a VirtualService)>,
     pub destination_rules: BTreeMap<String, &'a DestinationRule>,
     pub allow_any: bool,
+    /// Where this proxy reports spans (mesh-wide; computed once).
+    pub collector: Option<tracing::Collector>,
 }
 
 impl<'a> Ctx<'a> {
     /// The mesh config (the `istio` ConfigMap), if the directory has one.
     pub fn mesh_config(&self) -> Option<&'a crate::resources::MeshConfig> {
-        self.mesh.objects.iter().find_map(|o| match &o.spec {
-            Spec::MeshConfig(m) => Some(m),
-            _ => None,
-        })
+        mesh_config_of(self.mesh)
     }
 
     fn new(mesh: &'a Mesh, proxy: &'a ProxyNode) -> Ctx<'a> {
@@ -103,6 +110,7 @@ impl<'a> Ctx<'a> {
             .and_then(|p| p.mode.as_deref())
             != Some("REGISTRY_ONLY");
         Ctx {
+            collector: tracing::active(mesh_config_of(mesh), &mesh.registry),
             mesh,
             proxy,
             services,

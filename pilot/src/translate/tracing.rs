@@ -31,19 +31,26 @@ pub struct Collector {
     pub cluster: String,
     /// The Host header of the reports.
     pub hostname: String,
-    pub path: String,
-    pub trace_id_128bit: bool,
-    /// An OpenTelemetry collector (`path` and `trace_id_128bit` are then Zipkin's only).
-    pub otlp: Option<Otlp>,
+    pub kind: Kind,
     /// A collector outside the registry: host (name or IP) and port of the `zipkin` cluster.
     pub own_cluster: Option<(String, u16)>,
 }
 
-/// How spans reach an OpenTelemetry collector.
+/// The tracer and how it reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Otlp {
-    /// OTLP/HTTP to this path; `None`: gRPC.
-    pub http_path: Option<String>,
+pub enum Kind {
+    /// Zipkin v2 JSON POSTed to `path`.
+    Zipkin { path: String, trace_id_128bit: bool },
+    /// OTLP over gRPC, or OTLP/HTTP to `http_path`.
+    OpenTelemetry { http_path: Option<String> },
+}
+
+/// Zipkin's v2 API with 128-bit trace ids.
+fn zipkin_v2() -> Kind {
+    Kind::Zipkin {
+        path: SPANS_PATH.into(),
+        trace_id_128bit: true,
+    }
 }
 
 /// A problem with the tracing settings: the field and what is wrong. Spans are then not
@@ -84,6 +91,15 @@ fn service<'a>(registry: &'a Registry, service: &str, port: u32) -> Option<&'a S
         .filter(|s| s.port(port).is_some())
 }
 
+/// The collector in effect: tracing on and a collector without problems (a problem is the
+/// analyzer's to report; the trace headers still flow).
+pub fn active(mesh: Option<&MeshConfig>, registry: &Registry) -> Option<Collector> {
+    let default = MeshConfig::default();
+    let mesh = mesh.unwrap_or(&default);
+    mesh.trace_sampling()?;
+    collector(mesh, registry).ok().flatten()
+}
+
 /// The collector sidecars report to; `Ok(None)`: spans are not reported.
 pub fn collector(mesh: &MeshConfig, registry: &Registry) -> Result<Option<Collector>, Problem> {
     if mesh.enable_tracing == Some(false) {
@@ -114,23 +130,15 @@ pub fn collector(mesh: &MeshConfig, registry: &Registry) -> Result<Option<Collec
             return Ok(Some(Collector {
                 cluster: outbound_name(o.port, "", &svc.hostname),
                 hostname: svc.hostname.clone(),
-                path: String::new(),
-                trace_id_128bit: true,
-                otlp: Some(Otlp {
+                kind: Kind::OpenTelemetry {
+                    // Istio's default path is `/v1/traces`; a relative one is made absolute.
                     http_path: o.http.as_ref().map(|h| {
-                        h.path
-                            .clone()
-                            .filter(|p| !p.is_empty())
-                            .map(|p| {
-                                if p.starts_with('/') {
-                                    p
-                                } else {
-                                    format!("/{p}")
-                                }
-                            })
-                            .unwrap_or_else(|| "/v1/traces".into())
+                        match h.path.as_deref().map(|p| p.trim_start_matches('/')) {
+                            Some(p) if !p.is_empty() => format!("/{p}"),
+                            _ => "/v1/traces".into(),
+                        }
                     }),
-                }),
+                },
                 own_cluster: None,
             }));
         }
@@ -157,9 +165,10 @@ pub fn collector(mesh: &MeshConfig, registry: &Registry) -> Result<Option<Collec
         return Ok(Some(Collector {
             cluster: outbound_name(z.port, "", &svc.hostname),
             hostname: svc.hostname.clone(),
-            path: z.path.clone().unwrap_or_else(|| SPANS_PATH.into()),
-            trace_id_128bit: !z.enable_64bit_trace_id,
-            otlp: None,
+            kind: Kind::Zipkin {
+                path: z.path.clone().unwrap_or_else(|| SPANS_PATH.into()),
+                trace_id_128bit: !z.enable_64bit_trace_id,
+            },
             own_cluster: None,
         }));
     }
@@ -185,18 +194,14 @@ pub fn collector(mesh: &MeshConfig, registry: &Registry) -> Result<Option<Collec
         return Ok(Some(Collector {
             cluster: outbound_name(u32::from(port), "", &svc.hostname),
             hostname: svc.hostname.clone(),
-            path: SPANS_PATH.into(),
-            trace_id_128bit: true,
-            otlp: None,
+            kind: zipkin_v2(),
             own_cluster: None,
         }));
     }
     Ok(explicit.map(|_| Collector {
         cluster: ZIPKIN_CLUSTER.into(),
         hostname: host.to_string(),
-        path: SPANS_PATH.into(),
-        trace_id_128bit: true,
-        otlp: None,
+        kind: zipkin_v2(),
         own_cluster: Some((host.to_string(), port)),
     }))
 }
@@ -226,14 +231,19 @@ mod tests {
             "outbound|9411||zipkin.istio-system.svc.cluster.local"
         );
         assert_eq!(c.hostname, "zipkin.istio-system.svc.cluster.local");
-        assert_eq!(c.path, "/api/v2/spans");
-        assert!(c.trace_id_128bit);
+        assert_eq!(c.kind, zipkin_v2());
         assert_eq!(c.own_cluster, None);
         // With the namespace prefix, and 64-bit ids.
         let m = mesh(
             "extensionProviders:\n- name: z\n  zipkin:\n    service: istio-system/zipkin.istio-system.svc.cluster.local\n    port: 9411\n    enable64bitTraceId: true\ndefaultProviders:\n  tracing: [z]\n",
         );
-        assert!(!collector(&m, &registry()).unwrap().unwrap().trace_id_128bit);
+        assert_eq!(
+            collector(&m, &registry()).unwrap().unwrap().kind,
+            Kind::Zipkin {
+                path: SPANS_PATH.into(),
+                trace_id_128bit: false
+            }
+        );
     }
 
     #[test]
@@ -246,16 +256,16 @@ mod tests {
             c.cluster,
             "outbound|9411||zipkin.istio-system.svc.cluster.local"
         );
-        assert_eq!(c.otlp, Some(Otlp { http_path: None }));
+        assert_eq!(c.kind, Kind::OpenTelemetry { http_path: None });
         let m = mesh(
             "extensionProviders:\n- name: otel\n  opentelemetry:\n    service: zipkin.istio-system.svc.cluster.local\n    port: 9411\n    http: {path: v1/traces, timeout: 5s}\ndefaultProviders:\n  tracing: [otel]\n",
         );
         let c = collector(&m, &registry()).unwrap().unwrap();
         assert_eq!(
-            c.otlp,
-            Some(Otlp {
+            c.kind,
+            Kind::OpenTelemetry {
                 http_path: Some("/v1/traces".into())
-            })
+            }
         );
     }
 

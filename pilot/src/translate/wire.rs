@@ -192,7 +192,7 @@ pub fn http_connection_manager(
             .sampling
             .map(|value| hcm::http_connection_manager::Tracing {
                 provider: telemetry
-                    .zipkin
+                    .collector
                     .as_ref()
                     .map(|c| tracer_provider(c, &telemetry.service_name)),
                 client_sampling: Some(envoy_types::pb::envoy::r#type::v3::Percent { value: 100.0 }),
@@ -273,7 +273,7 @@ pub struct Telemetry {
     /// The proxy's `IDLE_TIMEOUT` metadata: the connection managers' connection idle timeout.
     pub idle_timeout: Option<Duration>,
     /// Where spans are reported (`tracing.provider`); `None`: headers only.
-    pub zipkin: Option<super::tracing::Collector>,
+    pub collector: Option<super::tracing::Collector>,
     /// The proxy's trace service name (`<app>.<namespace>`), for OpenTelemetry's resource.
     pub service_name: String,
 }
@@ -285,13 +285,31 @@ fn tracer_provider(
     c: &super::tracing::Collector,
     service_name: &str,
 ) -> envoy_types::pb::envoy::config::trace::v3::tracing::Http {
+    use super::tracing::Kind;
     use envoy_types::pb::envoy::config::core::v3 as core;
     use envoy_types::pb::envoy::config::trace::v3::{
         OpenTelemetryConfig, ZipkinConfig, tracing, zipkin_config,
     };
-    if let Some(o) = &c.otlp {
-        let config = match &o.http_path {
-            None => OpenTelemetryConfig {
+    let (name, config) = match &c.kind {
+        Kind::Zipkin {
+            path,
+            trace_id_128bit,
+        } => (
+            "envoy.tracers.zipkin",
+            pack(&ZipkinConfig {
+                collector_cluster: c.cluster.clone(),
+                collector_endpoint: path.clone(),
+                collector_hostname: c.hostname.clone(),
+                collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson
+                    as i32,
+                trace_id_128bit: *trace_id_128bit,
+                shared_span_context: bool_value(false),
+                ..Default::default()
+            }),
+        ),
+        Kind::OpenTelemetry { http_path: None } => (
+            "envoy.tracers.opentelemetry",
+            pack(&OpenTelemetryConfig {
                 grpc_service: Some(core::GrpcService {
                     target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
                         core::grpc_service::EnvoyGrpc {
@@ -304,8 +322,13 @@ fn tracer_provider(
                 }),
                 service_name: service_name.into(),
                 ..Default::default()
-            },
-            Some(path) => OpenTelemetryConfig {
+            }),
+        ),
+        Kind::OpenTelemetry {
+            http_path: Some(path),
+        } => (
+            "envoy.tracers.opentelemetry",
+            pack(&OpenTelemetryConfig {
                 http_service: Some(core::HttpService {
                     http_uri: Some(core::HttpUri {
                         uri: format!("{}{path}", c.hostname),
@@ -318,27 +341,12 @@ fn tracer_provider(
                 }),
                 service_name: service_name.into(),
                 ..Default::default()
-            },
-        };
-        return tracing::Http {
-            name: "envoy.tracers.opentelemetry".into(),
-            config_type: Some(tracing::http::ConfigType::TypedConfig(pack(&config))),
-        };
-    }
+            }),
+        ),
+    };
     tracing::Http {
-        name: "envoy.tracers.zipkin".into(),
-        config_type: Some(tracing::http::ConfigType::TypedConfig(pack(
-            &ZipkinConfig {
-                collector_cluster: c.cluster.clone(),
-                collector_endpoint: c.path.clone(),
-                collector_hostname: c.hostname.clone(),
-                collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson
-                    as i32,
-                trace_id_128bit: c.trace_id_128bit,
-                shared_span_context: bool_value(false),
-                ..Default::default()
-            },
-        ))),
+        name: name.into(),
+        config_type: Some(tracing::http::ConfigType::TypedConfig(config)),
     }
 }
 
@@ -346,20 +354,15 @@ fn tracer_provider(
 /// mesh config.
 pub fn telemetry(
     mesh: Option<&crate::resources::MeshConfig>,
-    registry: &crate::registry::Registry,
+    collector: Option<super::tracing::Collector>,
 ) -> Telemetry {
     let default = crate::resources::MeshConfig::default();
-    let mesh_config = mesh.unwrap_or(&default);
-    let sampling = mesh_config.trace_sampling();
     Telemetry {
         access_log: access_logs(mesh),
-        sampling,
+        sampling: mesh.unwrap_or(&default).trace_sampling(),
         idle_timeout: None,
         service_name: String::new(),
-        // A problem with the tracer is the analyzer's to report; the headers still flow.
-        zipkin: sampling
-            .and_then(|_| super::tracing::collector(mesh_config, registry).ok())
-            .flatten(),
+        collector,
     }
 }
 
