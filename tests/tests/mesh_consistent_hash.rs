@@ -34,6 +34,20 @@ fn registry() -> String {
     s
 }
 
+/// One request from the client with its cookie jar (`-c` writes it, `-b` sends it); the
+/// response's head, lower-cased.
+fn response_head(m: &Mesh, jar_flag: &str, jar: &Path) -> String {
+    let out = m.pods[0]
+        .ns
+        .command("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", jar_flag])
+        .arg(jar)
+        .arg(URL)
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+}
+
 fn destination_rule(load_balancer: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: cart, namespace: default}}\nspec:\n  host: cart\n  trafficPolicy:\n    loadBalancer:\n      {load_balancer}\n"
@@ -206,15 +220,7 @@ fn cookie_hashing_sets_a_cookie_that_keeps_the_session() {
         let jar = dir.join(format!("jar-{s}"));
         let _ = std::fs::remove_file(&jar);
         // The first request has no cookie: the sidecar makes one up and sets it.
-        let out = m.pods[0]
-            .ns
-            .command("curl")
-            .args(["-s", "-D", "-", "-o", "/dev/null", "-c"])
-            .arg(&jar)
-            .arg(URL)
-            .output()
-            .unwrap();
-        let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        let head = response_head(&m, "-c", &jar);
         let cookie = head
             .lines()
             .find(|l| l.starts_with("set-cookie: cart-session="))
@@ -231,15 +237,7 @@ fn cookie_hashing_sets_a_cookie_that_keeps_the_session() {
         let replies = m.curl_many(0, URL, 8, &["-b", &jar_arg]);
         sessions.insert(s, servers(&replies, 8, &format!("session {s}")));
         // An answer to a request with the cookie sets none.
-        let out = m.pods[0]
-            .ns
-            .command("curl")
-            .args(["-s", "-D", "-", "-o", "/dev/null", "-b"])
-            .arg(&jar)
-            .arg(URL)
-            .output()
-            .unwrap();
-        let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        let head = response_head(&m, "-b", &jar);
         assert!(head.starts_with("http/1.1 200"), "{head}");
         assert!(!head.contains("set-cookie"), "{head}");
     }

@@ -273,6 +273,15 @@ fn tracing_config(t: &hcm::http_connection_manager::Tracing) -> Result<Tracing, 
     })
 }
 
+/// A collector's host name, by default its cluster's name (Envoy's rule for both tracers).
+fn or_cluster(name: String, cluster: &str) -> String {
+    if name.is_empty() {
+        cluster.to_string()
+    } else {
+        name
+    }
+}
+
 fn zipkin_collector(
     z: envoy_types::pb::envoy::config::trace::v3::ZipkinConfig,
 ) -> Result<Option<Collector>, ConfigError> {
@@ -297,11 +306,7 @@ fn zipkin_collector(
         ));
     }
     Ok(Some(Collector::Zipkin(ZipkinCollector {
-        hostname: if z.collector_hostname.is_empty() {
-            z.collector_cluster.clone()
-        } else {
-            z.collector_hostname
-        },
+        hostname: or_cluster(z.collector_hostname, &z.collector_cluster),
         cluster: z.collector_cluster,
         endpoint: z.collector_endpoint,
         trace_id_128bit: z.trace_id_128bit,
@@ -344,11 +349,7 @@ fn otlp_collector(
     match o.grpc_service.and_then(|g| g.target_specifier) {
         Some(TargetSpecifier::EnvoyGrpc(g)) if !g.cluster_name.is_empty() => {
             Ok(Some(Collector::OpenTelemetry(OtlpCollector {
-                authority: if g.authority.is_empty() {
-                    g.cluster_name.clone()
-                } else {
-                    g.authority
-                },
+                authority: or_cluster(g.authority, &g.cluster_name),
                 cluster: g.cluster_name,
                 service_name: o.service_name,
                 http_path: None,
