@@ -15,8 +15,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum Body {
     /// A body received from the other side, streamed through.
     Streamed(Incoming),
-    /// A body the proxy wrote itself.
+    /// A body the proxy wrote itself, or one that arrived whole.
     Local(Full<Bytes>),
+    /// An HTTP/1.1 upstream response body, read from its connection as it is polled.
+    Upstream(super::h1_upstream::Streaming),
 }
 
 impl From<Incoming> for Body {
@@ -36,6 +38,7 @@ impl HttpBody for Body {
         match self.get_mut() {
             Body::Streamed(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
             Body::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+            Body::Upstream(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -43,6 +46,7 @@ impl HttpBody for Body {
         match self {
             Body::Streamed(b) => b.is_end_stream(),
             Body::Local(b) => b.is_end_stream(),
+            Body::Upstream(b) => b.is_end_stream(),
         }
     }
 
@@ -50,6 +54,7 @@ impl HttpBody for Body {
         match self {
             Body::Streamed(b) => b.size_hint(),
             Body::Local(b) => b.size_hint(),
+            Body::Upstream(b) => b.size_hint(),
         }
     }
 }

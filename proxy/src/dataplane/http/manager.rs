@@ -217,91 +217,7 @@ impl super::report::Post for SpanPoster {
 
 use super::body::BoxError;
 
-/// The HTTP/1.1 upstream connections one downstream connection has used, by endpoint. Its
-/// requests come one at a time, so they reuse these without a shared pool (no lock contention,
-/// no pool bookkeeping per request).
-#[derive(Default)]
-pub struct Affinity {
-    /// (endpoint, connection, when it was last handed back).
-    conns: Mutex<
-        Vec<(
-            SocketAddr,
-            hyper::client::conn::http1::SendRequest<Body>,
-            Instant,
-        )>,
-    >,
-}
-
-/// Upstream connections kept per downstream connection.
-const AFFINITY_MAX: usize = 4;
-
-impl Affinity {
-    /// A kept connection to `addr`, unless it has been idle for `idle`.
-    fn take(
-        &self,
-        addr: SocketAddr,
-        idle: Option<Duration>,
-    ) -> Option<hyper::client::conn::http1::SendRequest<Body>> {
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns.retain(|(_, s, at)| !s.is_closed() && idle.is_none_or(|i| at.elapsed() < i));
-        let i = conns
-            .iter()
-            .position(|(a, s, _)| *a == addr && s.is_ready())?;
-        Some(conns.swap_remove(i).1)
-    }
-
-    /// Keeps a connection for the next request. With an idle timeout shorter than Envoy's
-    /// default (which the downstream connection's own idle timeout covers), a timer drops it
-    /// once that time has passed unused: dropping the sender closes the upstream connection.
-    fn put(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        sender: hyper::client::conn::http1::SendRequest<Body>,
-        idle: Option<Duration>,
-    ) {
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        if conns.len() >= AFFINITY_MAX {
-            return;
-        }
-        conns.push((addr, sender, Instant::now()));
-        if let Some(idle) = idle.filter(|i| *i < crate::config::listener::DEFAULT_IDLE_TIMEOUT) {
-            let me = Arc::downgrade(self);
-            tokio::spawn(async move {
-                tokio::time::sleep(idle).await;
-                if let Some(me) = me.upgrade() {
-                    let mut conns = me.conns.lock().unwrap_or_else(|e| e.into_inner());
-                    conns.retain(|(_, _, at)| at.elapsed() < idle);
-                }
-            });
-        }
-    }
-}
-
-async fn connect_upstream(
-    addr: SocketAddr,
-    bind: Option<IpAddr>,
-    timeout: Duration,
-) -> Result<hyper::client::conn::http1::SendRequest<Body>, BoxError> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    if let Some(ip) = bind {
-        socket.bind(SocketAddr::new(ip, 0))?;
-    }
-    let stream = tokio::time::timeout(timeout, socket.connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended with an error");
-        }
-    });
-    Ok(sender)
-}
+pub use super::h1_upstream::Affinity;
 
 fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Body::Local(Full::new(body.into())));
@@ -466,54 +382,44 @@ impl std::fmt::Display for SendError {
 }
 
 /// One attempt: the request to `addr` with the cluster's protocol and source address.
+/// HTTP/1.1 goes over this downstream connection's own upstream connections, driven by this
+/// task; HTTP/2 through the shared multiplexing client.
 async fn send_once(
     ctx: &ConnContext,
     cluster: &crate::config::cluster::Cluster,
     addr: SocketAddr,
     http2: bool,
     req: Request<Body>,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<Response<Body>, SendError> {
     if http2 {
         let client = ctx
             .upstreams
             .client(cluster.bind_source, cluster.connect_timeout, true);
-        return client.request(req).await.map_err(|e| {
+        return match client.request(req).await {
+            Ok(resp) => Ok(resp.map(Body::Streamed)),
+            Err(e) if e.is_connect() => Err(SendError::Connect(e.into())),
+            Err(e) => Err(SendError::Other(e.into())),
+        };
+    }
+    let home = super::h1_upstream::Home {
+        affinity: ctx.affinity.clone(),
+        addr,
+        idle: cluster.idle_timeout,
+    };
+    let target = super::h1_upstream::Target {
+        addr,
+        bind: cluster.bind_source,
+        connect_timeout: cluster.connect_timeout,
+    };
+    super::h1_upstream::send(&home, &target, req)
+        .await
+        .map_err(|e| {
             if e.is_connect() {
                 SendError::Connect(e.into())
             } else {
                 SendError::Other(e.into())
             }
-        });
-    }
-    let (bind, timeout) = (cluster.bind_source, cluster.connect_timeout);
-    let (mut sender, reused) = match ctx.affinity.take(addr, cluster.idle_timeout) {
-        Some(s) => (s, true),
-        None => (
-            connect_upstream(addr, bind, timeout)
-                .await
-                .map_err(SendError::Connect)?,
-            false,
-        ),
-    };
-    let resp = match sender.try_send_request(req).await {
-        Ok(r) => r,
-        // A kept connection closed before the request went out: once more on a new one.
-        Err(mut e) if reused && e.message().is_some() => {
-            let req = e
-                .take_message()
-                .ok_or_else(|| SendError::Other("request lost".into()))?;
-            sender = connect_upstream(addr, bind, timeout)
-                .await
-                .map_err(SendError::Connect)?;
-            sender
-                .send_request(req)
-                .await
-                .map_err(|e| SendError::Other(e.into()))?
-        }
-        Err(e) => return Err(SendError::Other(e.into_error().into())),
-    };
-    ctx.affinity.put(addr, sender, cluster.idle_timeout);
-    Ok(resp)
+        })
 }
 
 /// A `grpc-timeout` header value (`100m`, `5S`, …) as a duration.
@@ -1005,7 +911,7 @@ async fn forward(
             ),
             Some(Ok(resp)) => {
                 let elapsed = started.elapsed().as_millis().to_string();
-                let mut resp = resp.map(Body::Streamed);
+                let mut resp = resp;
                 if let Some(c) = snap.clusters.get(cluster_name) {
                     resp.extensions_mut().insert(UpstreamInfo {
                         snap: snap.clone(),

@@ -1,0 +1,907 @@
+//! HTTP/1.1 to upstreams without a connection task: the request's own task writes the request
+//! and reads the response head, and the response body reads the socket as the downstream side
+//! pulls it. A body that arrived with the head is handed over whole and the connection goes back
+//! to its downstream connection's keep-alive set at once.
+//!
+//! Compared with a client that runs each connection as its own task, a request costs no
+//! channel hand-offs and no task wake-ups between the two sides: one write and one read.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::Full;
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::body::{Body, BoxError};
+
+/// The largest response head accepted (Envoy's `max_response_headers_kb` default).
+pub const MAX_HEAD: usize = 60 * 1024;
+/// The most response headers accepted (Envoy's `max_headers_count` default).
+const MAX_HEADERS: usize = 100;
+/// A chunk-size line longer than this is malformed (extensions included).
+const MAX_CHUNK_LINE: usize = 4096;
+/// Read buffer growth.
+const READ_CHUNK: usize = 16 * 1024;
+
+#[derive(Debug, Error)]
+pub enum H1Error {
+    #[error("connecting to {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("connecting to {0}: timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("writing the request: {0}")]
+    Write(std::io::Error),
+    #[error("reading the response: {0}")]
+    Read(std::io::Error),
+    #[error("the upstream closed the connection before responding")]
+    ClosedBeforeResponse,
+    #[error("malformed response head: {0}")]
+    BadHead(String),
+    #[error("response head larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("malformed chunked response body")]
+    BadChunk,
+    #[error("the upstream closed the connection in the middle of the response body")]
+    Truncated,
+    #[error("reading the request body: {0}")]
+    RequestBody(BoxError),
+}
+
+impl H1Error {
+    /// Whether the failure was the connection attempt itself.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, H1Error::Connect(..) | H1Error::ConnectTimeout(_))
+    }
+}
+
+/// One upstream HTTP/1.1 connection between requests.
+pub struct Conn {
+    stream: TcpStream,
+    /// Bytes read and not consumed yet.
+    rbuf: BytesMut,
+}
+
+impl Conn {
+    pub async fn connect(
+        addr: SocketAddr,
+        bind: Option<IpAddr>,
+        timeout: Duration,
+    ) -> Result<Conn, H1Error> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(|e| H1Error::Connect(addr, e))?;
+        if let Some(ip) = bind {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| H1Error::Connect(addr, e))?;
+        }
+        let stream = tokio::time::timeout(timeout, socket.connect(addr))
+            .await
+            .map_err(|_| H1Error::ConnectTimeout(addr))?
+            .map_err(|e| H1Error::Connect(addr, e))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| H1Error::Connect(addr, e))?;
+        Ok(Conn {
+            stream,
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+        })
+    }
+
+    /// Whether a kept connection can carry another request: the upstream has neither closed it
+    /// nor sent anything unasked. Costs a read only when the socket has become readable.
+    fn reusable(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => matches!(
+                tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), &mut cx, &mut self.rbuf),
+                Poll::Pending
+            ),
+        }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` at end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf)
+    }
+
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// The HTTP/1.1 upstream connections one downstream connection has used, by endpoint. Its
+/// requests come one at a time, so they reuse these without a shared pool (no lock contention,
+/// no pool bookkeeping per request).
+#[derive(Default)]
+pub struct Affinity {
+    /// (endpoint, connection, when it was last handed back).
+    conns: Mutex<Vec<(SocketAddr, Conn, Instant)>>,
+}
+
+/// Upstream connections kept per downstream connection.
+const AFFINITY_MAX: usize = 4;
+
+impl Affinity {
+    /// A kept connection to `addr`, unless it has been idle for `idle` or has been closed.
+    fn take(&self, addr: SocketAddr, idle: Option<Duration>) -> Option<Conn> {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.retain(|(_, _, at)| idle.is_none_or(|i| at.elapsed() < i));
+        while let Some(i) = conns.iter().position(|(a, _, _)| *a == addr) {
+            let (_, mut conn, _) = conns.swap_remove(i);
+            if conn.reusable() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection for the next request. With an idle timeout shorter than Envoy's
+    /// default (which the downstream connection's own idle timeout covers), a timer drops it
+    /// once that time has passed unused, which closes it.
+    fn put(self: &Arc<Self>, addr: SocketAddr, conn: Conn, idle: Option<Duration>) {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        if conns.len() >= AFFINITY_MAX {
+            return;
+        }
+        conns.push((addr, conn, Instant::now()));
+        if let Some(idle) = idle.filter(|i| *i < crate::config::listener::DEFAULT_IDLE_TIMEOUT) {
+            let me = Arc::downgrade(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(idle).await;
+                if let Some(me) = me.upgrade() {
+                    let mut conns = me.conns.lock().unwrap_or_else(|e| e.into_inner());
+                    conns.retain(|(_, _, at)| at.elapsed() < idle);
+                }
+            });
+        }
+    }
+
+    /// Connections kept now.
+    pub fn len(&self) -> usize {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where a connection goes back to once its response is read to the end.
+#[derive(Clone)]
+pub struct Home {
+    pub affinity: Arc<Affinity>,
+    pub addr: SocketAddr,
+    pub idle: Option<Duration>,
+}
+
+/// Where a connection comes from: the endpoint and how to reach it.
+pub struct Target {
+    pub addr: SocketAddr,
+    pub bind: Option<IpAddr>,
+    pub connect_timeout: Duration,
+}
+
+/// Sends `req` over a kept connection to the endpoint, else a new one, and returns the response
+/// with its head read. A kept connection that turns out closed before any response byte is
+/// replaced once by a new one when the request can be written again (no streamed body).
+pub async fn send(
+    home: &Home,
+    target: &Target,
+    req: Request<Body>,
+) -> Result<Response<Body>, H1Error> {
+    let (mut conn, mut reused) = match home.affinity.take(target.addr, home.idle) {
+        Some(c) => (c, true),
+        None => (
+            Conn::connect(target.addr, target.bind, target.connect_timeout).await?,
+            false,
+        ),
+    };
+    let (parts, mut body) = req.into_parts();
+    let head_only = parts.method == Method::HEAD;
+    let mut out = Vec::with_capacity(512);
+    let streamed = match &mut body {
+        Body::Local(full) => {
+            let data = full_bytes(full);
+            encode_head(&parts, BodyFraming::Fixed(data.len() as u64), &mut out);
+            out.extend_from_slice(&data);
+            false
+        }
+        b if b.is_end_stream() => {
+            encode_head(&parts, BodyFraming::Fixed(0), &mut out);
+            false
+        }
+        b => {
+            let framing = match b.size_hint().exact() {
+                Some(n) => BodyFraming::Fixed(n),
+                None => BodyFraming::Chunked,
+            };
+            encode_head(&parts, framing, &mut out);
+            true
+        }
+    };
+    loop {
+        let sent = async {
+            conn.stream.write_all(&out).await.map_err(H1Error::Write)?;
+            if streamed {
+                write_body(&mut conn.stream, &mut body).await?;
+            }
+            read_head(&mut conn, head_only).await
+        }
+        .await;
+        match sent {
+            Ok(head) => return Ok(respond(conn, head, home)),
+            Err(e) if reused && !streamed && e.before_response() => {
+                tracing::debug!(upstream = %target.addr, error = %e, "kept upstream connection was closed; sending on a new one");
+                conn = Conn::connect(target.addr, target.bind, target.connect_timeout).await?;
+                reused = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl H1Error {
+    /// Failures of a kept connection that mean the upstream closed it before seeing the request.
+    fn before_response(&self) -> bool {
+        match self {
+            H1Error::ClosedBeforeResponse | H1Error::Write(_) => true,
+            H1Error::Read(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            _ => false,
+        }
+    }
+}
+
+fn full_bytes(full: &mut Full<Bytes>) -> Bytes {
+    use http_body::Body as _;
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(full).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    }
+}
+
+/// How the request body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFraming {
+    Fixed(u64),
+    Chunked,
+}
+
+/// Writes the request line and headers. Hop-by-hop headers are already gone; the framing
+/// headers are written from `framing`, and `Expect` is dropped (the downstream side answers
+/// `100 Continue` itself when the body is read, as Envoy does by default).
+fn encode_head(parts: &http::request::Parts, framing: BodyFraming, out: &mut Vec<u8>) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    out.extend_from_slice(if target.is_empty() { "/" } else { target }.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        BodyFraming::Fixed(n) => {
+            // A body, or a method that is expected to have one, says its length.
+            let expects_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+            if n > 0 || expects_body || parts.headers.contains_key(header::CONTENT_LENGTH) {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(n.to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Streams the downstream request body; chunked when its length is unknown, with trailers in
+/// the last chunk.
+async fn write_body(stream: &mut TcpStream, body: &mut Body) -> Result<(), H1Error> {
+    use http_body_util::BodyExt;
+    let chunked = body.size_hint().exact().is_none();
+    let mut framed = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(H1Error::RequestBody)?;
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) if chunked => {
+                framed.clear();
+                framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                framed.extend_from_slice(&data);
+                framed.extend_from_slice(b"\r\n");
+                stream.write_all(&framed).await.map_err(H1Error::Write)?;
+            }
+            Ok(data) => stream.write_all(&data).await.map_err(H1Error::Write)?,
+            Err(frame) => {
+                if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
+                    framed.clear();
+                    framed.extend_from_slice(b"0\r\n");
+                    for (name, value) in &trailers {
+                        framed.extend_from_slice(name.as_str().as_bytes());
+                        framed.extend_from_slice(b": ");
+                        framed.extend_from_slice(value.as_bytes());
+                        framed.extend_from_slice(b"\r\n");
+                    }
+                    framed.extend_from_slice(b"\r\n");
+                    return stream.write_all(&framed).await.map_err(H1Error::Write);
+                }
+            }
+        }
+    }
+    if chunked {
+        stream
+            .write_all(b"0\r\n\r\n")
+            .await
+            .map_err(H1Error::Write)?;
+    }
+    Ok(())
+}
+
+/// A parsed response head.
+struct Head {
+    status: StatusCode,
+    headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    Empty,
+    /// This many bytes left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+/// Reads the response head, skipping interim (1xx) responses.
+async fn read_head(conn: &mut Conn, head_only: bool) -> Result<Head, H1Error> {
+    loop {
+        let len = loop {
+            match parse_len(&conn.rbuf)? {
+                Some(len) => break len,
+                None if conn.rbuf.len() >= MAX_HEAD => return Err(H1Error::HeadTooLarge),
+                None => {}
+            }
+            let was_empty = conn.rbuf.is_empty();
+            if conn.fill().await.map_err(H1Error::Read)? == 0 {
+                return Err(if was_empty {
+                    H1Error::ClosedBeforeResponse
+                } else {
+                    H1Error::Truncated
+                });
+            }
+        };
+        let raw = conn.rbuf.split_to(len).freeze();
+        let head = decode_head(&raw, head_only)?;
+        if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+            continue;
+        }
+        return Ok(head);
+    }
+}
+
+/// The length of a complete response head at the start of `buf`, if it is all there.
+fn parse_len(buf: &[u8]) -> Result<Option<usize>, H1Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(H1Error::BadHead(e.to_string())),
+    }
+}
+
+/// The head's status, headers (their values share `raw`), framing and keep-alive.
+fn decode_head(raw: &Bytes, head_only: bool) -> Result<Head, H1Error> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    resp.parse(raw)
+        .map_err(|e| H1Error::BadHead(e.to_string()))?;
+    let status = resp
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| H1Error::BadHead("status code".into()))?;
+    let version_11 = resp.version == Some(1);
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| H1Error::BadHead(format!("header name {:?}", h.name)))?;
+        let value = HeaderValue::from_maybe_shared(raw.slice_ref(h.value))
+            .map_err(|_| H1Error::BadHead(format!("value of header {name}")))?;
+        headers.append(name, value);
+    }
+    let framing = framing(head_only, status, &headers)?;
+    let close = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| has_token(v.as_bytes(), b"close"));
+    let keep_alive = version_11 && !close && framing != Framing::UntilClose;
+    Ok(Head {
+        status,
+        headers,
+        framing,
+        keep_alive,
+    })
+}
+
+/// Whether a comma-separated header value holds `token` (case-insensitive).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// How the body of a response is delimited (RFC 9112 section 6.3).
+fn framing(head_only: bool, status: StatusCode, headers: &HeaderMap) -> Result<Framing, H1Error> {
+    if head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Empty);
+    }
+    let codings: Vec<&[u8]> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if let Some(last) = codings.last() {
+        return Ok(if last.eq_ignore_ascii_case(b"chunked") {
+            Framing::Chunked(Chunk::Size)
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut length = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|b| *b == b',') {
+            let n = std::str::from_utf8(part.trim_ascii())
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| H1Error::BadHead("content-length".into()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(H1Error::BadHead("conflicting content-length".into()));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => Framing::Length(n),
+        None => Framing::UntilClose,
+    })
+}
+
+/// Turns a read head into the response. A body that is already in the buffer is handed over
+/// whole, and the connection goes home at once; otherwise the body streams from the socket.
+fn respond(mut conn: Conn, head: Head, home: &Home) -> Response<Body> {
+    let body = match head.framing {
+        Framing::Empty => {
+            if head.keep_alive {
+                home.affinity.put(home.addr, conn, home.idle);
+            }
+            Body::Local(Full::new(Bytes::new()))
+        }
+        Framing::Length(n) if (conn.rbuf.len() as u64) >= n => {
+            let data = conn.rbuf.split_to(n as usize).freeze();
+            if head.keep_alive && conn.rbuf.is_empty() {
+                home.affinity.put(home.addr, conn, home.idle);
+            }
+            Body::Local(Full::new(data))
+        }
+        framing => Body::Upstream(Streaming {
+            conn: Some(conn),
+            framing,
+            keep_alive: head.keep_alive,
+            home: home.clone(),
+        }),
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = head.status;
+    *resp.version_mut() = Version::HTTP_11;
+    *resp.headers_mut() = head.headers;
+    resp
+}
+
+/// A response body read from the upstream connection as it is polled.
+pub struct Streaming {
+    /// `None` once the body has ended.
+    conn: Option<Conn>,
+    framing: Framing,
+    keep_alive: bool,
+    home: Home,
+}
+
+impl std::fmt::Debug for Streaming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streaming")
+            .field("framing", &self.framing)
+            .finish()
+    }
+}
+
+impl Streaming {
+    /// The body has ended cleanly: a connection with nothing left over goes home.
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && self.keep_alive
+            && conn.rbuf.is_empty()
+        {
+            self.home.affinity.put(self.home.addr, conn, self.home.idle);
+        }
+    }
+}
+
+impl http_body::Body for Streaming {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let me = self.get_mut();
+        loop {
+            let Some(conn) = me.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut me.framing {
+                Framing::Empty | Framing::Length(0) => {
+                    me.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(n) if !conn.rbuf.is_empty() => {
+                    let take = (*n).min(conn.rbuf.len() as u64);
+                    *n -= take;
+                    let data = conn.rbuf.split_to(take as usize).freeze();
+                    if *n == 0 {
+                        me.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked(state) => match decode_chunked(state, &mut conn.rbuf) {
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Decoded::Done) => {
+                        me.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                    Err(e) => {
+                        me.conn = None;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                },
+                Framing::UntilClose if !conn.rbuf.is_empty() => {
+                    let data = conn.rbuf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                _ => {}
+            }
+            match conn.poll_fill(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    me.conn = None;
+                    return Poll::Ready(match me.framing {
+                        Framing::UntilClose => None,
+                        _ => Some(Err(H1Error::Truncated.into())),
+                    });
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    me.conn = None;
+                    return Poll::Ready(Some(Err(H1Error::Read(e).into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || matches!(self.framing, Framing::Empty | Framing::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Empty => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// This many bytes of chunk data left.
+    Data(u64),
+    /// Expecting the CRLF after chunk data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+    Done,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Decoded {
+    Data(Bytes),
+    NeedMore,
+    Done,
+}
+
+/// Decodes as much of a chunked body from `buf` as is there, up to the next data. Trailers are
+/// read and dropped: HTTP/1.1 responses rarely carry them and the downstream side has no use
+/// for them without HTTP/2.
+fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, H1Error> {
+    loop {
+        match *state {
+            Chunk::Done => return Ok(Decoded::Done),
+            Chunk::Size => {
+                let Some(end) = line_end(buf) else {
+                    return if buf.len() > MAX_CHUNK_LINE {
+                        Err(H1Error::BadChunk)
+                    } else {
+                        Ok(Decoded::NeedMore)
+                    };
+                };
+                let line = &buf[..end];
+                let digits = line
+                    .split(|b| *b == b';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_ascii();
+                if digits.is_empty() || digits.len() > 15 {
+                    return Err(H1Error::BadChunk);
+                }
+                let size = std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|s| u64::from_str_radix(s, 16).ok())
+                    .ok_or(H1Error::BadChunk)?;
+                let _ = buf.split_to(end + 2);
+                *state = if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                };
+            }
+            Chunk::Data(n) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let take = n.min(buf.len() as u64);
+                let data = buf.split_to(take as usize).freeze();
+                *state = if take == n {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(n - take)
+                };
+                return Ok(Decoded::Data(data));
+            }
+            Chunk::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Decoded::NeedMore);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(H1Error::BadChunk);
+                }
+                let _ = buf.split_to(2);
+                *state = Chunk::Size;
+            }
+            Chunk::Trailers => {
+                let Some(end) = line_end(buf) else {
+                    return if buf.len() > MAX_HEAD {
+                        Err(H1Error::BadChunk)
+                    } else {
+                        Ok(Decoded::NeedMore)
+                    };
+                };
+                let _ = buf.split_to(end + 2);
+                if end == 0 {
+                    *state = Chunk::Done;
+                }
+            }
+        }
+    }
+}
+
+/// The index of the first CRLF in `buf`.
+fn line_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[u8]) -> Result<(Vec<u8>, Chunk, usize), H1Error> {
+        let mut state = Chunk::Size;
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        loop {
+            match decode_chunked(&mut state, &mut buf)? {
+                Decoded::Data(d) => out.extend_from_slice(&d),
+                Decoded::NeedMore | Decoded::Done => return Ok((out, state, buf.len())),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers() {
+        let (body, state, left) =
+            decode_all(b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\nNEXT")
+                .unwrap();
+        assert_eq!(body, b"hello world");
+        assert_eq!(state, Chunk::Done);
+        assert_eq!(left, 4, "bytes after the body stay in the buffer");
+    }
+
+    #[test]
+    fn chunked_bodies_decode_byte_by_byte() {
+        let input = b"a\r\n0123456789\r\n0\r\n\r\n";
+        let mut state = Chunk::Size;
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for b in input {
+            buf.extend_from_slice(&[*b]);
+            while let Decoded::Data(d) = decode_chunked(&mut state, &mut buf).unwrap() {
+                out.extend_from_slice(&d);
+            }
+        }
+        assert_eq!(out, b"0123456789");
+        assert_eq!(state, Chunk::Done);
+    }
+
+    #[test]
+    fn malformed_chunks_are_errors() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"5\r\nhelloXX",
+            b"\r\n",
+            b"ffffffffffffffffff\r\n",
+        ] {
+            assert!(
+                decode_all(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = vec![b'1'; MAX_CHUNK_LINE + 1];
+        assert!(decode_all(&long).is_err());
+    }
+
+    fn head(raw: &[u8], head_only: bool) -> Result<Head, H1Error> {
+        decode_head(&Bytes::copy_from_slice(raw), head_only)
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let h = head(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n", false).unwrap();
+        assert_eq!(h.framing, Framing::Length(3));
+        assert!(h.keep_alive);
+        let h = head(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n", true).unwrap();
+        assert_eq!(h.framing, Framing::Empty, "HEAD has no body");
+        let h = head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(h.framing, Framing::Chunked(Chunk::Size));
+        let h = head(b"HTTP/1.1 204 No Content\r\n\r\n", false).unwrap();
+        assert_eq!(h.framing, Framing::Empty);
+        let h = head(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
+        assert_eq!(h.framing, Framing::UntilClose);
+        assert!(
+            !h.keep_alive,
+            "a body delimited by close ends the connection"
+        );
+        let h = head(
+            b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert!(!h.keep_alive);
+        let h = head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false).unwrap();
+        assert!(!h.keep_alive, "HTTP/1.0 closes");
+        let h = head(b"HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\n\r\n", false).unwrap();
+        assert_eq!(h.framing, Framing::Length(4));
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTX/1.1 200 OK\r\n\r\n",
+        ] {
+            assert!(
+                head(bad, false).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn header_values_share_the_head_buffer() {
+        let raw =
+            Bytes::from_static(b"HTTP/1.1 200 OK\r\nX-A: one\r\nx-a: two\r\nServer: s\r\n\r\n");
+        let h = decode_head(&raw, false).unwrap();
+        let all: Vec<_> = h.headers.get_all("x-a").iter().collect();
+        assert_eq!(all, ["one", "two"]);
+        assert_eq!(h.headers["server"], "s");
+    }
+
+    #[test]
+    fn request_heads_carry_their_framing() {
+        let req = Request::post("http://example/a/b?q=1")
+            .header("host", "svc")
+            .header("content-length", "99")
+            .header("expect", "100-continue")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = req.into_parts();
+        parts.uri = "/a/b?q=1".parse().unwrap();
+        let mut out = Vec::new();
+        encode_head(&parts, BodyFraming::Fixed(5), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /a/b?q=1 HTTP/1.1\r\nhost: svc\r\ncontent-length: 5\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        encode_head(&parts, BodyFraming::Chunked, &mut out);
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .ends_with("transfer-encoding: chunked\r\n\r\n")
+        );
+        let (mut get, ()) = Request::get("/").body(()).unwrap().into_parts();
+        get.uri = "/".parse().unwrap();
+        let mut out = Vec::new();
+        encode_head(&get, BodyFraming::Fixed(0), &mut out);
+        assert_eq!(
+            out, b"GET / HTTP/1.1\r\n\r\n",
+            "a GET without a body has no length"
+        );
+    }
+}
