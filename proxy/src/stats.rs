@@ -32,23 +32,21 @@ struct Histogram {
 }
 
 impl Histogram {
+    /// Counts `v` in the first bucket that holds it (the counts are made cumulative when
+    /// written, so a request touches one bucket).
     fn observe(&mut self, v: f64) {
         self.count += 1;
         self.sum += v;
-        for (i, le) in BUCKETS_MS.iter().enumerate() {
-            if v <= *le {
-                self.buckets[i] += 1;
-            }
+        if let Some(i) = BUCKETS_MS.iter().position(|le| v <= *le) {
+            self.buckets[i] += 1;
         }
     }
 
     fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
         for (i, le) in BUCKETS_MS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels},le=\"{le}\"}} {}",
-                self.buckets[i]
-            );
+            cumulative += self.buckets[i];
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
         }
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
         let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);

@@ -396,10 +396,11 @@ enum Framing {
 
 /// Reads the response head, skipping interim (1xx) responses.
 async fn read_head(conn: &mut Conn, head_only: bool) -> Result<Head, H1Error> {
+    let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
     loop {
-        let len = loop {
-            match parse_len(&conn.rbuf)? {
-                Some(len) => break len,
+        let parsed = loop {
+            match parse_head(&conn.rbuf, &mut spans)? {
+                Some(p) => break p,
                 None if conn.rbuf.len() >= MAX_HEAD => return Err(H1Error::HeadTooLarge),
                 None => {}
             }
@@ -412,8 +413,8 @@ async fn read_head(conn: &mut Conn, head_only: bool) -> Result<Head, H1Error> {
                 });
             }
         };
-        let raw = conn.rbuf.split_to(len).freeze();
-        let head = decode_head(&raw, head_only)?;
+        let raw = conn.rbuf.split_to(parsed.len).freeze();
+        let head = build_head(&raw, &parsed, &spans[..parsed.count], head_only)?;
         if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
             continue;
         }
@@ -421,42 +422,96 @@ async fn read_head(conn: &mut Conn, head_only: bool) -> Result<Head, H1Error> {
     }
 }
 
-/// The length of a complete response head at the start of `buf`, if it is all there.
-fn parse_len(buf: &[u8]) -> Result<Option<usize>, H1Error> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(e) => Err(H1Error::BadHead(e.to_string())),
-    }
+/// Where a header's name and value lie in the head: (name start, name end, value start, value
+/// end).
+type Span = (usize, usize, usize, usize);
+
+/// What one parse of a complete head found; the headers are in the spans.
+struct Parsed {
+    len: usize,
+    status: u16,
+    version_11: bool,
+    count: usize,
 }
 
-/// The head's status, headers (their values share `raw`), framing and keep-alive.
-fn decode_head(raw: &Bytes, head_only: bool) -> Result<Head, H1Error> {
+/// Parses the head at the start of `buf` once, if it is all there, noting where each header is
+/// so that the values can share the buffer once it is split off.
+fn parse_head(buf: &[u8], spans: &mut [Span; MAX_HEADERS]) -> Result<Option<Parsed>, H1Error> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
-    resp.parse(raw)
-        .map_err(|e| H1Error::BadHead(e.to_string()))?;
-    let status = resp
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or_else(|| H1Error::BadHead("status code".into()))?;
-    let version_11 = resp.version == Some(1);
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| H1Error::BadHead(format!("header name {:?}", h.name)))?;
-        let value = HeaderValue::from_maybe_shared(raw.slice_ref(h.value))
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(H1Error::BadHead(e.to_string())),
+    };
+    let base = buf.as_ptr() as usize;
+    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *span = (name, name + h.name.len(), value, value + h.value.len());
+    }
+    Ok(Some(Parsed {
+        len,
+        status: resp.code.unwrap_or(0),
+        version_11: resp.version == Some(1),
+        count: resp.headers.len(),
+    }))
+}
+
+/// Parses a whole head held in `raw`.
+#[cfg(test)]
+fn decode_head(raw: &Bytes, head_only: bool) -> Result<Head, H1Error> {
+    let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
+    let parsed = parse_head(raw, &mut spans)?.ok_or(H1Error::BadHead("incomplete".into()))?;
+    build_head(raw, &parsed, &spans[..parsed.count], head_only)
+}
+
+/// The head's status, headers (their values share `raw`), framing and keep-alive. The
+/// hop-by-hop headers are consumed here, by the connection they belong to, and not passed on.
+fn build_head(
+    raw: &Bytes,
+    parsed: &Parsed,
+    spans: &[Span],
+    head_only: bool,
+) -> Result<Head, H1Error> {
+    let status =
+        StatusCode::from_u16(parsed.status).map_err(|_| H1Error::BadHead("status code".into()))?;
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    // The last transfer coding named, and whether `Connection: close` was said.
+    let mut last_coding: Option<&[u8]> = None;
+    let mut close = false;
+    for &(ns, ne, vs, ve) in spans {
+        let name = &raw[ns..ne];
+        let value = &raw[vs..ve];
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if let Some(c) = value
+                .split(|b| *b == b',')
+                .map(|t| t.trim_ascii())
+                .rfind(|t| !t.is_empty())
+            {
+                last_coding = Some(c);
+            }
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"connection") {
+            close |= has_token(value, b"close");
+            continue;
+        }
+        if HOP_BY_HOP_OTHERS
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+        {
+            continue;
+        }
+        let name = HeaderName::from_bytes(name).map_err(|_| {
+            H1Error::BadHead(format!("header name {:?}", String::from_utf8_lossy(name)))
+        })?;
+        let value = HeaderValue::from_maybe_shared(raw.slice(vs..ve))
             .map_err(|_| H1Error::BadHead(format!("value of header {name}")))?;
         headers.append(name, value);
     }
-    let framing = framing(head_only, status, &headers)?;
-    let close = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| has_token(v.as_bytes(), b"close"));
-    let keep_alive = version_11 && !close && framing != Framing::UntilClose;
+    let framing = framing(head_only, status, last_coding, &headers)?;
+    let keep_alive = parsed.version_11 && !close && framing != Framing::UntilClose;
     Ok(Head {
         status,
         headers,
@@ -465,6 +520,9 @@ fn decode_head(raw: &Bytes, head_only: bool) -> Result<Head, H1Error> {
     })
 }
 
+/// Hop-by-hop headers besides `Connection` and `Transfer-Encoding`.
+const HOP_BY_HOP_OTHERS: [&str; 5] = ["keep-alive", "proxy-connection", "upgrade", "te", "trailer"];
+
 /// Whether a comma-separated header value holds `token` (case-insensitive).
 fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
@@ -472,8 +530,14 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
-/// How the body of a response is delimited (RFC 9112 section 6.3).
-fn framing(head_only: bool, status: StatusCode, headers: &HeaderMap) -> Result<Framing, H1Error> {
+/// How the body of a response is delimited (RFC 9112 section 6.3), given the last transfer
+/// coding named.
+fn framing(
+    head_only: bool,
+    status: StatusCode,
+    last_coding: Option<&[u8]>,
+    headers: &HeaderMap,
+) -> Result<Framing, H1Error> {
     if head_only
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -481,14 +545,7 @@ fn framing(head_only: bool, status: StatusCode, headers: &HeaderMap) -> Result<F
     {
         return Ok(Framing::Empty);
     }
-    let codings: Vec<&[u8]> = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
-        .collect();
-    if let Some(last) = codings.last() {
+    if let Some(last) = last_coding {
         return Ok(if last.eq_ignore_ascii_case(b"chunked") {
             Framing::Chunked(Chunk::Size)
         } else {
@@ -870,6 +927,19 @@ mod tests {
         let all: Vec<_> = h.headers.get_all("x-a").iter().collect();
         assert_eq!(all, ["one", "two"]);
         assert_eq!(h.headers["server"], "s");
+        let h = head(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+              Transfer-Encoding: chunked\r\nTrailer: x-sum\r\nX-Kept: 1\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        let names: Vec<_> = h.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["x-kept"],
+            "hop-by-hop headers stay with the connection"
+        );
+        assert!(h.keep_alive);
     }
 
     #[test]

@@ -244,6 +244,42 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
 ];
 
+/// Header names the proxy reads or writes on every request, made once at compile time.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
+const X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+const X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
+const X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms");
+const X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+const X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// Removes the hop-by-hop headers: one pass over the names finds which are there (usually
+/// none on a request), and only those are looked up to be removed.
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let mut found = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            found |= 1 << i;
+        }
+    }
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if found & (1 << i) != 0 {
+            headers.remove(h);
+        }
+    }
+}
+
+/// A new request id, as a header value.
+fn request_id_value() -> HeaderValue {
+    HeaderValue::from_str(&request_id()).unwrap_or(HeaderValue::from_static("-"))
+}
+
 fn request_id() -> String {
     // A random (version 4) UUID.
     let mut b: [u8; 16] = fastrand::u128(..).to_le_bytes();
@@ -443,40 +479,40 @@ pub fn grpc_timeout(v: &str) -> Option<Duration> {
 /// headers are consumed, and the upstream learns the timeout from
 /// `x-envoy-expected-rq-timeout-ms`.
 fn timeouts(f: &Forward, headers: &mut http::HeaderMap) -> (Option<Duration>, Option<Duration>) {
-    let ms = |headers: &mut http::HeaderMap, name: HeaderName| {
-        headers
-            .remove(name)
-            .and_then(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()))
-    };
     let mut timeout = f.timeout;
     if let Some(max) = f.grpc_timeout_max
         && let Some(t) = headers
-            .get("grpc-timeout")
+            .get(GRPC_TIMEOUT)
             .and_then(|v| v.to_str().ok())
             .and_then(grpc_timeout)
     {
         timeout = Some(if max.is_zero() { t } else { t.min(max) });
     }
-    if let Some(n) = ms(
-        headers,
-        HeaderName::from_static("x-envoy-upstream-rq-timeout-ms"),
-    ) {
+    // The override headers are rare: one pass over the names tells whether to look for them.
+    let overridden = headers
+        .keys()
+        .any(|k| k.as_str().starts_with("x-envoy-upstream-rq-"));
+    let mut ms = |name: HeaderName| {
+        overridden
+            .then(|| headers.remove(name))
+            .flatten()
+            .and_then(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()))
+    };
+    if let Some(n) = ms(X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
         timeout = (n > 0).then(|| Duration::from_millis(n));
     }
-    let per_try = ms(
-        headers,
-        HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms"),
-    )
-    .filter(|n| *n > 0)
-    .map(Duration::from_millis);
+    let per_try = ms(X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS)
+        .filter(|n| *n > 0)
+        .map(Duration::from_millis);
     let expected = match (timeout, per_try) {
         (Some(t), Some(p)) => Some(t.min(p)),
         (t, p) => t.or(p),
     };
-    if let Some(e) = expected
-        && let Ok(v) = HeaderValue::from_str(&e.as_millis().to_string())
-    {
-        headers.insert(HeaderName::from_static("x-envoy-expected-rq-timeout-ms"), v);
+    if let Some(e) = expected {
+        headers.insert(
+            X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
+            HeaderValue::from(e.as_millis() as u64),
+        );
     }
     (timeout, per_try)
 }
@@ -582,6 +618,7 @@ async fn forward(
     f: &Forward,
     matched: &PathMatch,
     head: &RequestHead,
+    info: &mut Option<UpstreamInfo>,
 ) -> Response<Body> {
     let header_value = match &f.target {
         crate::config::route::Target::Header(h) => head
@@ -647,9 +684,7 @@ async fn forward(
         http::Version::HTTP_11
     };
     let headers = &mut parts.headers;
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
-    }
+    strip_hop_by_hop(headers);
     if let Some(h) = &f.host_rewrite
         && let Ok(v) = HeaderValue::from_str(h)
     {
@@ -662,10 +697,8 @@ async fn forward(
     {
         headers.insert(header::HOST, v);
     }
-    if !headers.contains_key("x-request-id")
-        && let Ok(v) = HeaderValue::from_str(&request_id())
-    {
-        headers.insert(HeaderName::from_static("x-request-id"), v);
+    if !headers.contains_key(X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID, request_id_value());
     }
     // Metadata exchange: only towards mesh services (not passthrough), so that no identity
     // leaks to hosts outside the mesh.
@@ -685,11 +718,8 @@ async fn forward(
         }
     }
     let headers = &mut parts.headers;
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("http"),
-        );
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
     // A body small enough to keep is buffered when the route retries; otherwise the request
     // is sent once.
@@ -738,7 +768,12 @@ async fn forward(
     let loads = &ctx.loads;
     loop {
         attempt += 1;
-        let now = Instant::now();
+        // The first attempt starts when the request does; a retry reads the clock again.
+        let now = if attempt == 1 {
+            started
+        } else {
+            Instant::now()
+        };
         // Ejections only matter (and only cost a lookup) where outlier detection is on.
         let ejected: &(dyn Fn(&super::super::upstream::Dest) -> bool + Sync) =
             if cluster.outlier.is_some() {
@@ -786,10 +821,8 @@ async fn forward(
                     ResponseFlag::UO,
                     "upstream connect error or disconnect/reset before headers. reset reason: overflow",
                 );
-                r.headers_mut().insert(
-                    HeaderName::from_static("x-envoy-overloaded"),
-                    HeaderValue::from_static("true"),
-                );
+                r.headers_mut()
+                    .insert(X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
                 return r;
             }
         };
@@ -829,9 +862,7 @@ async fn forward(
         if retry.is_some()
             && let Ok(v) = HeaderValue::from_str(&attempt.to_string())
         {
-            attempt_parts
-                .headers
-                .insert(HeaderName::from_static("x-envoy-attempt-count"), v);
+            attempt_parts.headers.insert(X_ENVOY_ATTEMPT_COUNT, v);
         }
         let body = match (&replay, streamed.take()) {
             (Some(bytes), _) => Body::Local(Full::new(bytes.clone())),
@@ -839,7 +870,8 @@ async fn forward(
             (None, None) => Body::Local(Full::new(Bytes::new())),
         };
         let req = Request::from_parts(attempt_parts, body);
-        // This attempt's time: the per-try timeout, within what is left of the route's.
+        // This attempt's time: the per-try timeout, within what is left of the route's (the
+        // clock is read again: admission may have waited).
         let now = Instant::now();
         let left = deadline.map(|d| d.saturating_duration_since(now));
         let per_try = per_try_override.or(retry.and_then(|p| p.per_try_timeout));
@@ -866,7 +898,6 @@ async fn forward(
                 "stream timeout",
             );
         }
-        let route_expired = deadline.is_some_and(|d| Instant::now() >= d);
         let outcome = match &result {
             None => retry::Outcome::PerTryTimeout,
             Some(Ok(resp)) => retry::Outcome::Response {
@@ -890,7 +921,7 @@ async fn forward(
         }
         if let Some(p) = retry
             && attempt <= p.num_retries
-            && !route_expired
+            && deadline.is_none_or(|d| Instant::now() < d)
             && retry::retriable(p, outcome)
         {
             let wait = retry::backoff(p, attempt, fastrand::f64());
@@ -910,22 +941,16 @@ async fn forward(
                 "upstream request timeout",
             ),
             Some(Ok(resp)) => {
-                let elapsed = started.elapsed().as_millis().to_string();
+                let elapsed = started.elapsed().as_millis() as u64;
                 let mut resp = resp;
-                if let Some(c) = snap.clusters.get(cluster_name) {
-                    resp.extensions_mut().insert(UpstreamInfo {
-                        snap: snap.clone(),
-                        cluster: c.clone(),
-                        dest: dest.clone(),
-                    });
-                }
-                for h in &HOP_BY_HOP {
-                    resp.headers_mut().remove(h);
-                }
-                if let Ok(v) = HeaderValue::from_str(&elapsed) {
-                    resp.headers_mut()
-                        .insert(HeaderName::from_static("x-envoy-upstream-service-time"), v);
-                }
+                *info = Some(UpstreamInfo {
+                    snap: snap.clone(),
+                    cluster: cluster.clone(),
+                    dest: dest.clone(),
+                });
+                strip_hop_by_hop(resp.headers_mut());
+                resp.headers_mut()
+                    .insert(X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(elapsed));
                 if let Some(c) = &set_cookie
                     && let Ok(v) = HeaderValue::from_str(c)
                 {
@@ -1000,18 +1025,18 @@ fn record(
     ctx: &ConnContext,
     head: &RequestHead,
     resp: &Response<Body>,
+    info: Option<&UpstreamInfo>,
     received: Instant,
     peer: Option<&crate::stats::Workload>,
 ) {
     use std::hash::{Hash, Hasher};
-    let info = resp.extensions().get::<UpstreamInfo>();
     let grpc_status = resp
         .headers()
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let flags = response_flags(resp);
-    let flag = flags.as_str();
+    let flag: &str = &flags;
     // What makes a series different, hashed; the labels are built once per series.
     let mut h = std::collections::hash_map::DefaultHasher::new();
     ctx.inbound.hash(&mut h);
@@ -1135,11 +1160,8 @@ pub async fn handle(
     }
     let recorded = (!ctx.manager.access_logs.is_empty() || reported.is_some()).then(|| {
         // The request id the upstream will see is decided here, so that the log shows it.
-        if !req.headers().contains_key("x-request-id")
-            && let Ok(v) = HeaderValue::from_str(&request_id())
-        {
-            req.headers_mut()
-                .insert(HeaderName::from_static("x-request-id"), v);
+        if !req.headers().contains_key(X_REQUEST_ID) {
+            req.headers_mut().insert(X_REQUEST_ID, request_id_value());
         }
         let path = req
             .uri()
@@ -1160,7 +1182,7 @@ pub async fn handle(
     if exchange && ctx.inbound {
         peer = super::peer::take(req.headers_mut());
     }
-    let (mut resp, head) = respond(&ctx, req).await;
+    let (mut resp, head, info) = respond(&ctx, req).await;
     if exchange {
         if ctx.inbound {
             if let Some(own) = &ctx.telemetry.own_headers {
@@ -1170,15 +1192,18 @@ pub async fn handle(
             peer = super::peer::take(resp.headers_mut());
         }
     }
-    record(&ctx, &head, &resp, received, peer.as_ref());
+    let info = info.as_ref();
+    record(&ctx, &head, &resp, info, received, peer.as_ref());
     if let Some((headers, version, path, start)) = recorded {
         if !ctx.manager.access_logs.is_empty() {
             access_log(
-                &ctx, &head, &headers, version, &path, start, &resp, received,
+                &ctx, &head, &headers, version, &path, start, &resp, info, received,
             );
         }
         if let (Some(collector), Some(Some(hop))) = (reported, hop) {
-            let span = span(&ctx, hop, &head, &headers, version, start, &resp, received);
+            let span = span(
+                &ctx, hop, &head, &headers, version, start, &resp, info, received,
+            );
             ctx.telemetry.spans.submit(&collector, span);
         }
     }
@@ -1210,9 +1235,9 @@ fn span(
     version: http::Version,
     start: std::time::SystemTime,
     resp: &Response<Body>,
+    info: Option<&UpstreamInfo>,
     received: Instant,
 ) -> super::span::Span {
-    let info = resp.extensions().get::<UpstreamInfo>();
     let header = |name: &str| {
         request_headers
             .get(name)
@@ -1249,7 +1274,7 @@ fn span(
             content_length(request_headers).unwrap_or(0).to_string(),
         ),
         ("response_size", response_length(resp).to_string()),
-        ("response_flags", response_flags(resp)),
+        ("response_flags", response_flags(resp).into_owned()),
         ("http.status_code", status.to_string()),
         ("istio.canonical_service", me.app.clone()),
         ("istio.canonical_revision", me.version.clone()),
@@ -1299,9 +1324,9 @@ fn access_log(
     path: &str,
     start: std::time::SystemTime,
     resp: &Response<Body>,
+    info: Option<&UpstreamInfo>,
     received: Instant,
 ) {
-    let info = resp.extensions().get::<UpstreamInfo>();
     let flag = resp.extensions().get::<ResponseFlag>().copied();
     let details = match (flag, info) {
         (Some(f), _) => f.details(),
@@ -1339,7 +1364,12 @@ fn access_log(
     }
 }
 
-async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Body>, RequestHead) {
+/// The response, the request as routing saw it, and where it went when it was forwarded.
+async fn respond(
+    ctx: &ConnContext,
+    mut req: Request<Incoming>,
+) -> (Response<Body>, RequestHead, Option<UpstreamInfo>) {
+    let mut info = None;
     let mut head = head_of(&req);
     let named = req.extensions().get::<NameSpan>().is_some();
     let snap = ctx.live.borrow().clone();
@@ -1355,6 +1385,7 @@ async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Bod
         return (
             local_reply(StatusCode::NOT_FOUND, ResponseFlag::NR, ""),
             head,
+            None,
         );
     };
     let no_ops = HeaderOps::default();
@@ -1396,7 +1427,7 @@ async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Bod
             );
             tracing::info!(host = %head.host, path = %head.path, status = status.as_u16(), response_flags = "FI", "local reply");
             name_span(&mut resp, route.operation.as_ref(), named);
-            return (resp, head);
+            return (resp, head, None);
         }
     }
     request_headers(req.headers_mut(), [&route.headers, &vh.headers, rc_headers]);
@@ -1417,7 +1448,9 @@ async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Bod
             resp
         }
         Action::NonForwarding => local_reply(StatusCode::NOT_FOUND, ResponseFlag::NR, ""),
-        Action::Forward(f) => forward(ctx, &snap, req, f, &route.matcher.path, &head).await,
+        Action::Forward(f) => {
+            forward(ctx, &snap, req, f, &route.matcher.path, &head, &mut info).await
+        }
     };
     response_headers(
         resp.headers_mut(),
@@ -1430,7 +1463,7 @@ async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Bod
         resp.extensions_mut().insert(DelayInjected);
     }
     name_span(&mut resp, route.operation.as_ref(), named);
-    (resp, head)
+    (resp, head, info)
 }
 
 /// Marks a response whose request was delayed by fault injection (flag DI).
@@ -1438,18 +1471,13 @@ async fn respond(ctx: &ConnContext, mut req: Request<Incoming>) -> (Response<Bod
 struct DelayInjected;
 
 /// Envoy's response flags of a response, comma-separated (`DI,FI`), or `-`.
-fn response_flags(resp: &Response<Body>) -> String {
-    let mut flags = Vec::new();
-    if resp.extensions().get::<DelayInjected>().is_some() {
-        flags.push("DI");
-    }
-    if let Some(f) = resp.extensions().get::<ResponseFlag>() {
-        flags.push(f.as_str());
-    }
-    if flags.is_empty() {
-        "-".to_string()
-    } else {
-        flags.join(",")
+fn response_flags(resp: &Response<Body>) -> std::borrow::Cow<'static, str> {
+    let delayed = resp.extensions().get::<DelayInjected>().is_some();
+    match (delayed, resp.extensions().get::<ResponseFlag>()) {
+        (false, None) => "-".into(),
+        (true, None) => "DI".into(),
+        (false, Some(f)) => f.as_str().into(),
+        (true, Some(f)) => format!("DI,{}", f.as_str()).into(),
     }
 }
 
