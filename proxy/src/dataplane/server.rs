@@ -290,7 +290,12 @@ pub async fn handle(
                     inbound: accepting.name == "virtualInbound",
                     affinity: Default::default(),
                 };
-                serve_connection(ctx, stream).await;
+                let h2 = match detected {
+                    Sniffed::H2c => Some(true),
+                    Sniffed::Http10 | Sniffed::Http11 => Some(false),
+                    _ => None,
+                };
+                serve_connection(ctx, stream, h2).await;
                 return Ok(());
             }
             NetworkFilter::Ignored(_) => {}

@@ -141,6 +141,29 @@ fn candidates(
     ejected: &dyn Fn(&Dest) -> bool,
     panic_threshold: f64,
 ) -> Vec<(Dest, u32)> {
+    // The common case: one priority, every endpoint usable, no locality weighting. The
+    // endpoints are the candidates as they are.
+    if locality_roll.is_none()
+        && let Some(first) = localities.first()
+    {
+        let mut all = Vec::with_capacity(localities.iter().map(|l| l.endpoints.len()).sum());
+        let uniform = localities.iter().all(|l| {
+            l.priority == first.priority
+                && l.endpoints.iter().all(|e| {
+                    let dest = match &e.address {
+                        Address::Socket(s) => Dest::Ip(*s),
+                        Address::Dns(h, p) => Dest::Name(h.clone(), *p),
+                        _ => return true,
+                    };
+                    let usable = e.health.routable() && !ejected(&dest);
+                    all.push((dest, e.weight));
+                    usable
+                })
+        });
+        if uniform {
+            return all;
+        }
+    }
     struct Ep {
         priority: u32,
         locality: usize,

@@ -19,6 +19,8 @@ pub enum Body {
     Local(Full<Bytes>),
     /// An HTTP/1.1 upstream response body, read from its connection as it is polled.
     Upstream(super::h1_upstream::Streaming),
+    /// An HTTP/1.x request body the downstream connection's task is still reading.
+    Inbound(super::h1_server::Inbound),
 }
 
 impl From<Incoming> for Body {
@@ -39,6 +41,7 @@ impl HttpBody for Body {
             Body::Streamed(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
             Body::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
             Body::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Body::Inbound(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -47,6 +50,7 @@ impl HttpBody for Body {
             Body::Streamed(b) => b.is_end_stream(),
             Body::Local(b) => b.is_end_stream(),
             Body::Upstream(b) => b.is_end_stream(),
+            Body::Inbound(b) => b.is_end_stream(),
         }
     }
 
@@ -55,6 +59,7 @@ impl HttpBody for Body {
             Body::Streamed(b) => b.size_hint(),
             Body::Local(b) => b.size_hint(),
             Body::Upstream(b) => b.size_hint(),
+            Body::Inbound(b) => b.size_hint(),
         }
     }
 }

@@ -275,7 +275,7 @@ impl H1Error {
     }
 }
 
-fn full_bytes(full: &mut Full<Bytes>) -> Bytes {
+pub(super) fn full_bytes(full: &mut Full<Bytes>) -> Bytes {
     use http_body::Body as _;
     let mut cx = Context::from_waker(Waker::noop());
     match Pin::new(full).poll_frame(&mut cx) {
@@ -723,7 +723,7 @@ pub enum Chunk {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Decoded {
+pub(super) enum Decoded {
     Data(Bytes),
     NeedMore,
     Done,
@@ -732,7 +732,7 @@ enum Decoded {
 /// Decodes as much of a chunked body from `buf` as is there, up to the next data. Trailers are
 /// read and dropped: HTTP/1.1 responses rarely carry them and the downstream side has no use
 /// for them without HTTP/2.
-fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, H1Error> {
+pub(super) fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, H1Error> {
     loop {
         match *state {
             Chunk::Done => return Ok(Decoded::Done),

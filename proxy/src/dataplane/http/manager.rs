@@ -354,7 +354,7 @@ pub struct ConnContext {
 }
 
 /// The request's headers as routing reads them (only built when a route looks at headers).
-fn headers_of(req: &Request<Incoming>) -> Vec<(String, String)> {
+fn headers_of(req: &Request<Body>) -> Vec<(String, String)> {
     req.headers()
         .iter()
         .filter_map(|(k, v)| {
@@ -365,7 +365,7 @@ fn headers_of(req: &Request<Incoming>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn head_of(req: &Request<Incoming>) -> RequestHead {
+fn head_of(req: &Request<Body>) -> RequestHead {
     let host = req
         .headers()
         .get(header::HOST)
@@ -614,7 +614,7 @@ fn no_upstream(e: NoUpstream) -> Response<Body> {
 async fn forward(
     ctx: &ConnContext,
     snap: &Arc<Snapshot>,
-    req: Request<Incoming>,
+    req: Request<Body>,
     f: &Forward,
     matched: &PathMatch,
     head: &RequestHead,
@@ -866,7 +866,7 @@ async fn forward(
         }
         let body = match (&replay, streamed.take()) {
             (Some(bytes), _) => Body::Local(Full::new(bytes.clone())),
-            (None, Some(b)) => Body::Streamed(b),
+            (None, Some(b)) => b,
             (None, None) => Body::Local(Full::new(Bytes::new())),
         };
         let req = Request::from_parts(attempt_parts, body);
@@ -1124,7 +1124,7 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
 /// Routes and answers one request, and counts it.
 pub async fn handle(
     ctx: Arc<ConnContext>,
-    req: Request<Incoming>,
+    req: Request<Body>,
 ) -> Result<Response<Body>, Infallible> {
     let received = Instant::now();
     let mut req = req;
@@ -1367,7 +1367,7 @@ fn access_log(
 /// The response, the request as routing saw it, and where it went when it was forwarded.
 async fn respond(
     ctx: &ConnContext,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
 ) -> (Response<Body>, RequestHead, Option<UpstreamInfo>) {
     let mut info = None;
     let mut head = head_of(&req);
@@ -1544,21 +1544,62 @@ async fn idle_for(activity: &Activity, started: Instant, idle: Duration) {
     }
 }
 
-pub async fn serve_connection(ctx: ConnContext, stream: TcpStream) {
+/// Serves one downstream HTTP connection: HTTP/2 with prior knowledge through hyper, HTTP/1.x
+/// through the proxy's own codec. `h2` says which when the listener's inspector already knows;
+/// otherwise the first bytes are looked at (without consuming them).
+pub async fn serve_connection(ctx: ConnContext, stream: TcpStream, h2: Option<bool>) {
+    let h2 = match h2 {
+        Some(known) => known,
+        None => {
+            let idle = ctx.manager.idle_timeout.unwrap_or(Duration::MAX);
+            match tokio::time::timeout(idle, opens_with_h2_preface(&stream)).await {
+                Ok(h2) => h2,
+                Err(_) => return,
+            }
+        }
+    };
+    if h2 {
+        serve_hyper(ctx, stream).await;
+    } else {
+        super::h1_server::serve(Arc::new(ctx), stream).await;
+    }
+}
+
+/// Whether the client's first bytes are the HTTP/2 connection preface. Clients send it whole,
+/// so waiting for the rest of a partial match is rare and short.
+async fn opens_with_h2_preface(stream: &TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; PREFACE.len()];
+    for _ in 0..100 {
+        match stream.peek(&mut buf).await {
+            Ok(n) if n > 0 && PREFACE.starts_with(&buf[..n]) => {
+                if n == PREFACE.len() {
+                    return true;
+                }
+            }
+            _ => return false,
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+/// Serves a connection with hyper (HTTP/2 and HTTP/1.1).
+async fn serve_hyper(ctx: ConnContext, stream: TcpStream) {
     let idle = ctx.manager.idle_timeout;
     let ctx = Arc::new(ctx);
     let activity = Arc::new(Activity::default());
     let started = Instant::now();
     let service = {
         let activity = activity.clone();
-        hyper::service::service_fn(move |req| {
+        hyper::service::service_fn(move |req: Request<Incoming>| {
             let (ctx, activity) = (ctx.clone(), activity.clone());
             async move {
                 activity
                     .active
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _active = Active(&activity, started);
-                handle(ctx, req).await
+                handle(ctx, req.map(Body::Streamed)).await
             }
         })
     };
