@@ -228,6 +228,12 @@ fn write_configs(dir: &Path) -> Result<()> {
 
 pub fn run(seconds: u32, connections: u32) -> Result<()> {
     deps::ensure(NEEDS)?;
+    // A server left on one of these ports would be measured in place of the one started here.
+    for port in [ORIGIN, OUTRIGGER, NGINX, HAPROXY] {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            bail!("port {port} is taken by another process: stop it before benchmarking");
+        }
+    }
     step("building outrigger-proxy (release)");
     cargo(&["build", "--release", "--quiet", "-p", "outrigger-proxy"])?;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
