@@ -154,8 +154,8 @@ struct TcpSeries {
 /// Series by a hash of what tells them apart; the labels are built on a series' first request.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Mutex<std::collections::HashMap<u64, (RequestLabels, Series)>>,
-    tcp: Mutex<std::collections::HashMap<u64, (RequestLabels, TcpSeries)>>,
+    requests: Mutex<std::collections::HashMap<u64, (RequestLabels, Series), SeriesKeys>>,
+    tcp: Mutex<std::collections::HashMap<u64, (RequestLabels, TcpSeries), SeriesKeys>>,
 }
 
 /// The Prometheus label text of a series (TCP series have no response code).
@@ -201,6 +201,28 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// Series keys are already hashes of their labels: the map uses them as they are.
+type SeriesKeys = std::hash::BuildHasherDefault<KeyIsHash>;
+
+#[derive(Default)]
+pub struct KeyIsHash(u64);
+
+impl std::hash::Hasher for KeyIsHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl Metrics {

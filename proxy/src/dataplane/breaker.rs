@@ -134,7 +134,9 @@ impl Breaker {
 /// The breakers of all clusters; a cluster whose thresholds change gets a new one.
 #[derive(Debug, Default)]
 pub struct Breakers {
-    by_cluster: Mutex<HashMap<String, Arc<Breaker>>>,
+    /// Looked up on every request: hashed with xxHash rather than SipHash (the names are the
+    /// proxy's own configuration, not attacker-chosen keys).
+    by_cluster: Mutex<HashMap<String, Arc<Breaker>, xxhash_rust::xxh64::Xxh64Builder>>,
 }
 
 /// One cluster's overflow counters, as Envoy names them.

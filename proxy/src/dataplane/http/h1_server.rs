@@ -199,6 +199,18 @@ fn build_head(raw: &Bytes, p: &Parsed, spans: &[Span]) -> Result<Head, Refusal> 
     })
 }
 
+/// The complete request head at the start of `buf`, split off, if it is all there.
+/// Synchronous, so that the parser's tables stay on the stack rather than in the connection's
+/// future.
+fn take_head(buf: &mut BytesMut) -> Result<Option<Head>, Refusal> {
+    let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
+    let Some(parsed) = parse_head(buf, &mut spans)? else {
+        return Ok(None);
+    };
+    let raw = buf.split_to(parsed.len).freeze();
+    build_head(&raw, &parsed, &spans[..parsed.count]).map(Some)
+}
+
 /// A request body still arriving from the client; the connection's task reads it and hands
 /// over the data as the request's consumer pulls.
 #[derive(Debug)]
@@ -354,11 +366,10 @@ pub async fn serve(ctx: Arc<ConnContext>, mut stream: TcpStream) {
     tokio::pin!(idle_wait);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = Vec::with_capacity(1024);
-    let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
     loop {
-        let parsed = loop {
-            match parse_head(&rbuf, &mut spans) {
-                Ok(Some(p)) => break p,
+        let head = loop {
+            match take_head(&mut rbuf) {
+                Ok(Some(h)) => break h,
                 Ok(None) if rbuf.len() >= MAX_REQUEST_HEADERS => {
                     return refuse(&mut stream, Refusal::TooLarge).await;
                 }
@@ -380,11 +391,6 @@ pub async fn serve(ctx: Arc<ConnContext>, mut stream: TcpStream) {
             if !matches!(read, Ok(n) if n > 0) {
                 return;
             }
-        };
-        let raw = rbuf.split_to(parsed.len).freeze();
-        let head = match build_head(&raw, &parsed, &spans[..parsed.count]) {
-            Ok(h) => h,
-            Err(r) => return refuse(&mut stream, r).await,
         };
         let head_request = head.parts.method == Method::HEAD;
         let version = head.parts.version;

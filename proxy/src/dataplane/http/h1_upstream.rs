@@ -135,8 +135,8 @@ impl Conn {
 /// no pool bookkeeping per request).
 #[derive(Default)]
 pub struct Affinity {
-    /// (endpoint, connection, when it was last handed back).
-    conns: Mutex<Vec<(SocketAddr, Conn, Instant)>>,
+    /// (endpoint, connection, when it was last handed back: only noted with an idle timeout).
+    conns: Mutex<Vec<(SocketAddr, Conn, Option<Instant>)>>,
 }
 
 /// Upstream connections kept per downstream connection.
@@ -146,7 +146,9 @@ impl Affinity {
     /// A kept connection to `addr`, unless it has been idle for `idle` or has been closed.
     fn take(&self, addr: SocketAddr, idle: Option<Duration>) -> Option<Conn> {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns.retain(|(_, _, at)| idle.is_none_or(|i| at.elapsed() < i));
+        if let Some(i) = idle {
+            conns.retain(|(_, _, at)| at.is_none_or(|at| at.elapsed() < i));
+        }
         while let Some(i) = conns.iter().position(|(a, _, _)| *a == addr) {
             let (_, mut conn, _) = conns.swap_remove(i);
             if conn.reusable() {
@@ -164,14 +166,14 @@ impl Affinity {
         if conns.len() >= AFFINITY_MAX {
             return;
         }
-        conns.push((addr, conn, Instant::now()));
+        conns.push((addr, conn, idle.map(|_| Instant::now())));
         if let Some(idle) = idle.filter(|i| *i < crate::config::listener::DEFAULT_IDLE_TIMEOUT) {
             let me = Arc::downgrade(self);
             tokio::spawn(async move {
                 tokio::time::sleep(idle).await;
                 if let Some(me) = me.upgrade() {
                     let mut conns = me.conns.lock().unwrap_or_else(|e| e.into_inner());
-                    conns.retain(|(_, _, at)| at.elapsed() < idle);
+                    conns.retain(|(_, _, at)| at.is_none_or(|at| at.elapsed() < idle));
                 }
             });
         }
@@ -396,30 +398,38 @@ enum Framing {
 
 /// Reads the response head, skipping interim (1xx) responses.
 async fn read_head(conn: &mut Conn, head_only: bool) -> Result<Head, H1Error> {
-    let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
     loop {
-        let parsed = loop {
-            match parse_head(&conn.rbuf, &mut spans)? {
-                Some(p) => break p,
-                None if conn.rbuf.len() >= MAX_HEAD => return Err(H1Error::HeadTooLarge),
-                None => {}
+        match take_head(&mut conn.rbuf, head_only)? {
+            Some(head)
+                if head.status.is_informational()
+                    && head.status != StatusCode::SWITCHING_PROTOCOLS =>
+            {
+                continue;
             }
-            let was_empty = conn.rbuf.is_empty();
-            if conn.fill().await.map_err(H1Error::Read)? == 0 {
-                return Err(if was_empty {
-                    H1Error::ClosedBeforeResponse
-                } else {
-                    H1Error::Truncated
-                });
-            }
-        };
-        let raw = conn.rbuf.split_to(parsed.len).freeze();
-        let head = build_head(&raw, &parsed, &spans[..parsed.count], head_only)?;
-        if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
-            continue;
+            Some(head) => return Ok(head),
+            None if conn.rbuf.len() >= MAX_HEAD => return Err(H1Error::HeadTooLarge),
+            None => {}
         }
-        return Ok(head);
+        let was_empty = conn.rbuf.is_empty();
+        if conn.fill().await.map_err(H1Error::Read)? == 0 {
+            return Err(if was_empty {
+                H1Error::ClosedBeforeResponse
+            } else {
+                H1Error::Truncated
+            });
+        }
     }
+}
+
+/// The complete head at the start of `buf`, split off, if it is all there. Synchronous, so that
+/// the parser's tables stay on the stack rather than in the request's future.
+fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, H1Error> {
+    let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
+    let Some(parsed) = parse_head(buf, &mut spans)? else {
+        return Ok(None);
+    };
+    let raw = buf.split_to(parsed.len).freeze();
+    build_head(&raw, &parsed, &spans[..parsed.count], head_only).map(Some)
 }
 
 /// Where a header's name and value lie in the head: (name start, name end, value start, value

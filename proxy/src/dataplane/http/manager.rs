@@ -277,7 +277,9 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 
 /// A new request id, as a header value.
 fn request_id_value() -> HeaderValue {
-    HeaderValue::from_str(&request_id()).unwrap_or(HeaderValue::from_static("-"))
+    // The id's bytes become the value's without a copy.
+    HeaderValue::from_maybe_shared(Bytes::from(request_id().into_bytes()))
+        .unwrap_or(HeaderValue::from_static("-"))
 }
 
 fn request_id() -> String {
@@ -370,8 +372,7 @@ fn head_of(req: &Request<Body>) -> RequestHead {
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(String::from)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
         .unwrap_or_default()
         .to_ascii_lowercase();
     RequestHead {
@@ -1038,7 +1039,7 @@ fn record(
     let flags = response_flags(resp);
     let flag: &str = &flags;
     // What makes a series different, hashed; the labels are built once per series.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = xxhash_rust::xxh64::Xxh64::new(0);
     ctx.inbound.hash(&mut h);
     peer.hash(&mut h);
     match info {
