@@ -30,6 +30,9 @@ use super::manager::{ConnContext, MAX_REQUEST_HEADERS, handle};
 /// The most request headers accepted (Envoy's `max_headers_count` default).
 const MAX_HEADERS: usize = 100;
 const READ_CHUNK: usize = 16 * 1024;
+/// Room for the headers the proxy adds (request id, forwarded proto, expected timeout, tracing,
+/// service time), so that adding them does not grow the map.
+const HEADROOM: usize = 8;
 /// A local body up to this size is copied behind the head, so that both go in one write.
 const COALESCE: usize = 16 * 1024;
 
@@ -122,7 +125,7 @@ fn build_head(raw: &Bytes, p: &Parsed, spans: &[Span]) -> Result<Head, Refusal> 
         .map_err(|_| Refusal::Malformed("method".into()))?;
     let uri = Uri::from_maybe_shared(raw.slice(p.target.0..p.target.1))
         .map_err(|_| Refusal::Malformed("request target".into()))?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = HeaderMap::with_capacity(spans.len() + HEADROOM);
     let mut length: Option<u64> = None;
     let mut last_coding: Option<&[u8]> = None;
     let (mut close, mut keep_alive_token, mut expect_continue) = (false, false, false);

@@ -31,6 +31,9 @@ const MAX_HEADERS: usize = 100;
 const MAX_CHUNK_LINE: usize = 4096;
 /// Read buffer growth.
 const READ_CHUNK: usize = 16 * 1024;
+/// Room for the headers the proxy adds (request id, forwarded proto, expected timeout, tracing,
+/// service time), so that adding them does not grow the map.
+const HEADROOM: usize = 8;
 
 #[derive(Debug, Error)]
 pub enum H1Error {
@@ -486,7 +489,7 @@ fn build_head(
 ) -> Result<Head, H1Error> {
     let status =
         StatusCode::from_u16(parsed.status).map_err(|_| H1Error::BadHead("status code".into()))?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = HeaderMap::with_capacity(spans.len() + HEADROOM);
     // The last transfer coding named, and whether `Connection: close` was said.
     let mut last_coding: Option<&[u8]> = None;
     let mut close = false;

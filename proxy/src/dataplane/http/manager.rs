@@ -510,12 +510,30 @@ fn timeouts(f: &Forward, headers: &mut http::HeaderMap) -> (Option<Duration>, Op
         (t, p) => t.or(p),
     };
     if let Some(e) = expected {
-        headers.insert(
-            X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
-            HeaderValue::from(e.as_millis() as u64),
-        );
+        headers.insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, millis_value(e));
     }
     (timeout, per_try)
+}
+
+/// A duration in milliseconds as a header value. Routes mostly share one timeout, so the last
+/// value made on this thread is kept and shared.
+fn millis_value(d: Duration) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let ms = d.as_millis() as u64;
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((n, v)) if *n == ms => v.clone(),
+            _ => {
+                let v = HeaderValue::from(ms);
+                *last = Some((ms, v.clone()));
+                v
+            }
+        }
+    })
 }
 
 /// `host:port` → `host-shadow:port`, as Envoy marks mirrored requests.
