@@ -138,7 +138,8 @@ impl Conn {
 /// no pool bookkeeping per request).
 #[derive(Default)]
 pub struct Affinity {
-    /// (endpoint, connection, when it was last handed back: only noted with an idle timeout).
+    /// (endpoint, connection, when it was last handed back: only noted with a short idle
+    /// timeout).
     conns: Mutex<Vec<(SocketAddr, Conn, Option<Instant>)>>,
 }
 
@@ -149,7 +150,7 @@ impl Affinity {
     /// A kept connection to `addr`, unless it has been idle for `idle` or has been closed.
     fn take(&self, addr: SocketAddr, idle: Option<Duration>) -> Option<Conn> {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = idle {
+        if let Some(i) = short(idle) {
             conns.retain(|(_, _, at)| at.is_none_or(|at| at.elapsed() < i));
         }
         while let Some(i) = conns.iter().position(|(a, _, _)| *a == addr) {
@@ -169,8 +170,9 @@ impl Affinity {
         if conns.len() >= AFFINITY_MAX {
             return;
         }
+        let idle = short(idle);
         conns.push((addr, conn, idle.map(|_| Instant::now())));
-        if let Some(idle) = idle.filter(|i| *i < crate::config::listener::DEFAULT_IDLE_TIMEOUT) {
+        if let Some(idle) = idle {
             let me = Arc::downgrade(self);
             tokio::spawn(async move {
                 tokio::time::sleep(idle).await;
@@ -190,6 +192,12 @@ impl Affinity {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// An idle timeout shorter than Envoy's default: longer ones are left to the downstream
+/// connection's own idle timeout, which ends the kept connections with it.
+fn short(idle: Option<Duration>) -> Option<Duration> {
+    idle.filter(|i| *i < crate::config::listener::DEFAULT_IDLE_TIMEOUT)
 }
 
 /// Where a connection goes back to once its response is read to the end.

@@ -367,7 +367,7 @@ fn headers_of(req: &Request<Body>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn head_of(req: &Request<Body>) -> RequestHead {
+fn head_of(req: &Request<Body>, received: Instant) -> RequestHead {
     let host = req
         .headers()
         .get(header::HOST)
@@ -381,6 +381,7 @@ fn head_of(req: &Request<Body>) -> RequestHead {
         query: req.uri().query().map(String::from),
         headers: Vec::new(),
         method: req.method().as_str().to_string(),
+        received,
         body_length: {
             use http_body::Body as _;
             req.body()
@@ -774,7 +775,7 @@ async fn forward(
         }
     }
     let (timeout, per_try_override) = timeouts(f, &mut parts.headers);
-    let started = Instant::now();
+    let started = head.received;
     let deadline = timeout.map(|t| started + t);
     let breaker = ctx.breakers.get(cluster_name, cluster.limits);
     let outliers = &ctx.telemetry.outliers;
@@ -787,7 +788,7 @@ async fn forward(
     let loads = &ctx.loads;
     loop {
         attempt += 1;
-        // The first attempt starts when the request does; a retry reads the clock again.
+        // The first attempt starts when the request came in; a retry reads the clock again.
         let now = if attempt == 1 {
             started
         } else {
@@ -889,14 +890,12 @@ async fn forward(
             (None, None) => Body::Local(Full::new(Bytes::new())),
         };
         let req = Request::from_parts(attempt_parts, body);
-        // This attempt's time: the per-try timeout, within what is left of the route's (the
-        // clock is read again: admission may have waited).
-        let now = Instant::now();
-        let left = deadline.map(|d| d.saturating_duration_since(now));
+        // This attempt's end: the per-try timeout, within the route's deadline. The timers run
+        // from the attempt's start (the first attempt's is the request's).
         let per_try = per_try_override.or(retry.and_then(|p| p.per_try_timeout));
-        let limit = match (left, per_try) {
-            (Some(l), Some(t)) => Some(l.min(t)),
-            (l, t) => l.or(t),
+        let limit = match (deadline, per_try.map(|t| now + t)) {
+            (Some(d), Some(t)) => Some(d.min(t)),
+            (d, t) => d.or(t),
         };
         let sent = send_once(ctx, cluster, addr, http2, req);
         // The stream idle timeout (the route's, else the connection manager's) ends the wait
@@ -905,9 +904,10 @@ async fn forward(
             .idle_timeout
             .or(ctx.manager.stream_idle_timeout)
             .filter(|t| !t.is_zero())
+            .map(|t| now + t)
             .filter(|t| limit.is_none_or(|l| *t < l));
         let result = match stream_idle.or(limit) {
-            Some(t) => tokio::time::timeout(t, sent).await.ok(),
+            Some(at) => tokio::time::timeout_at(at.into(), sent).await.ok(),
             None => Some(sent.await),
         };
         if result.is_none() && stream_idle.is_some() {
@@ -1201,7 +1201,7 @@ pub async fn handle(
     if exchange && ctx.inbound {
         peer = super::peer::take(req.headers_mut());
     }
-    let (mut resp, head, info) = respond(&ctx, req).await;
+    let (mut resp, head, info) = respond(&ctx, req, received).await;
     if exchange {
         if ctx.inbound {
             if let Some(own) = &ctx.telemetry.own_headers {
@@ -1387,9 +1387,10 @@ fn access_log(
 async fn respond(
     ctx: &ConnContext,
     mut req: Request<Body>,
+    received: Instant,
 ) -> (Response<Body>, RequestHead, Option<UpstreamInfo>) {
     let mut info = None;
-    let mut head = head_of(&req);
+    let mut head = head_of(&req, received);
     let named = req.extensions().get::<NameSpan>().is_some();
     let snap = ctx.live.borrow().clone();
     let rc = match &ctx.manager.routes {

@@ -6,7 +6,7 @@ use crate::config::route::{
 };
 
 /// The parts of a request routing looks at.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RequestHead {
     /// The Host / :authority value, lower-cased.
     pub host: String,
@@ -16,6 +16,8 @@ pub struct RequestHead {
     /// Header names lower-cased; repeated headers appear once per value.
     pub headers: Vec<(String, String)>,
     pub method: String,
+    /// When the request came in.
+    pub received: std::time::Instant,
     /// The request body's length, when known (for the byte metrics).
     pub body_length: Option<u64>,
 }

@@ -59,6 +59,7 @@ fn req(host: &str, path: &str, headers: &[(&str, &str)]) -> RequestHead {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         method: "GET".into(),
+        received: std::time::Instant::now(),
         body_length: None,
     }
 }
