@@ -226,7 +226,8 @@ fn write_configs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run(seconds: u32, connections: u32) -> Result<()> {
+pub fn run(seconds: u32, connections: u32, rounds_wanted: u32) -> Result<()> {
+    let rounds_wanted = rounds_wanted.max(1);
     deps::ensure(NEEDS)?;
     // A server left on one of these ports would be measured in place of the one started here.
     for port in [ORIGIN, OUTRIGGER, NGINX, HAPROXY] {
@@ -287,35 +288,45 @@ pub fn run(seconds: u32, connections: u32) -> Result<()> {
         ("nginx", NGINX, Some(nginx.0.id())),
         ("haproxy", HAPROXY, Some(haproxy.0.id())),
     ];
-    let mut results = Vec::new();
-    for (name, port, pid) in targets {
-        step(&format!(
-            "{name}: warm-up, then wrk -t1 -c{connections} -d{seconds}s"
-        ));
-        wrk(port, 2, connections)?;
-        let before = pid.map(cpu_seconds);
-        let (rps, p50, p90, p99, requests) = wrk(port, seconds, connections)?;
-        // A reading of zero means the process tree was not found: report it as unavailable.
-        let cpu = pid
-            .zip(before)
-            .map(|(p, b)| cpu_seconds(p) - b)
-            .filter(|c| *c > 0.0);
-        println!(
-            "  {name:<16} {rps:>10.0} req/s   p50 {p50:.3} ms   p90 {p90:.3} ms   p99 {p99:.3} ms   proxy CPU {}",
-            cpu.map(|c| format!("{c:.2} s"))
-                .unwrap_or_else(|| "-".into())
-        );
-        results.push(Result1 {
-            name,
-            rps,
-            p50,
-            p90,
-            p99,
-            cpu,
-            requests,
-        });
+    // Rounds alternate the targets, so that a noisy moment on this shared machine hits them
+    // alike; each target's figures are its median round.
+    let mut rounds: Vec<Vec<Result1>> = vec![Vec::new(); targets.len()];
+    for round in 1..=rounds_wanted {
+        for (i, (name, port, pid)) in targets.iter().copied().enumerate() {
+            step(&format!(
+                "round {round}/{rounds_wanted}, {name}: {}wrk -t1 -c{connections} -d{seconds}s",
+                if round == 1 { "warm-up, then " } else { "" }
+            ));
+            if round == 1 {
+                wrk(port, 2, connections)?;
+            }
+            let before = pid.map(cpu_seconds);
+            let (rps, p50, p90, p99, requests) = wrk(port, seconds, connections)?;
+            // A reading of zero means the process tree was not found: report it as unavailable.
+            let cpu = pid
+                .zip(before)
+                .map(|(p, b)| cpu_seconds(p) - b)
+                .filter(|c| *c > 0.0);
+            println!(
+                "  {name:<16} {rps:>10.0} req/s   p50 {p50:.3} ms   p90 {p90:.3} ms   p99 {p99:.3} ms   proxy CPU {}",
+                cpu.map(|c| format!("{c:.2} s"))
+                    .unwrap_or_else(|| "-".into())
+            );
+            rounds[i].push(Result1 {
+                name,
+                rps,
+                p50,
+                p90,
+                p99,
+                cpu,
+                requests,
+            });
+        }
     }
-    let report = report(&results, seconds, connections);
+    let spread = per_round_ratios(&rounds);
+    let results: Vec<Result1> = rounds.iter().map(|r| median(r)).collect();
+    let mut report = report(&results, seconds, connections, rounds_wanted);
+    report.push_str(&spread);
     let out_dir = root.join("bench/results");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("http1-keepalive.md"), &report)?;
@@ -326,13 +337,71 @@ pub fn run(seconds: u32, connections: u32) -> Result<()> {
     Ok(())
 }
 
-fn report(results: &[Result1], seconds: u32, connections: u32) -> String {
+/// A target's median round: the median of each latency and of req/s, and the CPU reading of
+/// the round whose requests per CPU second is the median.
+fn median(rounds: &[Result1]) -> Result1 {
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut by_efficiency: Vec<&Result1> = rounds.iter().collect();
+    by_efficiency.sort_by(|a, b| efficiency(a).total_cmp(&efficiency(b)));
+    let middle = by_efficiency[by_efficiency.len() / 2];
+    Result1 {
+        name: middle.name,
+        rps: mid(rounds.iter().map(|r| r.rps).collect()),
+        p50: mid(rounds.iter().map(|r| r.p50).collect()),
+        p90: mid(rounds.iter().map(|r| r.p90).collect()),
+        p99: mid(rounds.iter().map(|r| r.p99).collect()),
+        cpu: middle.cpu,
+        requests: middle.requests,
+    }
+}
+
+/// Requests per CPU second of the proxy, 0 when its CPU could not be read.
+fn efficiency(r: &Result1) -> f64 {
+    r.cpu
+        .filter(|c| *c > 0.0)
+        .map(|c| r.requests / c)
+        .unwrap_or(0.0)
+}
+
+/// outrigger-proxy's requests per CPU second over nginx's and haproxy's, round by round.
+fn per_round_ratios(rounds: &[Vec<Result1>]) -> String {
+    let of = |name: &str| {
+        rounds
+            .iter()
+            .find(|r| r.first().is_some_and(|x| x.name == name))
+    };
+    let (Some(o), Some(n), Some(h)) = (of("outrigger-proxy"), of("nginx"), of("haproxy")) else {
+        return String::new();
+    };
+    let line = |other: &[Result1]| {
+        o.iter()
+            .zip(other)
+            .map(|(a, b)| {
+                format!(
+                    "{:.2}",
+                    efficiency(a) / efficiency(b).max(f64::MIN_POSITIVE)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "\nRequests per CPU second of outrigger-proxy over the other, round by round: vs nginx {}; vs haproxy {}.\n",
+        line(n),
+        line(h)
+    )
+}
+
+fn report(results: &[Result1], seconds: u32, connections: u32, rounds: u32) -> String {
     let base = &results[0];
     let mut s = String::new();
     let _ = writeln!(s, "# HTTP/1.1 keep-alive, one route\n");
     let _ = writeln!(
         s,
-        "wrk -t1 -c{connections} -d{seconds}s against an nginx origin answering `200 ok`, directly and through each proxy (one worker each), back to back on one 2-core machine shared with wrk and the origin. Added latency is the proxy's percentile minus the direct one; requests per CPU second divide the requests served by the CPU time of the proxy's processes during the run.\n"
+        "wrk -t1 -c{connections} -d{seconds}s against an nginx origin answering `200 ok`, directly and through each proxy (one worker each), on one 2-core machine shared with wrk and the origin; {rounds} rounds that alternate the targets, each target's median round shown. Added latency is the proxy's percentile minus the direct one; requests per CPU second divide the requests served by the CPU time of the proxy's processes during the round.\n"
     );
     let _ = writeln!(
         s,

@@ -70,12 +70,15 @@ enum Task {
     /// Benchmark HTTP/1.1 keep-alive through no proxy, outrigger-proxy, nginx and haproxy;
     /// writes bench/results/http1-keepalive.{md,png}.
     Bench {
-        /// Seconds of load per target.
-        #[arg(long, default_value_t = 8)]
+        /// Seconds of load per target and round.
+        #[arg(long, default_value_t = 6)]
         seconds: u32,
         /// Concurrent connections.
         #[arg(long, default_value_t = 32)]
         connections: u32,
+        /// Rounds over all targets (alternating them); each target's median round is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
         /// Instead: the app → sidecar capture by iptables vs eBPF (connect rewrite, and with
         /// sockmap), keep-alive and a new connection per request; writes
         /// bench/results/capture.{md,png}.
@@ -224,12 +227,14 @@ fn main() -> Result<()> {
         Task::Bench {
             seconds,
             connections,
+            rounds,
             capture: false,
-        } => bench::run(seconds, connections),
+        } => bench::run(seconds, connections, rounds),
         Task::Bench {
             seconds,
             connections,
             capture: true,
+            ..
         } => capture_bench::run(seconds, connections),
     }
 }
