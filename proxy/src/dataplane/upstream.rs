@@ -72,6 +72,14 @@ impl fmt::Display for Dest {
 
 impl Dest {
     /// The address to connect to; names go through the system resolver (first answer).
+    /// The address, when it needs no lookup.
+    pub fn address(&self) -> Option<SocketAddr> {
+        match self {
+            Dest::Ip(a) => Some(*a),
+            Dest::Name(..) => None,
+        }
+    }
+
     pub async fn resolve(&self) -> std::io::Result<SocketAddr> {
         match self {
             Dest::Ip(a) => Ok(*a),

@@ -226,7 +226,12 @@ pub async fn send(
     let (mut conn, mut reused) = match home.affinity.take(target.addr, home.idle) {
         Some(c) => (c, true),
         None => (
-            Conn::connect(target.addr, target.bind, target.connect_timeout).await?,
+            Box::pin(Conn::connect(
+                target.addr,
+                target.bind,
+                target.connect_timeout,
+            ))
+            .await?,
             false,
         ),
     };
@@ -257,7 +262,7 @@ pub async fn send(
         let sent = async {
             conn.stream.write_all(&out).await.map_err(H1Error::Write)?;
             if streamed {
-                write_body(&mut conn.stream, &mut body).await?;
+                Box::pin(write_body(&mut conn.stream, &mut body)).await?;
             }
             read_head(&mut conn, head_only).await
         }
@@ -266,7 +271,12 @@ pub async fn send(
             Ok(head) => return Ok(respond(conn, head, home)),
             Err(e) if reused && !streamed && e.before_response() => {
                 tracing::debug!(upstream = %target.addr, error = %e, "kept upstream connection was closed; sending on a new one");
-                conn = Conn::connect(target.addr, target.bind, target.connect_timeout).await?;
+                conn = Box::pin(Conn::connect(
+                    target.addr,
+                    target.bind,
+                    target.connect_timeout,
+                ))
+                .await?;
                 reused = false;
             }
             Err(e) => return Err(e),

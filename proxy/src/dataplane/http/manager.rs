@@ -144,7 +144,11 @@ impl super::report::Post for SpanPoster {
         let Ok(dest) = endpoint(&snap, cluster, unspecified, &pick) else {
             return Sent::Failed("no healthy endpoint".into());
         };
-        let addr = match dest.resolve().await {
+        let addr = match dest.address() {
+            Some(a) => Ok(a),
+            None => Box::pin(dest.resolve()).await,
+        };
+        let addr = match addr {
             Ok(a) => a,
             Err(e) => return Sent::Failed(e.to_string()),
         };
@@ -433,7 +437,9 @@ async fn send_once(
         let client = ctx
             .upstreams
             .client(cluster.bind_source, cluster.connect_timeout, true);
-        return match client.request(req).await {
+        // Boxed: the multiplexing client's future is large and this branch is the rarer one;
+        // inline it would be copied with every HTTP/1.1 request's future too.
+        return match Box::pin(client.request(req)).await {
             Ok(resp) => Ok(resp.map(Body::Streamed)),
             Err(e) if e.is_connect() => Err(SendError::Connect(e.into())),
             Err(e) => Err(SendError::Other(e.into())),
@@ -751,7 +757,7 @@ async fn forward(
         (true, Some(b)) if b.size_hint().exact().is_some_and(|n| n <= REPLAY_LIMIT) => {
             use http_body_util::BodyExt;
             match streamed.take().map(|b| b.collect()) {
-                Some(c) => match c.await {
+                Some(c) => match Box::pin(c).await {
                     Ok(all) => Some(all.to_bytes()),
                     Err(_) => {
                         return local_reply(
@@ -855,7 +861,11 @@ async fn forward(
         // In flight until the response headers are in (LEAST_REQUEST's measure).
         let _in_flight = (cluster.lb_policy == crate::config::cluster::LbPolicy::LeastRequest)
             .then(|| ctx.loads.start(&dest));
-        let addr = match dest.resolve().await {
+        let addr = match dest.address() {
+            Some(a) => Ok(a),
+            None => Box::pin(dest.resolve()).await,
+        };
+        let addr = match addr {
             Ok(a) => a,
             Err(e) => {
                 tracing::debug!(cluster = %cluster_name, error = %e, "endpoint name does not resolve");
@@ -949,7 +959,7 @@ async fn forward(
             if slot.is_some() && deadline.is_none_or(|d| Instant::now() + wait < d) {
                 _retrying = slot;
                 tracing::debug!(cluster = %cluster_name, upstream = %addr, attempt, ?outcome, "retrying");
-                tokio::time::sleep(wait).await;
+                Box::pin(tokio::time::sleep(wait)).await;
                 continue;
             }
         }
