@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 use crate::config::cluster::Limits;
 
@@ -15,7 +15,9 @@ use crate::config::cluster::Limits;
 #[derive(Debug)]
 pub struct Breaker {
     limits: Limits,
-    connections: Arc<Semaphore>,
+    /// Connections in use; at `max_connections`, requests wait for `freed`.
+    connections: AtomicU32,
+    freed: Notify,
     pending: AtomicU32,
     requests: AtomicU32,
     retries: AtomicU32,
@@ -34,16 +36,22 @@ pub enum Overflow {
     Pending,
 }
 
-/// Held while a request is admitted.
+/// Held while a request is admitted (and holds a connection).
 #[derive(Debug)]
 pub struct Admitted {
     breaker: Arc<Breaker>,
-    _connection: OwnedSemaphorePermit,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.breaker.requests.fetch_sub(1, Ordering::AcqRel);
+        let b = &self.breaker;
+        b.requests.fetch_sub(1, Ordering::AcqRel);
+        b.connections.fetch_sub(1, Ordering::AcqRel);
+        // A waiter is woken only when there is one; a wake-up that finds no waiter yet is kept
+        // by Notify for the next one, so none is lost.
+        if b.pending.load(Ordering::Acquire) > 0 {
+            b.freed.notify_one();
+        }
     }
 }
 
@@ -59,10 +67,10 @@ impl Drop for Retrying {
 
 impl Breaker {
     pub fn new(limits: Limits) -> Breaker {
-        let permits = (limits.max_connections as usize).min(Semaphore::MAX_PERMITS);
         Breaker {
             limits,
-            connections: Arc::new(Semaphore::new(permits)),
+            connections: AtomicU32::new(0),
+            freed: Notify::new(),
             pending: AtomicU32::new(0),
             requests: AtomicU32::new(0),
             retries: AtomicU32::new(0),
@@ -80,30 +88,47 @@ impl Breaker {
             self.requests_overflow.fetch_add(1, Ordering::Relaxed);
             return Err(Overflow::Requests);
         }
-        let permit = match self.connections.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                if self.pending.fetch_add(1, Ordering::AcqRel) >= self.limits.max_pending_requests {
-                    self.pending.fetch_sub(1, Ordering::AcqRel);
-                    self.requests.fetch_sub(1, Ordering::AcqRel);
-                    self.pending_overflow.fetch_add(1, Ordering::Relaxed);
-                    return Err(Overflow::Pending);
-                }
-                let p = self.connections.clone().acquire_owned().await;
+        if !self.take_connection() {
+            if self.pending.fetch_add(1, Ordering::AcqRel) >= self.limits.max_pending_requests {
                 self.pending.fetch_sub(1, Ordering::AcqRel);
-                match p {
-                    Ok(p) => p,
-                    Err(_) => {
-                        self.requests.fetch_sub(1, Ordering::AcqRel);
-                        return Err(Overflow::Pending);
+                self.requests.fetch_sub(1, Ordering::AcqRel);
+                self.pending_overflow.fetch_add(1, Ordering::Relaxed);
+                return Err(Overflow::Pending);
+            }
+            // Leaves the pending count however the wait ends (a cancelled request included),
+            // passing on a wake-up it may have taken.
+            struct Waiting<'a>(&'a Breaker);
+            impl Drop for Waiting<'_> {
+                fn drop(&mut self) {
+                    if self.0.pending.fetch_sub(1, Ordering::AcqRel) > 1 {
+                        self.0.freed.notify_one();
                     }
                 }
             }
-        };
+            let _waiting = Waiting(self);
+            loop {
+                let freed = self.freed.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                if self.take_connection() {
+                    break;
+                }
+                freed.await;
+            }
+        }
         Ok(Admitted {
             breaker: self.clone(),
-            _connection: permit,
         })
+    }
+
+    /// Takes a connection if fewer than `max_connections` are in use: one atomic operation, no
+    /// lock.
+    fn take_connection(&self) -> bool {
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limits.max_connections).then_some(n + 1)
+            })
+            .is_ok()
     }
 
     /// How many retries may be in flight: `max_retries`, or with a retry budget its share of
@@ -209,6 +234,30 @@ mod tests {
         let b = Arc::new(Breaker::new(limits(100, 100, 1, 3)));
         let _one = b.admit().await.unwrap();
         assert_eq!(b.admit().await.unwrap_err(), Overflow::Requests);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_wait_leaves_the_queue() {
+        let b = Arc::new(Breaker::new(limits(1, 1, 10, 3)));
+        let first = b.admit().await.unwrap();
+        let b2 = b.clone();
+        let waiting = tokio::spawn(async move { b2.admit().await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        assert_eq!(b.pending.load(Ordering::Acquire), 1);
+        waiting.abort();
+        let _ = waiting.await;
+        assert_eq!(
+            b.pending.load(Ordering::Acquire),
+            0,
+            "the cancelled wait left"
+        );
+        // The queue has room again, and the next waiter gets the connection once it is freed.
+        let b3 = b.clone();
+        let next = tokio::spawn(async move { b3.admit().await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        drop(first);
+        assert_eq!(next.await.unwrap(), Ok(()));
+        assert_eq!(b.connections.load(Ordering::Acquire), 0);
     }
 
     #[test]

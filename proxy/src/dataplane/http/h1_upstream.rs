@@ -31,9 +31,10 @@ const MAX_HEADERS: usize = 100;
 const MAX_CHUNK_LINE: usize = 4096;
 /// Read buffer growth.
 const READ_CHUNK: usize = 16 * 1024;
-/// Room for the headers the proxy adds (request id, forwarded proto, expected timeout, tracing,
-/// service time), so that adding them does not grow the map.
-const HEADROOM: usize = 8;
+/// Room for the headers the proxy adds (request id, forwarded proto, expected timeout; service
+/// time), so that adding them does not grow a small map (kept small: the map's allocation stays
+/// in the allocator's per-thread cache).
+const HEADROOM: usize = 4;
 
 #[derive(Debug, Error)]
 pub enum H1Error {
