@@ -72,6 +72,8 @@ pub struct Conn {
     stream: TcpStream,
     /// Bytes read and not consumed yet.
     rbuf: BytesMut,
+    /// The last request's bytes (kept for its allocation).
+    wbuf: Vec<u8>,
 }
 
 impl Conn {
@@ -101,6 +103,7 @@ impl Conn {
         Ok(Conn {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
+            wbuf: Vec::with_capacity(512),
         })
     }
 
@@ -238,7 +241,8 @@ pub async fn send(
     };
     let (parts, mut body) = req.into_parts();
     let head_only = parts.method == Method::HEAD;
-    let mut out = Vec::with_capacity(512);
+    let mut out = std::mem::take(&mut conn.wbuf);
+    out.clear();
     let streamed = match &mut body {
         Body::Local(full) => {
             let data = full_bytes(full);
@@ -269,7 +273,13 @@ pub async fn send(
         }
         .await;
         match sent {
-            Ok(head) => return Ok(respond(conn, head, home)),
+            Ok(head) => {
+                // Kept for the next request unless a large body grew it.
+                if out.capacity() <= READ_CHUNK {
+                    conn.wbuf = out;
+                }
+                return Ok(respond(conn, head, home));
+            }
             Err(e) if reused && !streamed && e.before_response() => {
                 tracing::debug!(upstream = %target.addr, error = %e, "kept upstream connection was closed; sending on a new one");
                 conn = Box::pin(Conn::connect(

@@ -384,7 +384,7 @@ fn head_of(req: &Request<Body>, received: Instant) -> RequestHead {
         path: req.uri().path().to_string(),
         query: req.uri().query().map(String::from),
         headers: Vec::new(),
-        method: req.method().as_str().to_string(),
+        method: req.method().clone(),
         received,
         body_length: {
             use http_body::Body as _;
@@ -1366,7 +1366,7 @@ fn access_log(
     let upstream_host = info.map(|i| i.dest.to_string());
     let entry = crate::accesslog::Entry {
         start,
-        method: &head.method,
+        method: head.method.as_str(),
         path,
         authority: &head.host,
         protocol: match version {

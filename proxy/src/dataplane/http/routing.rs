@@ -15,7 +15,7 @@ pub struct RequestHead {
     pub query: Option<String>,
     /// Header names lower-cased; repeated headers appear once per value.
     pub headers: Vec<(String, String)>,
-    pub method: String,
+    pub method: http::Method,
     /// When the request came in.
     pub received: std::time::Instant,
     /// The request body's length, when known (for the byte metrics).
@@ -27,7 +27,7 @@ impl RequestHead {
         // Pseudo-headers, as Envoy exposes them to header matchers.
         match name {
             ":authority" => return Some(self.host.clone()),
-            ":method" => return Some(self.method.clone()),
+            ":method" => return Some(self.method.to_string()),
             ":scheme" => return Some("http".into()),
             ":path" => {
                 return Some(match &self.query {
@@ -241,7 +241,7 @@ pub fn needs_headers(vh: &VirtualHost) -> bool {
 /// The first route of `vh` whose match accepts `req`.
 pub fn route<'a>(vh: &'a VirtualHost, req: &RequestHead) -> Option<&'a Route> {
     vh.routes.iter().find(|r| {
-        let connect = req.method == "CONNECT";
+        let connect = req.method == http::Method::CONNECT;
         let path_ok = match r.matcher.path {
             PathMatch::Connect => connect,
             _ => !connect && path_matches(&r.matcher, &req.path),

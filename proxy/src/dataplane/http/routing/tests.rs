@@ -58,7 +58,7 @@ fn req(host: &str, path: &str, headers: &[(&str, &str)]) -> RequestHead {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
-        method: "GET".into(),
+        method: http::Method::GET,
         received: std::time::Instant::now(),
         body_length: None,
     }
@@ -246,7 +246,7 @@ fn pseudo_headers_match_method_and_authority() {
     );
     let mut head = req("a.example", "/", &[]);
     assert_eq!(route(&v, &head).map(|r| r.name.as_str()), Some("host"));
-    head.method = "POST".into();
+    head.method = http::Method::POST;
     assert_eq!(route(&v, &head).map(|r| r.name.as_str()), Some("post"));
 }
 
