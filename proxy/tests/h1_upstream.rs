@@ -26,6 +26,8 @@ struct Seen {
     accepted: AtomicUsize,
     /// (connection number, request head, request body) of each request.
     requests: Mutex<Vec<(usize, String, Vec<u8>)>>,
+    /// Connections closed by the proxy while a `/hang` request was unanswered.
+    hung_up: AtomicUsize,
 }
 
 /// Reads more of the stream into `buf`; `None` at EOF.
@@ -139,12 +141,21 @@ async fn scripted_upstream(seen: Arc<Seen>) -> SocketAddr {
             let seen = seen.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
+                let mut hanging = false;
                 while let Some((head, body)) = read_request(&mut stream, &mut buf).await {
+                    if head.starts_with("get /hang ") {
+                        // No answer: wait for the next request or the end of the connection.
+                        hanging = true;
+                        continue;
+                    }
                     let (bytes, close) = answer(&head, &body);
                     seen.requests.lock().unwrap().push((n, head, body));
                     if stream.write_all(&bytes).await.is_err() || close {
                         return;
                     }
+                }
+                if hanging {
+                    seen.hung_up.fetch_add(1, Ordering::SeqCst);
                 }
             });
         }
@@ -330,4 +341,33 @@ async fn upstream_http1_framing_reuse_and_recovery() {
         .find(|(_, h, b)| h.starts_with("post /echo ") && b.len() > 1000)
         .unwrap();
     assert!(!head.contains("expect:"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_cancels_its_request() {
+    let seen = Arc::new(Seen::default());
+    let up = scripted_upstream(seen.clone()).await;
+    let port = proxy(up).await;
+    let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    client
+        .write_all(b"GET /hang HTTP/1.1\r\nHost: up\r\n\r\n")
+        .await
+        .unwrap();
+    // The request reaches the upstream, which never answers; then the client leaves.
+    for _ in 0..100 {
+        if seen.accepted.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(client);
+    // The proxy drops the upstream request with it: the upstream sees its connection end.
+    for _ in 0..100 {
+        if seen.hung_up.load(Ordering::SeqCst) == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the upstream connection outlived the client by more than 2 s");
 }

@@ -421,7 +421,24 @@ pub async fn serve(ctx: Arc<ConnContext>, mut stream: TcpStream) {
         };
         let handled = handle(ctx.clone(), Request::from_parts(head.parts, body));
         let resp = match pending {
-            None => handled.await,
+            None => {
+                // While the request runs, the connection is watched: a client that closes it
+                // cancels the request (as Envoy resets the upstream request, and hyper without
+                // half-close); the bytes of a pipelined next request are kept.
+                tokio::pin!(handled);
+                loop {
+                    tokio::select! {
+                        biased;
+                        r = &mut handled => break r,
+                        n = read_more(&mut stream, &mut rbuf), if rbuf.len() < MAX_REQUEST_HEADERS => {
+                            if !matches!(n, Ok(n) if n > 0) {
+                                tracing::debug!("the client closed the connection before the response; request cancelled");
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
             Some((framing, tx)) => {
                 // The request runs while this task reads its body; a body left unread when the
                 // response is ready means the connection cannot carry another request.
