@@ -573,6 +573,13 @@ async fn malformed_requests_get_envoys_400_and_431() {
         b"\r\n\r\n",
     ]
     .concat();
+    // Far more than the limit, still being sent when the proxy answers.
+    let huge = [
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ".as_slice(),
+        &[b'a'; 400_000],
+        b"\r\n\r\n",
+    ]
+    .concat();
     let many: Vec<u8> = [
         b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec(),
         (0..150)
@@ -581,7 +588,7 @@ async fn malformed_requests_get_envoys_400_and_431() {
         b"\r\n".to_vec(),
     ]
     .concat();
-    let cases: [(&str, &[u8], &str); 5] = [
+    let cases: [(&str, &[u8], &str); 6] = [
         ("not HTTP", b"GARBAGE\r\n\r\n", "HTTP/1.1 400 Bad Request"),
         (
             "bad Content-Length",
@@ -591,6 +598,11 @@ async fn malformed_requests_get_envoys_400_and_431() {
         (
             "70 KB of headers (Envoy's limit: 60 KiB)",
             &big,
+            "HTTP/1.1 431 Request Header Fields Too Large",
+        ),
+        (
+            "400 KB of headers",
+            &huge,
             "HTTP/1.1 431 Request Header Fields Too Large",
         ),
         (

@@ -468,7 +468,7 @@ pub async fn serve(ctx: Arc<ConnContext>, mut stream: TcpStream) {
         .await
         {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => return linger_close(&mut stream).await,
             Err(e) => {
                 tracing::debug!(error = %e, "writing the response failed; closing");
                 return;
@@ -489,7 +489,32 @@ async fn refuse(stream: &mut TcpStream, why: Refusal) {
         httpdate::fmt_http_date(SystemTime::now()),
     );
     let _ = stream.write_all(answer.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    linger_close(stream).await;
+}
+
+/// How long, and how much, a closing connection still reads from a client that keeps sending.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Closes after a last response: the write side first, then what the client still sends is
+/// read and dropped (bounded in time and bytes) until it closes too. Closing with unread bytes
+/// would make the kernel reset the connection, and the client could lose the response.
+async fn linger_close(stream: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// The Date header's value, made at most once a second per thread.
