@@ -481,7 +481,7 @@ fn plot(results: &[Result1], dir: &Path, png: &Path) -> Result<()> {
     let dat = dir.join("bench.dat");
     std::fs::write(&dat, data)?;
     let script = format!(
-        "set terminal png size 1000,420\nset output '{png}'\nset multiplot layout 1,2 title 'HTTP/1.1 keep-alive through one route (lower latency, higher throughput is better)'\nset style data histograms\nset style fill solid 0.8 border -1\nset boxwidth 0.8\nset grid ytics\nset ylabel 'added latency (ms)'\nset yrange [0:*]\nplot '{dat}' using 2:xtic(1) title 'p50', '' using 3 title 'p99'\nset ylabel 'thousand requests per CPU second'\nplot '{dat}' using 4:xtic(1) title 'req per proxy CPU s' lc rgb '#2a9d8f'\nunset multiplot\n",
+        "set terminal png size 1000,420\nset output '{png}'\nset multiplot layout 1,2 title 'HTTP/1.1 keep-alive through one route (lower latency, higher throughput is better)'\nset style data histograms\nset style fill solid 0.8 border -1\nset boxwidth 0.8\nset grid ytics\nset key outside top center horizontal\nset ylabel 'added latency (ms)'\nset yrange [0:*]\nplot '{dat}' using 2:xtic(1) title 'p50', '' using 3 title 'p99'\nset ylabel 'thousand requests per CPU second'\nplot '{dat}' using 4:xtic(1) title 'req per proxy CPU s' lc rgb '#2a9d8f'\nunset multiplot\n",
         png = png.display(),
         dat = dat.display()
     );
