@@ -25,6 +25,10 @@ use tokio::sync::mpsc;
 
 use super::body::{Body, BoxError};
 use super::h1_upstream::{Chunk, Decoded, decode_chunked, full_bytes};
+use super::h1_wire::{
+    Span, StreamError, content_length, has_token, header_line, last_coding, offset, span,
+    stream_body,
+};
 use super::manager::{ConnContext, MAX_REQUEST_HEADERS, handle};
 
 /// The most request headers accepted (Envoy's `max_headers_count` default).
@@ -58,10 +62,6 @@ impl Refusal {
     }
 }
 
-/// Where a header's name and value lie in the head: (name start, name end, value start, value
-/// end).
-type Span = (usize, usize, usize, usize);
-
 /// What one parse of a complete request head found.
 struct Parsed {
     len: usize,
@@ -81,18 +81,15 @@ fn parse_head(buf: &[u8], spans: &mut [Span; MAX_HEADERS]) -> Result<Option<Pars
         Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooLarge),
         Err(e) => return Err(Refusal::Malformed(e.to_string())),
     };
-    let base = buf.as_ptr() as usize;
     let at = |s: &str| {
-        let start = s.as_ptr() as usize - base;
+        let start = offset(buf, s.as_bytes());
         (start, start + s.len())
     };
     let (Some(method), Some(path)) = (req.method, req.path) else {
         return Err(Refusal::Malformed("request line".into()));
     };
-    for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
-        let (ns, ne) = at(h.name);
-        let vs = h.value.as_ptr() as usize - base;
-        *span = (ns, ne, vs, vs + h.value.len());
+    for (slot, h) in spans.iter_mut().zip(req.headers.iter()) {
+        *slot = span(buf, h);
     }
     Ok(Some(Parsed {
         len,
@@ -128,7 +125,7 @@ fn build_head(raw: &Bytes, p: &Parsed, spans: &[Span]) -> Result<Head, Refusal> 
         .map_err(|_| Refusal::Malformed("request target".into()))?;
     let mut headers = HeaderMap::with_capacity(spans.len() + HEADROOM);
     let mut length: Option<u64> = None;
-    let mut last_coding: Option<&[u8]> = None;
+    let mut coding: Option<&[u8]> = None;
     let (mut close, mut keep_alive_token, mut expect_continue) = (false, false, false);
     for &(ns, ne, vs, ve) in spans {
         let name = HeaderName::from_bytes(&raw[ns..ne]).map_err(|_| {
@@ -139,30 +136,14 @@ fn build_head(raw: &Bytes, p: &Parsed, spans: &[Span]) -> Result<Head, Refusal> 
         })?;
         let value = &raw[vs..ve];
         if name == header::CONTENT_LENGTH {
-            for part in value.split(|b| *b == b',') {
-                let n = std::str::from_utf8(part.trim_ascii())
-                    .ok()
-                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or_else(|| Refusal::Malformed("content-length".into()))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(Refusal::Malformed("conflicting content-length".into()));
-                }
-                length = Some(n);
-            }
+            content_length(value, &mut length).map_err(|e| Refusal::Malformed(e.into()))?;
         } else if name == header::TRANSFER_ENCODING {
-            if let Some(c) = value
-                .split(|b| *b == b',')
-                .map(|t| t.trim_ascii())
-                .rfind(|t| !t.is_empty())
-            {
-                last_coding = Some(c);
+            if let Some(c) = last_coding(value) {
+                coding = Some(c);
             }
         } else if name == header::CONNECTION {
-            for token in value.split(|b| *b == b',').map(|t| t.trim_ascii()) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            close |= has_token(value, b"close");
+            keep_alive_token |= has_token(value, b"keep-alive");
         } else if name == header::EXPECT {
             expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
@@ -170,7 +151,7 @@ fn build_head(raw: &Bytes, p: &Parsed, spans: &[Span]) -> Result<Head, Refusal> 
             .map_err(|_| Refusal::Malformed(format!("value of header {name}")))?;
         headers.append(name, value);
     }
-    let framing = match (last_coding, length) {
+    let framing = match (coding, length) {
         // Both: a request that could be read two ways (smuggling), refused as Envoy does.
         (Some(_), Some(_)) => {
             return Err(Refusal::Malformed(
@@ -576,10 +557,7 @@ fn encode_head(
         {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        header_line(out, name.as_str(), value.as_bytes());
     }
     if !parts.headers.contains_key(header::DATE) {
         out.extend_from_slice(b"date: ");
@@ -648,43 +626,12 @@ async fn write_response(
         return Ok(keep_alive);
     }
     stream.write_all(out).await?;
-    let chunked = framing == Out::Chunked;
-    loop {
-        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
-        let Some(frame) = frame else {
-            break;
-        };
-        let frame = frame.map_err(std::io::Error::other)?;
-        match frame.into_data() {
-            Ok(data) if data.is_empty() => {}
-            Ok(data) if chunked => {
-                out.clear();
-                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                out.extend_from_slice(&data);
-                out.extend_from_slice(b"\r\n");
-                stream.write_all(out).await?;
-            }
-            Ok(data) => stream.write_all(&data).await?,
-            Err(frame) => {
-                if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
-                    out.clear();
-                    out.extend_from_slice(b"0\r\n");
-                    for (name, value) in &trailers {
-                        out.extend_from_slice(name.as_str().as_bytes());
-                        out.extend_from_slice(b": ");
-                        out.extend_from_slice(value.as_bytes());
-                        out.extend_from_slice(b"\r\n");
-                    }
-                    out.extend_from_slice(b"\r\n");
-                    stream.write_all(out).await?;
-                    return Ok(keep_alive);
-                }
-            }
-        }
-    }
-    if chunked {
-        stream.write_all(b"0\r\n\r\n").await?;
-    }
+    stream_body(stream, &mut body, framing == Out::Chunked, out)
+        .await
+        .map_err(|e| match e {
+            StreamError::Body(e) => std::io::Error::other(e),
+            StreamError::Io(e) => e,
+        })?;
     Ok(keep_alive && framing != Out::UntilClose)
 }
 

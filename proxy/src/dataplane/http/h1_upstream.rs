@@ -22,6 +22,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::body::{Body, BoxError};
+use super::h1_wire::{
+    Span, StreamError, content_length, has_token, header_line, last_coding, span, stream_body,
+};
 
 /// The largest response head accepted (Envoy's `max_response_headers_kb` default).
 pub const MAX_HEAD: usize = 60 * 1024;
@@ -345,10 +348,7 @@ fn encode_head(parts: &http::request::Parts, framing: BodyFraming, out: &mut Vec
         {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        header_line(out, name.as_str(), value.as_bytes());
     }
     match framing {
         BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -368,44 +368,14 @@ fn encode_head(parts: &http::request::Parts, framing: BodyFraming, out: &mut Vec
 /// Streams the downstream request body; chunked when its length is unknown, with trailers in
 /// the last chunk.
 async fn write_body(stream: &mut TcpStream, body: &mut Body) -> Result<(), H1Error> {
-    use http_body_util::BodyExt;
     let chunked = body.size_hint().exact().is_none();
-    let mut framed = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(H1Error::RequestBody)?;
-        match frame.into_data() {
-            Ok(data) if data.is_empty() => {}
-            Ok(data) if chunked => {
-                framed.clear();
-                framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                framed.extend_from_slice(&data);
-                framed.extend_from_slice(b"\r\n");
-                stream.write_all(&framed).await.map_err(H1Error::Write)?;
-            }
-            Ok(data) => stream.write_all(&data).await.map_err(H1Error::Write)?,
-            Err(frame) => {
-                if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
-                    framed.clear();
-                    framed.extend_from_slice(b"0\r\n");
-                    for (name, value) in &trailers {
-                        framed.extend_from_slice(name.as_str().as_bytes());
-                        framed.extend_from_slice(b": ");
-                        framed.extend_from_slice(value.as_bytes());
-                        framed.extend_from_slice(b"\r\n");
-                    }
-                    framed.extend_from_slice(b"\r\n");
-                    return stream.write_all(&framed).await.map_err(H1Error::Write);
-                }
-            }
-        }
-    }
-    if chunked {
-        stream
-            .write_all(b"0\r\n\r\n")
-            .await
-            .map_err(H1Error::Write)?;
-    }
-    Ok(())
+    let mut scratch = Vec::new();
+    stream_body(stream, body, chunked, &mut scratch)
+        .await
+        .map_err(|e| match e {
+            StreamError::Body(e) => H1Error::RequestBody(e),
+            StreamError::Io(e) => H1Error::Write(e),
+        })
 }
 
 /// A parsed response head.
@@ -464,10 +434,6 @@ fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, H1Erro
     build_head(&raw, &parsed, &spans[..parsed.count], head_only).map(Some)
 }
 
-/// Where a header's name and value lie in the head: (name start, name end, value start, value
-/// end).
-type Span = (usize, usize, usize, usize);
-
 /// What one parse of a complete head found; the headers are in the spans.
 struct Parsed {
     len: usize,
@@ -486,11 +452,8 @@ fn parse_head(buf: &[u8], spans: &mut [Span; MAX_HEADERS]) -> Result<Option<Pars
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(H1Error::BadHead(e.to_string())),
     };
-    let base = buf.as_ptr() as usize;
-    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        *span = (name, name + h.name.len(), value, value + h.value.len());
+    for (slot, h) in spans.iter_mut().zip(resp.headers.iter()) {
+        *slot = span(buf, h);
     }
     Ok(Some(Parsed {
         len,
@@ -520,18 +483,14 @@ fn build_head(
         StatusCode::from_u16(parsed.status).map_err(|_| H1Error::BadHead("status code".into()))?;
     let mut headers = HeaderMap::with_capacity(spans.len() + HEADROOM);
     // The last transfer coding named, and whether `Connection: close` was said.
-    let mut last_coding: Option<&[u8]> = None;
+    let mut last_coding_seen: Option<&[u8]> = None;
     let mut close = false;
     for &(ns, ne, vs, ve) in spans {
         let name = &raw[ns..ne];
         let value = &raw[vs..ve];
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            if let Some(c) = value
-                .split(|b| *b == b',')
-                .map(|t| t.trim_ascii())
-                .rfind(|t| !t.is_empty())
-            {
-                last_coding = Some(c);
+            if let Some(c) = last_coding(value) {
+                last_coding_seen = Some(c);
             }
             continue;
         }
@@ -552,7 +511,7 @@ fn build_head(
             .map_err(|_| H1Error::BadHead(format!("value of header {name}")))?;
         headers.append(name, value);
     }
-    let framing = framing(head_only, status, last_coding, &headers)?;
+    let framing = framing(head_only, status, last_coding_seen, &headers)?;
     let keep_alive = parsed.version_11 && !close && framing != Framing::UntilClose;
     Ok(Head {
         status,
@@ -565,19 +524,12 @@ fn build_head(
 /// Hop-by-hop headers besides `Connection` and `Transfer-Encoding`.
 const HOP_BY_HOP_OTHERS: [&str; 5] = ["keep-alive", "proxy-connection", "upgrade", "te", "trailer"];
 
-/// Whether a comma-separated header value holds `token` (case-insensitive).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
 /// How the body of a response is delimited (RFC 9112 section 6.3), given the last transfer
 /// coding named.
 fn framing(
     head_only: bool,
     status: StatusCode,
-    last_coding: Option<&[u8]>,
+    coding: Option<&[u8]>,
     headers: &HeaderMap,
 ) -> Result<Framing, H1Error> {
     if head_only
@@ -587,7 +539,7 @@ fn framing(
     {
         return Ok(Framing::Empty);
     }
-    if let Some(last) = last_coding {
+    if let Some(last) = coding {
         return Ok(if last.eq_ignore_ascii_case(b"chunked") {
             Framing::Chunked(Chunk::Size)
         } else {
@@ -596,17 +548,7 @@ fn framing(
     }
     let mut length = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let n = std::str::from_utf8(part.trim_ascii())
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| H1Error::BadHead("content-length".into()))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(H1Error::BadHead("conflicting content-length".into()));
-            }
-            length = Some(n);
-        }
+        content_length(v.as_bytes(), &mut length).map_err(|e| H1Error::BadHead(e.into()))?;
     }
     Ok(match length {
         Some(n) => Framing::Length(n),

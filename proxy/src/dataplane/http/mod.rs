@@ -3,6 +3,7 @@
 pub mod body;
 pub mod h1_server;
 pub mod h1_upstream;
+pub mod h1_wire;
 pub mod hash_policy;
 pub mod manager;
 pub mod otlp;
