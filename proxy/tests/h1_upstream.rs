@@ -11,11 +11,8 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use outrigger_proxy::config::cluster::Cluster;
-use outrigger_proxy::config::listener::Listener;
 use outrigger_proxy::config::route::RouteConfig;
-use outrigger_proxy::dataplane::server;
-use outrigger_proxy::testing::{http_listener, load_assignment, route_config, socket};
-use outrigger_proxy::xds::store::Snapshot;
+use outrigger_proxy::testing::{load_assignment, proxy_with, route_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -165,13 +162,6 @@ async fn scripted_upstream(seen: Arc<Seen>) -> SocketAddr {
 
 /// The proxy with one listener routing everything to the scripted upstream.
 async fn proxy(upstream: SocketAddr) -> u16 {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut wire = http_listener("http", u32::from(port), "80");
-    wire.address = Some(socket("127.0.0.1", u32::from(port)));
     let mut c = outrigger_proxy::testing::eds_cluster("up");
     c.cluster_discovery_type = Some(cluster::cluster::ClusterDiscoveryType::Type(
         cluster::cluster::DiscoveryType::Static as i32,
@@ -181,29 +171,8 @@ async fn proxy(upstream: SocketAddr) -> u16 {
         "up",
         &[("127.0.0.1", u32::from(upstream.port()))],
     ));
-    let mut snap = Snapshot::default();
-    snap.listeners
-        .insert("http".into(), Arc::new(Listener::try_from(&wire).unwrap()));
-    snap.routes.insert(
-        "80".into(),
-        Arc::new(RouteConfig::try_from(&route_config("80", "up")).unwrap()),
-    );
-    snap.clusters
-        .insert("up".into(), Arc::new(Cluster::try_from(&c).unwrap()));
-    let telemetry = Arc::new(outrigger_proxy::stats::Telemetry::default());
-    let (tx, rx) = tokio::sync::watch::channel(Arc::new(snap));
-    tokio::spawn(server::serve_with(rx, telemetry));
-    tokio::spawn(async move {
-        let _tx = tx;
-        std::future::pending::<()>().await
-    });
-    for _ in 0..50 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    port
+    let rc = RouteConfig::try_from(&route_config("80", "up")).unwrap();
+    proxy_with(rc, vec![Cluster::try_from(&c).unwrap()]).await.0
 }
 
 /// curl with `args`: (the status codes, comma-separated; the headers; the bodies, concatenated).

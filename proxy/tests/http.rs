@@ -22,7 +22,7 @@ use outrigger_proxy::config::route::{
     Route, RouteConfig, RouteMatch, StringMatch, Target, VirtualHost,
 };
 use outrigger_proxy::dataplane::server;
-use outrigger_proxy::testing::http_listener;
+use outrigger_proxy::testing::{http_listener, proxy_with};
 use outrigger_proxy::xds::store::Snapshot;
 
 /// Requests the upstreams answered on `/fail…` (always 503) and `/flaky…` (503 twice, then 200).
@@ -189,47 +189,6 @@ fn curl(args: &[&str]) -> (u16, String, String) {
         headers.to_ascii_lowercase(),
         body.to_string(),
     )
-}
-
-/// Runs the proxy's data path: one HTTP listener on a free loopback port routing by `rc` (RDS
-/// name "80") to `clusters`. Returns once it accepts, with its port, snapshot and telemetry.
-async fn proxy_with(
-    rc: RouteConfig,
-    clusters: Vec<Cluster>,
-) -> (u16, Arc<Snapshot>, Arc<outrigger_proxy::stats::Telemetry>) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut wire = http_listener("http", u32::from(port), "80");
-    wire.address = Some(outrigger_proxy::testing::socket(
-        "127.0.0.1",
-        u32::from(port),
-    ));
-    let mut snap = Snapshot::default();
-    snap.listeners
-        .insert("http".into(), Arc::new(Listener::try_from(&wire).unwrap()));
-    snap.routes.insert("80".into(), Arc::new(rc));
-    for c in clusters {
-        snap.clusters.insert(c.name.clone(), Arc::new(c));
-    }
-    let snap = Arc::new(snap);
-    let telemetry = Arc::new(outrigger_proxy::stats::Telemetry::default());
-    let (tx, rx) = tokio::sync::watch::channel(snap.clone());
-    tokio::spawn(server::serve_with(rx, telemetry.clone()));
-    // The configuration stays published for the rest of the test.
-    tokio::spawn(async move {
-        let _tx = tx;
-        std::future::pending::<()>().await
-    });
-    for _ in 0..50 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (port, snap, telemetry)
 }
 
 /// A route configuration sending everything to `cluster`.

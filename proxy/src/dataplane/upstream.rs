@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use crate::config::Address;
-use crate::config::cluster::{Cluster, Discovery, LbPolicy, LocalityEndpoints};
+use crate::config::cluster::{Cluster, Discovery, Endpoint, LbPolicy, LocalityEndpoints};
 use crate::config::route::Target;
 use crate::dataplane::hash_lb::HashTables;
 use crate::xds::store::Snapshot;
@@ -71,22 +71,26 @@ impl fmt::Display for Dest {
 }
 
 impl Dest {
-    /// The address to connect to; names go through the system resolver (first answer).
-    /// The address, when it needs no lookup.
-    pub fn address(&self) -> Option<SocketAddr> {
-        match self {
-            Dest::Ip(a) => Some(*a),
-            Dest::Name(..) => None,
-        }
-    }
-
+    /// The address to connect to; names go through the system resolver (first answer). The
+    /// lookup is boxed: it is the rare case, and inline its state would enlarge every request's
+    /// future that awaits this.
     pub async fn resolve(&self) -> std::io::Result<SocketAddr> {
         match self {
             Dest::Ip(a) => Ok(*a),
-            Dest::Name(h, p) => tokio::net::lookup_host((h.as_str(), *p))
+            Dest::Name(h, p) => Box::pin(tokio::net::lookup_host((h.as_str(), *p)))
                 .await?
                 .next()
                 .ok_or_else(|| std::io::Error::other(format!("{h}: no address"))),
+        }
+    }
+
+    /// An endpoint's destination; `None` for addresses a connection cannot go to (pipes,
+    /// internal listeners).
+    fn of(e: &Endpoint) -> Option<Dest> {
+        match &e.address {
+            Address::Socket(s) => Some(Dest::Ip(*s)),
+            Address::Dns(h, p) => Some(Dest::Name(h.clone(), *p)),
+            _ => None,
         }
     }
 }
@@ -158,10 +162,8 @@ fn candidates(
         let uniform = localities.iter().all(|l| {
             l.priority == first.priority
                 && l.endpoints.iter().all(|e| {
-                    let dest = match &e.address {
-                        Address::Socket(s) => Dest::Ip(*s),
-                        Address::Dns(h, p) => Dest::Name(h.clone(), *p),
-                        _ => return true,
+                    let Some(dest) = Dest::of(e) else {
+                        return true;
                     };
                     let usable = e.health.routable() && !ejected(&dest);
                     all.push((dest, e.weight));
@@ -182,10 +184,8 @@ fn candidates(
     let mut eps: Vec<Ep> = Vec::with_capacity(localities.iter().map(|l| l.endpoints.len()).sum());
     for (i, l) in localities.iter().enumerate() {
         for e in &l.endpoints {
-            let dest = match &e.address {
-                Address::Socket(s) => Dest::Ip(*s),
-                Address::Dns(h, p) => Dest::Name(h.clone(), *p),
-                _ => continue,
+            let Some(dest) = Dest::of(e) else {
+                continue;
             };
             let usable = e.health.routable() && !ejected(&dest);
             eps.push(Ep {

@@ -261,3 +261,48 @@ pub fn not_bound(mut l: listener::Listener) -> listener::Listener {
     l.bind_to_port = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
     l
 }
+
+/// Runs the proxy's data path: one HTTP listener on a free loopback port routing by `rc` (RDS
+/// name "80") to `clusters`. Returns once it accepts, with its port, snapshot and telemetry;
+/// the configuration stays published for the rest of the test.
+pub async fn proxy_with(
+    rc: crate::config::route::RouteConfig,
+    clusters: Vec<crate::config::cluster::Cluster>,
+) -> (
+    u16,
+    std::sync::Arc<crate::xds::store::Snapshot>,
+    std::sync::Arc<crate::stats::Telemetry>,
+) {
+    use std::sync::Arc;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut wire = http_listener("http", u32::from(port), "80");
+    wire.address = Some(socket("127.0.0.1", u32::from(port)));
+    let mut snap = crate::xds::store::Snapshot::default();
+    snap.listeners.insert(
+        "http".into(),
+        Arc::new(crate::config::listener::Listener::try_from(&wire).unwrap()),
+    );
+    snap.routes.insert("80".into(), Arc::new(rc));
+    for c in clusters {
+        snap.clusters.insert(c.name.clone(), Arc::new(c));
+    }
+    let snap = Arc::new(snap);
+    let telemetry = Arc::new(crate::stats::Telemetry::default());
+    let (tx, rx) = tokio::sync::watch::channel(snap.clone());
+    tokio::spawn(crate::dataplane::server::serve_with(rx, telemetry.clone()));
+    tokio::spawn(async move {
+        let _tx = tx;
+        std::future::pending::<()>().await
+    });
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    (port, snap, telemetry)
+}

@@ -9,7 +9,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,20 +23,13 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::body::{Body, BoxError};
-use super::h1_upstream::{Chunk, Decoded, decode_chunked, full_bytes};
 use super::h1_wire::{
-    Span, StreamError, content_length, has_token, header_line, last_coding, offset, span,
+    Chunk, Decoded, HEADROOM, MAX_HEADERS, READ_CHUNK, Span, StreamError, content_length,
+    decode_chunked, full_bytes, has_token, header_line, last_coding, offset, poll_fill, span,
     stream_body,
 };
-use super::manager::{ConnContext, MAX_REQUEST_HEADERS, handle};
+use super::manager::{Activity, ConnContext, MAX_REQUEST_HEADERS, handle, idle_for};
 
-/// The most request headers accepted (Envoy's `max_headers_count` default).
-const MAX_HEADERS: usize = 100;
-const READ_CHUNK: usize = 16 * 1024;
-/// Room for the headers the proxy adds (request id, forwarded proto, expected timeout; service
-/// time), so that adding them does not grow a small map (kept small: the map's allocation stays
-/// in the allocator's per-thread cache).
-const HEADROOM: usize = 4;
 /// A local body up to this size is copied behind the head, so that both go in one write.
 const COALESCE: usize = 16 * 1024;
 
@@ -249,13 +241,9 @@ impl http_body::Body for Inbound {
     }
 }
 
-/// Reads more of the connection into `buf`; `Ok(0)` at end of stream. A short read clears the
-/// socket's readiness, so the next wait costs no extra read.
+/// Reads more of the connection into `buf`; `Ok(0)` at end of stream.
 async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
-    }
-    std::future::poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf)).await
+    std::future::poll_fn(|cx| poll_fill(stream, buf, cx)).await
 }
 
 /// Reads a request body that did not arrive with its head and hands it to `tx`. True when the
@@ -326,28 +314,18 @@ async fn pump(
     }
 }
 
-/// Resolves once the connection has been idle for `idle` since the time `last` holds
-/// (milliseconds after `started`); never without an idle timeout.
-async fn idle_for(started: Instant, last: &AtomicU64, idle: Option<Duration>) {
-    let Some(idle) = idle else {
-        return std::future::pending().await;
-    };
-    loop {
-        let deadline = started + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
-        if Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep_until(deadline.into()).await;
-    }
-}
-
 /// Serves HTTP/1.x requests on `stream` until the client closes it, a request or response says
 /// close, or it has been idle for the connection manager's idle timeout.
 pub async fn serve(ctx: Arc<ConnContext>, mut stream: TcpStream) {
     let idle = ctx.manager.idle_timeout;
     let started = Instant::now();
-    let last = AtomicU64::new(0);
-    let idle_wait = idle_for(started, &last, idle);
+    let activity = Activity::default();
+    let idle_wait = async {
+        match idle {
+            Some(idle) => idle_for(&activity, started, idle).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::pin!(idle_wait);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = Vec::with_capacity(1024);
@@ -400,6 +378,8 @@ pub async fn serve(ctx: Arc<ConnContext>, mut stream: TcpStream) {
                 (Body::Inbound(body), Some((framing, tx)))
             }
         };
+        // In flight until its response is written: the idle timeout counts from then.
+        let _active = activity.start(started);
         let handled = handle(ctx.clone(), Request::from_parts(head.parts, body));
         let resp = match pending {
             None => {
@@ -455,7 +435,6 @@ pub async fn serve(ctx: Arc<ConnContext>, mut stream: TcpStream) {
                 return;
             }
         }
-        last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
@@ -463,13 +442,15 @@ pub async fn serve(ctx: Arc<ConnContext>, mut stream: TcpStream) {
 async fn refuse(stream: &mut TcpStream, why: Refusal) {
     tracing::debug!(error = %why, "refusing a request");
     let status = why.status();
-    let answer = format!(
-        "HTTP/1.1 {} {}\r\ncontent-length: 0\r\nconnection: close\r\ndate: {}\r\n\r\n",
+    let mut answer = format!(
+        "HTTP/1.1 {} {}\r\ncontent-length: 0\r\nconnection: close\r\ndate: ",
         status.as_str(),
         status.canonical_reason().unwrap_or(""),
-        httpdate::fmt_http_date(SystemTime::now()),
-    );
-    let _ = stream.write_all(answer.as_bytes()).await;
+    )
+    .into_bytes();
+    date(&mut answer);
+    answer.extend_from_slice(b"\r\n\r\n");
+    let _ = stream.write_all(&answer).await;
     linger_close(stream).await;
 }
 

@@ -23,21 +23,12 @@ use tokio::net::TcpStream;
 
 use super::body::{Body, BoxError};
 use super::h1_wire::{
-    Span, StreamError, content_length, has_token, header_line, last_coding, span, stream_body,
+    BadChunk, Chunk, Decoded, HEADROOM, MAX_HEADERS, READ_CHUNK, Span, StreamError, content_length,
+    decode_chunked, full_bytes, has_token, header_line, last_coding, poll_fill, span, stream_body,
 };
 
 /// The largest response head accepted (Envoy's `max_response_headers_kb` default).
 pub const MAX_HEAD: usize = 60 * 1024;
-/// The most response headers accepted (Envoy's `max_headers_count` default).
-const MAX_HEADERS: usize = 100;
-/// A chunk-size line longer than this is malformed (extensions included).
-const MAX_CHUNK_LINE: usize = 4096;
-/// Read buffer growth.
-const READ_CHUNK: usize = 16 * 1024;
-/// Room for the headers the proxy adds (request id, forwarded proto, expected timeout; service
-/// time), so that adding them does not grow a small map (kept small: the map's allocation stays
-/// in the allocator's per-thread cache).
-const HEADROOM: usize = 4;
 
 #[derive(Debug, Error)]
 pub enum H1Error {
@@ -55,8 +46,8 @@ pub enum H1Error {
     BadHead(String),
     #[error("response head larger than {MAX_HEAD} bytes")]
     HeadTooLarge,
-    #[error("malformed chunked response body")]
-    BadChunk,
+    #[error("response body: {0}")]
+    BadChunk(#[from] BadChunk),
     #[error("the upstream closed the connection in the middle of the response body")]
     Truncated,
     #[error("reading the request body: {0}")]
@@ -129,10 +120,7 @@ impl Conn {
 
     /// Reads more bytes into the buffer; `Ok(0)` at end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
-            self.rbuf.reserve(READ_CHUNK);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf)
+        poll_fill(&mut self.stream, &mut self.rbuf, cx)
     }
 
     async fn fill(&mut self) -> std::io::Result<usize> {
@@ -189,15 +177,6 @@ impl Affinity {
                 }
             });
         }
-    }
-
-    /// Connections kept now.
-    pub fn len(&self) -> usize {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -309,15 +288,6 @@ impl H1Error {
             ),
             _ => false,
         }
-    }
-}
-
-pub(super) fn full_bytes(full: &mut Full<Bytes>) -> Bytes {
-    use http_body::Body as _;
-    let mut cx = Context::from_waker(Waker::noop());
-    match Pin::new(full).poll_frame(&mut cx) {
-        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
-        _ => Bytes::new(),
     }
 }
 
@@ -692,166 +662,9 @@ impl http_body::Body for Streaming {
     }
 }
 
-/// Where a chunked body's decoder is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// This many bytes of chunk data left.
-    Data(u64),
-    /// Expecting the CRLF after chunk data.
-    DataEnd,
-    /// After the last chunk: trailer lines until an empty one.
-    Trailers,
-    Done,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Decoded {
-    Data(Bytes),
-    NeedMore,
-    Done,
-}
-
-/// Decodes as much of a chunked body from `buf` as is there, up to the next data. Trailers are
-/// read and dropped: HTTP/1.1 responses rarely carry them and the downstream side has no use
-/// for them without HTTP/2.
-pub(super) fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, H1Error> {
-    loop {
-        match *state {
-            Chunk::Done => return Ok(Decoded::Done),
-            Chunk::Size => {
-                let Some(end) = line_end(buf) else {
-                    return if buf.len() > MAX_CHUNK_LINE {
-                        Err(H1Error::BadChunk)
-                    } else {
-                        Ok(Decoded::NeedMore)
-                    };
-                };
-                let line = &buf[..end];
-                let digits = line
-                    .split(|b| *b == b';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim_ascii();
-                if digits.is_empty() || digits.len() > 15 {
-                    return Err(H1Error::BadChunk);
-                }
-                let size = std::str::from_utf8(digits)
-                    .ok()
-                    .and_then(|s| u64::from_str_radix(s, 16).ok())
-                    .ok_or(H1Error::BadChunk)?;
-                let _ = buf.split_to(end + 2);
-                *state = if size == 0 {
-                    Chunk::Trailers
-                } else {
-                    Chunk::Data(size)
-                };
-            }
-            Chunk::Data(n) => {
-                if buf.is_empty() {
-                    return Ok(Decoded::NeedMore);
-                }
-                let take = n.min(buf.len() as u64);
-                let data = buf.split_to(take as usize).freeze();
-                *state = if take == n {
-                    Chunk::DataEnd
-                } else {
-                    Chunk::Data(n - take)
-                };
-                return Ok(Decoded::Data(data));
-            }
-            Chunk::DataEnd => {
-                if buf.len() < 2 {
-                    return Ok(Decoded::NeedMore);
-                }
-                if &buf[..2] != b"\r\n" {
-                    return Err(H1Error::BadChunk);
-                }
-                let _ = buf.split_to(2);
-                *state = Chunk::Size;
-            }
-            Chunk::Trailers => {
-                let Some(end) = line_end(buf) else {
-                    return if buf.len() > MAX_HEAD {
-                        Err(H1Error::BadChunk)
-                    } else {
-                        Ok(Decoded::NeedMore)
-                    };
-                };
-                let _ = buf.split_to(end + 2);
-                if end == 0 {
-                    *state = Chunk::Done;
-                }
-            }
-        }
-    }
-}
-
-/// The index of the first CRLF in `buf`.
-fn line_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\r\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn decode_all(input: &[u8]) -> Result<(Vec<u8>, Chunk, usize), H1Error> {
-        let mut state = Chunk::Size;
-        let mut buf = BytesMut::from(input);
-        let mut out = Vec::new();
-        loop {
-            match decode_chunked(&mut state, &mut buf)? {
-                Decoded::Data(d) => out.extend_from_slice(&d),
-                Decoded::NeedMore | Decoded::Done => return Ok((out, state, buf.len())),
-            }
-        }
-    }
-
-    #[test]
-    fn chunked_bodies_decode_with_extensions_and_trailers() {
-        let (body, state, left) =
-            decode_all(b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\nNEXT")
-                .unwrap();
-        assert_eq!(body, b"hello world");
-        assert_eq!(state, Chunk::Done);
-        assert_eq!(left, 4, "bytes after the body stay in the buffer");
-    }
-
-    #[test]
-    fn chunked_bodies_decode_byte_by_byte() {
-        let input = b"a\r\n0123456789\r\n0\r\n\r\n";
-        let mut state = Chunk::Size;
-        let mut buf = BytesMut::new();
-        let mut out = Vec::new();
-        for b in input {
-            buf.extend_from_slice(&[*b]);
-            while let Decoded::Data(d) = decode_chunked(&mut state, &mut buf).unwrap() {
-                out.extend_from_slice(&d);
-            }
-        }
-        assert_eq!(out, b"0123456789");
-        assert_eq!(state, Chunk::Done);
-    }
-
-    #[test]
-    fn malformed_chunks_are_errors() {
-        for bad in [
-            &b"zz\r\n"[..],
-            b"5\r\nhelloXX",
-            b"\r\n",
-            b"ffffffffffffffffff\r\n",
-        ] {
-            assert!(
-                decode_all(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        let long = vec![b'1'; MAX_CHUNK_LINE + 1];
-        assert!(decode_all(&long).is_err());
-    }
 
     fn head(raw: &[u8], head_only: bool) -> Result<Head, H1Error> {
         decode_head(&Bytes::copy_from_slice(raw), head_only)

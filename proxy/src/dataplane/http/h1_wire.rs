@@ -2,13 +2,57 @@
 //! and streaming a body with its framing.
 
 use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::Body as _;
+use http_body_util::Full;
+use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::body::{Body, BoxError};
+
+/// The most headers a head may have (Envoy's `max_headers_count` default).
+pub const MAX_HEADERS: usize = 100;
+/// Read buffer growth.
+pub const READ_CHUNK: usize = 16 * 1024;
+/// Room for the headers the proxy adds (request id, forwarded proto, expected timeout; service
+/// time), so that adding them does not grow a small map (kept small: the map's allocation stays
+/// in the allocator's per-thread cache).
+pub const HEADROOM: usize = 4;
+/// A chunk-size line longer than this is malformed (extensions included).
+const MAX_CHUNK_LINE: usize = 4096;
+/// The most trailer bytes after a chunked body (as for headers, Envoy's 60 KiB).
+const MAX_TRAILERS: usize = 60 * 1024;
+
+/// A chunked body that does not follow the chunked coding.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("malformed chunked body")]
+pub struct BadChunk;
+
+/// Reads more of `stream` into `buf`, growing it when little room is left; `Ok(0)` at end of
+/// stream. A short read clears the socket's readiness, so the next wait costs no extra read.
+pub fn poll_fill(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
+}
+
+/// The bytes of a body the proxy holds whole.
+pub fn full_bytes(full: &mut Full<Bytes>) -> Bytes {
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(full).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    }
+}
 
 /// Where a header's name and value lie in a head: (name start, name end, value start, value
 /// end).
@@ -130,9 +174,166 @@ pub async fn stream_body(
     Ok(())
 }
 
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// This many bytes of chunk data left.
+    Data(u64),
+    /// Expecting the CRLF after chunk data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+    Done,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Data(Bytes),
+    NeedMore,
+    Done,
+}
+
+/// Decodes as much of a chunked body from `buf` as is there, up to the next data. Trailers are
+/// read and dropped: HTTP/1.1 responses rarely carry them and the downstream side has no use
+/// for them without HTTP/2.
+pub fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, BadChunk> {
+    loop {
+        match *state {
+            Chunk::Done => return Ok(Decoded::Done),
+            Chunk::Size => {
+                let Some(end) = line_end(buf) else {
+                    return if buf.len() > MAX_CHUNK_LINE {
+                        Err(BadChunk)
+                    } else {
+                        Ok(Decoded::NeedMore)
+                    };
+                };
+                let line = &buf[..end];
+                let digits = line
+                    .split(|b| *b == b';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_ascii();
+                if digits.is_empty() || digits.len() > 15 {
+                    return Err(BadChunk);
+                }
+                let size = std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|s| u64::from_str_radix(s, 16).ok())
+                    .ok_or(BadChunk)?;
+                let _ = buf.split_to(end + 2);
+                *state = if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                };
+            }
+            Chunk::Data(n) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let take = n.min(buf.len() as u64);
+                let data = buf.split_to(take as usize).freeze();
+                *state = if take == n {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(n - take)
+                };
+                return Ok(Decoded::Data(data));
+            }
+            Chunk::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Decoded::NeedMore);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(BadChunk);
+                }
+                let _ = buf.split_to(2);
+                *state = Chunk::Size;
+            }
+            Chunk::Trailers => {
+                let Some(end) = line_end(buf) else {
+                    return if buf.len() > MAX_TRAILERS {
+                        Err(BadChunk)
+                    } else {
+                        Ok(Decoded::NeedMore)
+                    };
+                };
+                let _ = buf.split_to(end + 2);
+                if end == 0 {
+                    *state = Chunk::Done;
+                }
+            }
+        }
+    }
+}
+
+/// The index of the first CRLF in `buf`.
+fn line_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decode_all(input: &[u8]) -> Result<(Vec<u8>, Chunk, usize), BadChunk> {
+        let mut state = Chunk::Size;
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        loop {
+            match decode_chunked(&mut state, &mut buf)? {
+                Decoded::Data(d) => out.extend_from_slice(&d),
+                Decoded::NeedMore | Decoded::Done => return Ok((out, state, buf.len())),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers() {
+        let (body, state, left) =
+            decode_all(b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\nNEXT")
+                .unwrap();
+        assert_eq!(body, b"hello world");
+        assert_eq!(state, Chunk::Done);
+        assert_eq!(left, 4, "bytes after the body stay in the buffer");
+    }
+
+    #[test]
+    fn chunked_bodies_decode_byte_by_byte() {
+        let input = b"a\r\n0123456789\r\n0\r\n\r\n";
+        let mut state = Chunk::Size;
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for b in input {
+            buf.extend_from_slice(&[*b]);
+            while let Decoded::Data(d) = decode_chunked(&mut state, &mut buf).unwrap() {
+                out.extend_from_slice(&d);
+            }
+        }
+        assert_eq!(out, b"0123456789");
+        assert_eq!(state, Chunk::Done);
+    }
+
+    #[test]
+    fn malformed_chunks_are_errors() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"5\r\nhelloXX",
+            b"\r\n",
+            b"ffffffffffffffffff\r\n",
+        ] {
+            assert!(
+                decode_all(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = vec![b'1'; MAX_CHUNK_LINE + 1];
+        assert!(decode_all(&long).is_err());
+    }
 
     #[test]
     fn lengths_codings_and_tokens() {

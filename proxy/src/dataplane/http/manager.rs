@@ -144,11 +144,7 @@ impl super::report::Post for SpanPoster {
         let Ok(dest) = endpoint(&snap, cluster, unspecified, &pick) else {
             return Sent::Failed("no healthy endpoint".into());
         };
-        let addr = match dest.address() {
-            Some(a) => Ok(a),
-            None => Box::pin(dest.resolve()).await,
-        };
-        let addr = match addr {
+        let addr = match dest.resolve().await {
             Ok(a) => a,
             Err(e) => return Sent::Failed(e.to_string()),
         };
@@ -396,7 +392,7 @@ fn head_of(req: &Request<Body>, received: Instant) -> RequestHead {
     }
 }
 
-/// Where a forwarded request went, for the metrics (a response extension).
+/// Where a forwarded request went, for the metrics, access logs and spans.
 #[derive(Debug, Clone)]
 struct UpstreamInfo {
     snap: Arc<Snapshot>,
@@ -861,11 +857,7 @@ async fn forward(
         // In flight until the response headers are in (LEAST_REQUEST's measure).
         let _in_flight = (cluster.lb_policy == crate::config::cluster::LbPolicy::LeastRequest)
             .then(|| ctx.loads.start(&dest));
-        let addr = match dest.address() {
-            Some(a) => Ok(a),
-            None => Box::pin(dest.resolve()).await,
-        };
-        let addr = match addr {
+        let addr = match dest.resolve().await {
             Ok(a) => a,
             Err(e) => {
                 tracing::debug!(cluster = %cluster_name, error = %e, "endpoint name does not resolve");
@@ -889,10 +881,10 @@ async fn forward(
                 }
             }
         }
-        if retry.is_some()
-            && let Ok(v) = HeaderValue::from_str(&attempt.to_string())
-        {
-            attempt_parts.headers.insert(X_ENVOY_ATTEMPT_COUNT, v);
+        if retry.is_some() {
+            attempt_parts
+                .headers
+                .insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
         }
         let body = match (&replay, streamed.take()) {
             (Some(bytes), _) => Body::Local(Full::new(bytes.clone())),
@@ -977,7 +969,10 @@ async fn forward(
                     cluster: cluster.clone(),
                     dest: dest.clone(),
                 });
-                strip_hop_by_hop(resp.headers_mut());
+                // The HTTP/1.1 upstream connection consumed its hop-by-hop headers itself.
+                if http2 {
+                    strip_hop_by_hop(resp.headers_mut());
+                }
                 resp.headers_mut()
                     .insert(X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(elapsed));
                 if let Some(c) = &set_cookie
@@ -1534,17 +1529,26 @@ fn grpc_abort(code: u32) -> Response<Body> {
 /// Envoy's `max_request_headers_kb` default (60 KiB).
 pub const MAX_REQUEST_HEADERS: usize = 60 * 1024;
 
-/// Serves one downstream connection (HTTP/1.1, or h2c with prior knowledge).
 /// Requests in flight on a downstream connection, and when the last one ended (for the
 /// connection's idle timeout).
 #[derive(Default)]
-struct Activity {
+pub(super) struct Activity {
     active: std::sync::atomic::AtomicUsize,
     /// Milliseconds since the connection started.
     last: std::sync::atomic::AtomicU64,
 }
 
-struct Active<'a>(&'a Activity, Instant);
+/// A request in flight; its end is noted when it is dropped.
+pub(super) struct Active<'a>(&'a Activity, Instant);
+
+impl Activity {
+    /// A request starts on a connection that started at `started`.
+    pub(super) fn start(&self, started: Instant) -> Active<'_> {
+        self.active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Active(self, started)
+    }
+}
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
@@ -1557,7 +1561,7 @@ impl Drop for Active<'_> {
 }
 
 /// Resolves once the connection has had no request in flight for `idle`.
-async fn idle_for(activity: &Activity, started: Instant, idle: Duration) {
+pub(super) async fn idle_for(activity: &Activity, started: Instant, idle: Duration) {
     use std::sync::atomic::Ordering;
     loop {
         let last = started + Duration::from_millis(activity.last.load(Ordering::Relaxed));
@@ -1625,10 +1629,7 @@ async fn serve_hyper(ctx: ConnContext, stream: TcpStream) {
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let (ctx, activity) = (ctx.clone(), activity.clone());
             async move {
-                activity
-                    .active
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let _active = Active(&activity, started);
+                let _active = activity.start(started);
                 handle(ctx, req.map(Body::Streamed)).await
             }
         })
