@@ -18,7 +18,7 @@ pub enum Body {
     /// A body the proxy wrote itself, or one that arrived whole.
     Local(Full<Bytes>),
     /// An HTTP/1.1 upstream response body, read from its connection as it is polled.
-    Upstream(super::h1_upstream::Streaming),
+    Upstream(Box<super::h1_upstream::Streaming>),
     /// An HTTP/1.x request body the downstream connection's task is still reading.
     Inbound(super::h1_server::Inbound),
 }
@@ -40,7 +40,7 @@ impl HttpBody for Body {
         match self.get_mut() {
             Body::Streamed(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
             Body::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
-            Body::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Body::Upstream(b) => Pin::new(b.as_mut()).poll_frame(cx),
             Body::Inbound(b) => Pin::new(b).poll_frame(cx),
         }
     }

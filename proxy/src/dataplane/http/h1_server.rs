@@ -7,6 +7,7 @@
 //! Envoy's limits and answers: 60 KiB of request headers or more than 100 headers get 431, a
 //! malformed head 400, a transfer coding other than chunked 501; each closes the connection.
 
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -60,14 +61,15 @@ struct Parsed {
     method: (usize, usize),
     target: (usize, usize),
     version_11: bool,
-    count: usize,
 }
 
-/// Parses the head at the start of `buf` once, if it is all there, noting where each part is.
-fn parse_head(buf: &[u8], spans: &mut [Span; MAX_HEADERS]) -> Result<Option<Parsed>, Refusal> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(buf) {
+/// Parses the head at the start of `buf` once, if it is all there, noting where each part is
+/// (the headers in `spans`). The parser's slots start uninitialised and the spans reuse the
+/// connection's vector: nothing is zeroed per request.
+fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<Parsed>, Refusal> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooLarge),
@@ -80,15 +82,13 @@ fn parse_head(buf: &[u8], spans: &mut [Span; MAX_HEADERS]) -> Result<Option<Pars
     let (Some(method), Some(path)) = (req.method, req.path) else {
         return Err(Refusal::Malformed("request line".into()));
     };
-    for (slot, h) in spans.iter_mut().zip(req.headers.iter()) {
-        *slot = span(buf, h);
-    }
+    spans.clear();
+    spans.extend(req.headers.iter().map(|h| span(buf, h)));
     Ok(Some(Parsed {
         len,
         method: at(method),
         target: at(path),
         version_11: req.version == Some(1),
-        count: req.headers.len(),
     }))
 }
 
@@ -179,13 +179,12 @@ fn build_head(raw: &Bytes, p: &Parsed, spans: &[Span]) -> Result<Head, Refusal> 
 /// The complete request head at the start of `buf`, split off, if it is all there.
 /// Synchronous, so that the parser's tables stay on the stack rather than in the connection's
 /// future.
-fn take_head(buf: &mut BytesMut) -> Result<Option<Head>, Refusal> {
-    let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
-    let Some(parsed) = parse_head(buf, &mut spans)? else {
+fn take_head(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Head>, Refusal> {
+    let Some(parsed) = parse_head(buf, spans)? else {
         return Ok(None);
     };
     let raw = buf.split_to(parsed.len).freeze();
-    build_head(&raw, &parsed, &spans[..parsed.count]).map(Some)
+    build_head(&raw, &parsed, spans).map(Some)
 }
 
 /// A request body still arriving from the client; the connection's task reads it and hands
@@ -329,9 +328,10 @@ pub async fn serve(ctx: Arc<ConnContext>, mut stream: TcpStream) {
     tokio::pin!(idle_wait);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = Vec::with_capacity(1024);
+    let mut spans = Vec::with_capacity(16);
     loop {
         let head = loop {
-            match take_head(&mut rbuf) {
+            match take_head(&mut rbuf, &mut spans) {
                 Ok(Some(h)) => break h,
                 Ok(None) if rbuf.len() >= MAX_REQUEST_HEADERS => {
                     return refuse(&mut stream, Refusal::TooLarge).await;
@@ -380,13 +380,14 @@ pub async fn serve(ctx: Arc<ConnContext>, mut stream: TcpStream) {
         };
         // In flight until its response is written: the idle timeout counts from then.
         let _active = activity.start(started);
-        let handled = handle(ctx.clone(), Request::from_parts(head.parts, body));
+        // Pinned where it is made: the request's future is large, and moving it costs a copy.
+        let mut handled =
+            std::pin::pin!(handle(ctx.clone(), Request::from_parts(head.parts, body)));
         let resp = match pending {
             None => {
                 // While the request runs, the connection is watched: a client that closes it
                 // cancels the request (as Envoy resets the upstream request, and hyper without
                 // half-close); the bytes of a pipelined next request are kept.
-                tokio::pin!(handled);
                 loop {
                     tokio::select! {
                         biased;
@@ -404,7 +405,7 @@ pub async fn serve(ctx: Arc<ConnContext>, mut stream: TcpStream) {
                 // The request runs while this task reads its body; a body left unread when the
                 // response is ready means the connection cannot carry another request.
                 let pumped = pump(&mut stream, &mut rbuf, framing, tx, head.expect_continue);
-                tokio::pin!(handled, pumped);
+                tokio::pin!(pumped);
                 let mut complete = None;
                 let resp = loop {
                     tokio::select! {
@@ -622,9 +623,9 @@ mod tests {
 
     fn head(raw: &[u8]) -> Result<Head, Refusal> {
         let raw = Bytes::copy_from_slice(raw);
-        let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
+        let mut spans = Vec::new();
         let p = parse_head(&raw, &mut spans)?.expect("complete");
-        build_head(&raw, &p, &spans[..p.count])
+        build_head(&raw, &p, &spans)
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! Compared with a client that runs each connection as its own task, a request costs no
 //! channel hand-offs and no task wake-ups between the two sides: one write and one read.
 
+use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -68,6 +69,8 @@ pub struct Conn {
     rbuf: BytesMut,
     /// The last request's bytes (kept for its allocation).
     wbuf: Vec<u8>,
+    /// Where the last response head's headers lay (kept for its allocation).
+    spans: Vec<Span>,
 }
 
 impl Conn {
@@ -97,7 +100,8 @@ impl Conn {
         Ok(Conn {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
-            wbuf: Vec::with_capacity(512),
+            wbuf: Vec::new(),
+            spans: Vec::with_capacity(16),
         })
     }
 
@@ -209,7 +213,15 @@ pub async fn send(
     target: &Target,
     req: Request<Body>,
 ) -> Result<Response<Body>, H1Error> {
-    let (mut conn, mut reused) = match home.affinity.take(target.addr, home.idle) {
+    let mut kept = home.affinity.take(target.addr, home.idle);
+    let mut out = kept
+        .as_mut()
+        .map(|c| std::mem::take(&mut c.wbuf))
+        .unwrap_or_default();
+    // The head is encoded before any wait, so that it is not held in this future.
+    let (head_only, mut body) = encode_request(req, &mut out);
+    let streamed = body.is_some();
+    let (mut conn, mut reused) = match kept {
         Some(c) => (c, true),
         None => (
             Box::pin(Conn::connect(
@@ -221,35 +233,11 @@ pub async fn send(
             false,
         ),
     };
-    let (parts, mut body) = req.into_parts();
-    let head_only = parts.method == Method::HEAD;
-    let mut out = std::mem::take(&mut conn.wbuf);
-    out.clear();
-    let streamed = match &mut body {
-        Body::Local(full) => {
-            let data = full_bytes(full);
-            encode_head(&parts, BodyFraming::Fixed(data.len() as u64), &mut out);
-            out.extend_from_slice(&data);
-            false
-        }
-        b if b.is_end_stream() => {
-            encode_head(&parts, BodyFraming::Fixed(0), &mut out);
-            false
-        }
-        b => {
-            let framing = match b.size_hint().exact() {
-                Some(n) => BodyFraming::Fixed(n),
-                None => BodyFraming::Chunked,
-            };
-            encode_head(&parts, framing, &mut out);
-            true
-        }
-    };
     loop {
         let sent = async {
             conn.stream.write_all(&out).await.map_err(H1Error::Write)?;
-            if streamed {
-                Box::pin(write_body(&mut conn.stream, &mut body)).await?;
+            if let Some(body) = &mut body {
+                Box::pin(write_body(&mut conn.stream, body)).await?;
             }
             read_head(&mut conn, head_only).await
         }
@@ -275,6 +263,34 @@ pub async fn send(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Writes the request's head into `out`, with its body when that is at hand. Returns whether
+/// the response can have no body (HEAD) and the body still to stream, if any.
+fn encode_request(req: Request<Body>, out: &mut Vec<u8>) -> (bool, Option<Body>) {
+    let (parts, mut body) = req.into_parts();
+    out.clear();
+    let streamed = match &mut body {
+        Body::Local(full) => {
+            let data = full_bytes(full);
+            encode_head(&parts, BodyFraming::Fixed(data.len() as u64), out);
+            out.extend_from_slice(&data);
+            false
+        }
+        b if b.is_end_stream() => {
+            encode_head(&parts, BodyFraming::Fixed(0), out);
+            false
+        }
+        b => {
+            let framing = match b.size_hint().exact() {
+                Some(n) => BodyFraming::Fixed(n),
+                None => BodyFraming::Chunked,
+            };
+            encode_head(&parts, framing, out);
+            true
+        }
+    };
+    (parts.method == Method::HEAD, streamed.then_some(body))
 }
 
 impl H1Error {
@@ -371,7 +387,7 @@ enum Framing {
 /// Reads the response head, skipping interim (1xx) responses.
 async fn read_head(conn: &mut Conn, head_only: bool) -> Result<Head, H1Error> {
     loop {
-        match take_head(&mut conn.rbuf, head_only)? {
+        match take_head(&mut conn.rbuf, &mut conn.spans, head_only)? {
             Some(head)
                 if head.status.is_informational()
                     && head.status != StatusCode::SWITCHING_PROTOCOLS =>
@@ -395,13 +411,16 @@ async fn read_head(conn: &mut Conn, head_only: bool) -> Result<Head, H1Error> {
 
 /// The complete head at the start of `buf`, split off, if it is all there. Synchronous, so that
 /// the parser's tables stay on the stack rather than in the request's future.
-fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, H1Error> {
-    let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
-    let Some(parsed) = parse_head(buf, &mut spans)? else {
+fn take_head(
+    buf: &mut BytesMut,
+    spans: &mut Vec<Span>,
+    head_only: bool,
+) -> Result<Option<Head>, H1Error> {
+    let Some(parsed) = parse_head(buf, spans)? else {
         return Ok(None);
     };
     let raw = buf.split_to(parsed.len).freeze();
-    build_head(&raw, &parsed, &spans[..parsed.count], head_only).map(Some)
+    build_head(&raw, &parsed, spans, head_only).map(Some)
 }
 
 /// What one parse of a complete head found; the headers are in the spans.
@@ -409,36 +428,36 @@ struct Parsed {
     len: usize,
     status: u16,
     version_11: bool,
-    count: usize,
 }
 
-/// Parses the head at the start of `buf` once, if it is all there, noting where each header is
-/// so that the values can share the buffer once it is split off.
-fn parse_head(buf: &[u8], spans: &mut [Span; MAX_HEADERS]) -> Result<Option<Parsed>, H1Error> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
+/// Parses the head at the start of `buf` once, if it is all there, noting in `spans` where each
+/// header is so that the values can share the buffer once it is split off. The parser's slots
+/// start uninitialised and the spans reuse the connection's vector: nothing is zeroed per head.
+fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<Parsed>, H1Error> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+    let len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(H1Error::BadHead(e.to_string())),
     };
-    for (slot, h) in spans.iter_mut().zip(resp.headers.iter()) {
-        *slot = span(buf, h);
-    }
+    spans.clear();
+    spans.extend(resp.headers.iter().map(|h| span(buf, h)));
     Ok(Some(Parsed {
         len,
         status: resp.code.unwrap_or(0),
         version_11: resp.version == Some(1),
-        count: resp.headers.len(),
     }))
 }
 
 /// Parses a whole head held in `raw`.
 #[cfg(test)]
 fn decode_head(raw: &Bytes, head_only: bool) -> Result<Head, H1Error> {
-    let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
+    let mut spans = Vec::new();
     let parsed = parse_head(raw, &mut spans)?.ok_or(H1Error::BadHead("incomplete".into()))?;
-    build_head(raw, &parsed, &spans[..parsed.count], head_only)
+    build_head(raw, &parsed, &spans, head_only)
 }
 
 /// The head's status, headers (their values share `raw`), framing and keep-alive. The
@@ -543,12 +562,12 @@ fn respond(mut conn: Conn, head: Head, home: &Home) -> Response<Body> {
             }
             Body::Local(Full::new(data))
         }
-        framing => Body::Upstream(Streaming {
+        framing => Body::Upstream(Box::new(Streaming {
             conn: Some(conn),
             framing,
             keep_alive: head.keep_alive,
             home: home.clone(),
-        }),
+        })),
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -462,6 +464,19 @@ async fn send_once(
         })
 }
 
+/// `fut`'s output, or `None` when `at` comes first. Unlike `tokio::time::timeout_at`, the
+/// future is polled where it lies instead of being moved into the timeout's own.
+async fn until<F: Future>(at: Instant, mut fut: Pin<&mut F>) -> Option<F::Output> {
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(at.into()));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
 /// A `grpc-timeout` header value (`100m`, `5S`, …) as a duration.
 pub fn grpc_timeout(v: &str) -> Option<Duration> {
     let (n, unit) = v.split_at(v.len().checked_sub(1)?);
@@ -899,7 +914,9 @@ async fn forward(
             (Some(d), Some(t)) => Some(d.min(t)),
             (d, t) => d.or(t),
         };
-        let sent = send_once(ctx, cluster, addr, http2, req);
+        // Pinned where it is made, and raced against its timer in place: wrapping it in a
+        // timeout future would copy it, and it is large.
+        let sent = std::pin::pin!(send_once(ctx, cluster, addr, http2, req));
         // The stream idle timeout (the route's, else the connection manager's) ends the wait
         // for the response when it comes first: 408 with flag SI, as Envoy.
         let stream_idle = f
@@ -909,7 +926,7 @@ async fn forward(
             .map(|t| now + t)
             .filter(|t| limit.is_none_or(|l| *t < l));
         let result = match stream_idle.or(limit) {
-            Some(at) => tokio::time::timeout_at(at.into(), sent).await.ok(),
+            Some(at) => until(at, sent).await,
             None => Some(sent.await),
         };
         if result.is_none() && stream_idle.is_some() {
