@@ -505,6 +505,51 @@ async fn http_routing_and_local_replies() {
         1,
         "one connection for three requests:\n{log}"
     );
+
+    // The requests of one connection share its timer. A later request with a shorter timeout
+    // still times out on time (the timer is brought forward), and one with a longer timeout
+    // outlives the earlier request's deadline (the timer is moved on when it fires early).
+    let codes = |first_timeout_ms: &str, second_timeout_ms: Option<&str>| {
+        let mut args = vec![
+            "-s".to_string(),
+            "--max-time".into(),
+            "10".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-w".into(),
+            "%{http_code} %{num_connects}\n".into(),
+            "-H".into(),
+            format!("x-envoy-upstream-rq-timeout-ms: {first_timeout_ms}"),
+            format!("{base}/v1/first"),
+            "--next".into(),
+            "-s".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-w".into(),
+            "%{http_code} %{num_connects}\n".into(),
+        ];
+        if let Some(t) = second_timeout_ms {
+            args.extend(["-H".into(), format!("x-envoy-upstream-rq-timeout-ms: {t}")]);
+        }
+        args.push(format!("{base}/slow"));
+        let out = Command::new("curl").args(&args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = codes("10000", None);
+    assert_eq!(
+        out, "200 1\n504 0\n",
+        "the route's 500 ms applies after a 10 s request on the same connection"
+    );
+    let out = codes("300", Some("4000"));
+    assert_eq!(
+        out, "200 1\n200 0\n",
+        "an earlier request's 300 ms deadline does not end a later 4 s one"
+    );
+    let out = codes("300", Some("1000"));
+    assert_eq!(
+        out, "200 1\n504 0\n",
+        "after firing for an earlier request, the timer still ends a later one on time"
+    );
 }
 
 /// Sends raw bytes, returns the status line of the answer.

@@ -159,9 +159,9 @@ impl Breaker {
 /// The breakers of all clusters; a cluster whose thresholds change gets a new one.
 #[derive(Debug, Default)]
 pub struct Breakers {
-    /// Looked up on every request: hashed with xxHash rather than SipHash (the names are the
+    /// Looked up on every request: hashed with foldhash rather than SipHash (the names are the
     /// proxy's own configuration, not attacker-chosen keys).
-    by_cluster: Mutex<HashMap<String, Arc<Breaker>, xxhash_rust::xxh64::Xxh64Builder>>,
+    by_cluster: Mutex<HashMap<String, Arc<Breaker>, foldhash::fast::FixedState>>,
 }
 
 /// One cluster's overflow counters, as Envoy names them.

@@ -289,6 +289,7 @@ pub async fn handle(
                     telemetry: counters.telemetry.clone(),
                     inbound: accepting.name == "virtualInbound",
                     affinity: Default::default(),
+                    timer: None,
                 };
                 let h2 = match detected {
                     Sniffed::H2c => Some(true),

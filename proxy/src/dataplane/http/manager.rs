@@ -184,7 +184,7 @@ impl super::report::Post for SpanPoster {
         let status = resp.status();
         let header_status = resp
             .headers()
-            .get("grpc-status")
+            .get(GRPC_STATUS)
             .and_then(|v| v.to_str().ok())
             .map(String::from);
         // Read the answer to its end (the connection is reused; gRPC's status is in trailers).
@@ -201,7 +201,7 @@ impl super::report::Post for SpanPoster {
             let code = header_status.or_else(|| {
                 trailers
                     .as_ref()?
-                    .get("grpc-status")?
+                    .get(GRPC_STATUS)?
                     .to_str()
                     .ok()
                     .map(String::from)
@@ -260,6 +260,7 @@ const X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS: HeaderName =
 const X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 const X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Removes the hop-by-hop headers: one pass over the names finds which are there (usually
 /// none on a request), and only those are looked up to be removed.
@@ -279,24 +280,29 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 
 /// A new request id, as a header value.
 fn request_id_value() -> HeaderValue {
-    // The id's bytes become the value's without a copy.
-    HeaderValue::from_maybe_shared(Bytes::from(request_id().into_bytes()))
-        .unwrap_or(HeaderValue::from_static("-"))
+    HeaderValue::from_bytes(&request_id_bytes()).unwrap_or(HeaderValue::from_static("-"))
 }
 
+#[cfg(test)]
 fn request_id() -> String {
-    // A random (version 4) UUID.
+    String::from_utf8_lossy(&request_id_bytes()).into_owned()
+}
+
+/// A random (version 4) UUID in its 36-character text form, made on the stack.
+fn request_id_bytes() -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b: [u8; 16] = fastrand::u128(..).to_le_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(36);
+    let mut out = [b'-'; 36];
+    let mut at = 0;
     for (i, x) in b.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            out.push('-');
+            at += 1;
         }
-        out.push(HEX[usize::from(x >> 4)] as char);
-        out.push(HEX[usize::from(x & 0xf)] as char);
+        out[at] = HEX[usize::from(x >> 4)];
+        out[at + 1] = HEX[usize::from(x & 0xf)];
+        at += 2;
     }
     out
 }
@@ -321,6 +327,13 @@ mod tests {
         assert_eq!(super::shadow_host("ratings:9080"), "ratings-shadow:9080");
         assert_eq!(super::shadow_host("ratings"), "ratings-shadow");
         assert_eq!(super::shadow_host("[fd00::1]:80"), "[fd00::1]-shadow:80");
+    }
+
+    #[test]
+    fn numbers_become_header_values() {
+        for n in [0, 7, 9, 10, 1234, u64::MAX] {
+            assert_eq!(super::number_value(n), n.to_string().as_str());
+        }
     }
 
     #[test]
@@ -355,6 +368,50 @@ pub struct ConnContext {
     pub telemetry: Arc<crate::stats::Telemetry>,
     /// Accepted by `virtualInbound`: this proxy reports as the destination.
     pub inbound: bool,
+    /// The connection's one request timer, where its requests run one at a time (HTTP/1.x);
+    /// `None` gives each request a timer of its own (HTTP/2).
+    pub timer: Option<Arc<ConnTimer>>,
+}
+
+/// A timer kept for a connection's whole life and shared by its requests in turn. It is
+/// re-armed only when a request's deadline comes before the one it is set for, or once it
+/// has fired; a request then checks its own deadline against the clock. With a route timeout
+/// that is the same for every request, that is one timer registration per timeout period
+/// instead of a registration and a removal per request.
+#[derive(Debug)]
+pub struct ConnTimer(Mutex<Pin<Box<tokio::time::Sleep>>>);
+
+impl Default for ConnTimer {
+    fn default() -> ConnTimer {
+        ConnTimer::new()
+    }
+}
+
+impl ConnTimer {
+    pub fn new() -> ConnTimer {
+        // Unarmed until the first deadline: far off, and never polled before re-arming.
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        ConnTimer(Mutex::new(Box::pin(tokio::time::sleep_until(far))))
+    }
+
+    /// Whether `at` has come; otherwise the task is woken no later than `at`.
+    fn poll_until(&self, at: Instant, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let mut timer = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let at = tokio::time::Instant::from_std(at);
+        if timer.deadline() > at || timer.is_elapsed() {
+            timer.as_mut().reset(at);
+        }
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // It fired: at this request's deadline, or at an earlier request's.
+            if tokio::time::Instant::now() >= at {
+                return Poll::Ready(());
+            }
+            timer.as_mut().reset(at);
+        }
+    }
 }
 
 /// The request's headers as routing reads them (only built when a route looks at headers).
@@ -465,8 +522,22 @@ async fn send_once(
 }
 
 /// `fut`'s output, or `None` when `at` comes first. Unlike `tokio::time::timeout_at`, the
-/// future is polled where it lies instead of being moved into the timeout's own.
-async fn until<F: Future>(at: Instant, mut fut: Pin<&mut F>) -> Option<F::Output> {
+/// future is polled where it lies instead of being moved into the timeout's own; the timer is
+/// the connection's when it has one.
+async fn until<F: Future>(
+    timer: Option<&ConnTimer>,
+    at: Instant,
+    mut fut: Pin<&mut F>,
+) -> Option<F::Output> {
+    if let Some(timer) = timer {
+        return std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            timer.poll_until(at, cx).map(|()| None)
+        })
+        .await;
+    }
     let mut timer = std::pin::pin!(tokio::time::sleep_until(at.into()));
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
@@ -535,6 +606,16 @@ fn timeouts(f: &Forward, headers: &mut http::HeaderMap) -> (Option<Duration>, Op
 
 /// A duration in milliseconds as a header value. Routes mostly share one timeout, so the last
 /// value made on this thread is kept and shared.
+/// A number as a header value; the one-digit ones (most upstream service times) are static,
+/// without an allocation.
+fn number_value(n: u64) -> HeaderValue {
+    const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match DIGITS.get(n as usize) {
+        Some(d) => HeaderValue::from_static(d),
+        None => HeaderValue::from(n),
+    }
+}
+
 fn millis_value(d: Duration) -> HeaderValue {
     thread_local! {
         static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> =
@@ -926,7 +1007,7 @@ async fn forward(
             .map(|t| now + t)
             .filter(|t| limit.is_none_or(|l| *t < l));
         let result = match stream_idle.or(limit) {
-            Some(at) => until(at, sent).await,
+            Some(at) => until(ctx.timer.as_deref(), at, sent).await,
             None => Some(sent.await),
         };
         if result.is_none() && stream_idle.is_some() {
@@ -942,7 +1023,7 @@ async fn forward(
                 status: resp.status().as_u16(),
                 grpc: resp
                     .headers()
-                    .get("grpc-status")
+                    .get(GRPC_STATUS)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok()),
             },
@@ -991,7 +1072,7 @@ async fn forward(
                     strip_hop_by_hop(resp.headers_mut());
                 }
                 resp.headers_mut()
-                    .insert(X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(elapsed));
+                    .insert(X_ENVOY_UPSTREAM_SERVICE_TIME, number_value(elapsed));
                 if let Some(c) = &set_cookie
                     && let Ok(v) = HeaderValue::from_str(c)
                 {
@@ -1070,16 +1151,18 @@ fn record(
     received: Instant,
     peer: Option<&crate::stats::Workload>,
 ) {
-    use std::hash::{Hash, Hasher};
+    use std::hash::{BuildHasher, Hash, Hasher};
     let grpc_status = resp
         .headers()
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let flags = response_flags(resp);
     let flag: &str = &flags;
-    // What makes a series different, hashed; the labels are built once per series.
-    let mut h = xxhash_rust::xxh64::Xxh64::new(0);
+    // What makes a series different, hashed; the labels are built once per series. The key is
+    // the series' identity, so the hash is foldhash's quality variant (64 bits, full
+    // avalanche): streaming xxHash cost more than the rest of the recording.
+    let mut h = foldhash::quality::FixedState::with_seed(SERIES_SEED).build_hasher();
     ctx.inbound.hash(&mut h);
     peer.hash(&mut h);
     match info {
@@ -1145,6 +1228,9 @@ fn record(
     };
     ctx.telemetry.metrics.record(key, labels, observation);
 }
+
+/// The seed of the series keys: fixed, so that keys are the same for the process's life.
+const SERIES_SEED: u64 = 0x6f75_7472_6967_6772;
 
 /// The response body's length: known exactly, or from Content-Length; 0 when streamed.
 fn response_length(resp: &Response<Body>) -> u64 {
@@ -1531,10 +1617,7 @@ fn grpc_abort(code: u32) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    h.insert(
-        HeaderName::from_static("grpc-status"),
-        HeaderValue::from(code),
-    );
+    h.insert(GRPC_STATUS, HeaderValue::from(code));
     h.insert(
         HeaderName::from_static("grpc-message"),
         HeaderValue::from_static("fault filter abort"),
@@ -1612,6 +1695,10 @@ pub async fn serve_connection(ctx: ConnContext, stream: TcpStream, h2: Option<bo
     if h2 {
         serve_hyper(ctx, stream).await;
     } else {
+        let ctx = ConnContext {
+            timer: Some(Arc::new(ConnTimer::new())),
+            ..ctx
+        };
         super::h1_server::serve(Arc::new(ctx), stream).await;
     }
 }
