@@ -471,6 +471,14 @@ async fn http_routing_and_local_replies() {
         "UT"
     );
 
+    // HTTP/2 requests have a timer each rather than the connection's.
+    let (code, _, body) = curl(&["--http2-prior-knowledge", &format!("{base}/slow")]);
+    assert_eq!(
+        (code, body.as_str()),
+        (504, "upstream request timeout"),
+        "UT over h2c"
+    );
+
     let (code, _, body) = curl(&[&format!("{base}/idle")]);
     assert_eq!((code, body.as_str()), (408, "stream timeout"), "SI");
 
@@ -523,6 +531,8 @@ async fn http_routing_and_local_replies() {
             format!("{base}/v1/first"),
             "--next".into(),
             "-s".into(),
+            "--max-time".into(),
+            "10".into(),
             "-o".into(),
             "/dev/null".into(),
             "-w".into(),

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use super::body::{Body, BoxError};
 use super::h1_wire::{
-    Chunk, Decoded, HEADROOM, MAX_HEADERS, READ_CHUNK, Span, StreamError, content_length, decimal,
+    Chunk, Decoded, HEADROOM, MAX_HEADERS, READ_CHUNK, Span, StreamError, content_length,
     decode_chunked, full_bytes, has_token, header_line, last_coding, offset, poll_fill, span,
     stream_body,
 };
@@ -551,7 +551,7 @@ fn encode_head(
         (true, _) => Out::Bodyless,
         (false, Some(n)) => {
             out.extend_from_slice(b"content-length: ");
-            decimal(out, n);
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
             out.extend_from_slice(b"\r\n");
             Out::Sized
         }

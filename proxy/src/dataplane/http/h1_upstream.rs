@@ -25,8 +25,7 @@ use tokio::net::TcpStream;
 use super::body::{Body, BoxError};
 use super::h1_wire::{
     BadChunk, Chunk, Decoded, HEADROOM, MAX_HEADERS, READ_CHUNK, Span, StreamError, content_length,
-    decimal, decode_chunked, full_bytes, has_token, header_line, last_coding, poll_fill, span,
-    stream_body,
+    decode_chunked, full_bytes, has_token, header_line, last_coding, poll_fill, span, stream_body,
 };
 
 /// The largest response head accepted (Envoy's `max_response_headers_kb` default).
@@ -344,7 +343,7 @@ fn encode_head(parts: &http::request::Parts, framing: BodyFraming, out: &mut Vec
             let expects_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
             if n > 0 || expects_body || parts.headers.contains_key(header::CONTENT_LENGTH) {
                 out.extend_from_slice(b"content-length: ");
-                decimal(out, n);
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
                 out.extend_from_slice(b"\r\n");
             }
         }

@@ -111,22 +111,6 @@ pub fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// `n` in decimal, formatted on the stack (a content length, without a `String` per head).
-pub fn decimal(out: &mut Vec<u8>, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
-}
-
 /// One chunk of a chunked body.
 pub fn chunk(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
@@ -295,15 +279,6 @@ fn line_end(buf: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decimals() {
-        for n in [0, 7, 10, 99, 100, 65_535, u64::MAX] {
-            let mut out = b"x".to_vec();
-            decimal(&mut out, n);
-            assert_eq!(out, format!("x{n}").as_bytes());
-        }
-    }
 
     fn decode_all(input: &[u8]) -> Result<(Vec<u8>, Chunk, usize), BadChunk> {
         let mut state = Chunk::Size;

@@ -381,14 +381,8 @@ pub struct ConnContext {
 #[derive(Debug)]
 pub struct ConnTimer(Mutex<Pin<Box<tokio::time::Sleep>>>);
 
-impl Default for ConnTimer {
-    fn default() -> ConnTimer {
-        ConnTimer::new()
-    }
-}
-
 impl ConnTimer {
-    pub fn new() -> ConnTimer {
+    fn new() -> ConnTimer {
         // Unarmed until the first deadline: far off, and never polled before re-arming.
         let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
         ConnTimer(Mutex::new(Box::pin(tokio::time::sleep_until(far))))
@@ -523,27 +517,25 @@ async fn send_once(
 
 /// `fut`'s output, or `None` when `at` comes first. Unlike `tokio::time::timeout_at`, the
 /// future is polled where it lies instead of being moved into the timeout's own; the timer is
-/// the connection's when it has one.
+/// the connection's when it has one, else one made for this wait.
 async fn until<F: Future>(
     timer: Option<&ConnTimer>,
     at: Instant,
     mut fut: Pin<&mut F>,
 ) -> Option<F::Output> {
-    if let Some(timer) = timer {
-        return std::future::poll_fn(|cx| {
-            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-                return Poll::Ready(Some(out));
-            }
-            timer.poll_until(at, cx).map(|()| None)
-        })
-        .await;
-    }
-    let mut timer = std::pin::pin!(tokio::time::sleep_until(at.into()));
+    let mut own: Option<Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
         }
-        timer.as_mut().poll(cx).map(|()| None)
+        let fired = match timer {
+            Some(shared) => shared.poll_until(at, cx),
+            None => own
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())))
+                .as_mut()
+                .poll(cx),
+        };
+        fired.map(|()| None)
     })
     .await
 }
@@ -604,8 +596,6 @@ fn timeouts(f: &Forward, headers: &mut http::HeaderMap) -> (Option<Duration>, Op
     (timeout, per_try)
 }
 
-/// A duration in milliseconds as a header value. Routes mostly share one timeout, so the last
-/// value made on this thread is kept and shared.
 /// A number as a header value; the one-digit ones (most upstream service times) are static,
 /// without an allocation.
 fn number_value(n: u64) -> HeaderValue {
@@ -616,6 +606,8 @@ fn number_value(n: u64) -> HeaderValue {
     }
 }
 
+/// A duration in milliseconds as a header value. Routes mostly share one timeout, so the last
+/// value made on this thread is kept and shared.
 fn millis_value(d: Duration) -> HeaderValue {
     thread_local! {
         static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> =
