@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::Full;
@@ -26,8 +26,8 @@ use tokio::sync::mpsc;
 use super::body::{Body, BoxError};
 use super::h1_wire::{
     Chunk, Decoded, HEADROOM, MAX_HEADERS, READ_CHUNK, Span, StreamError, content_length,
-    decode_chunked, full_bytes, has_token, header_line, last_coding, offset, poll_fill, span,
-    stream_body,
+    decode_chunked, full_bytes, has_token, header_line, header_name, last_coding, offset,
+    poll_fill, span, stream_body,
 };
 use super::manager::{Activity, ConnContext, MAX_REQUEST_HEADERS, handle, idle_for};
 
@@ -120,7 +120,7 @@ fn build_head(raw: &Bytes, p: &Parsed, spans: &[Span]) -> Result<Head, Refusal> 
     let mut coding: Option<&[u8]> = None;
     let (mut close, mut keep_alive_token, mut expect_continue) = (false, false, false);
     for &(ns, ne, vs, ve) in spans {
-        let name = HeaderName::from_bytes(&raw[ns..ne]).map_err(|_| {
+        let name = header_name(&raw[ns..ne]).map_err(|_| {
             Refusal::Malformed(format!(
                 "header name {:?}",
                 String::from_utf8_lossy(&raw[ns..ne])

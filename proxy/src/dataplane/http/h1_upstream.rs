@@ -25,7 +25,8 @@ use tokio::net::TcpStream;
 use super::body::{Body, BoxError};
 use super::h1_wire::{
     BadChunk, Chunk, Decoded, HEADROOM, MAX_HEADERS, READ_CHUNK, Span, StreamError, content_length,
-    decode_chunked, full_bytes, has_token, header_line, last_coding, poll_fill, span, stream_body,
+    decode_chunked, full_bytes, has_token, header_line, header_name, last_coding, poll_fill, span,
+    stream_body,
 };
 
 /// The largest response head accepted (Envoy's `max_response_headers_kb` default).
@@ -475,27 +476,26 @@ fn build_head(
     let mut last_coding_seen: Option<&[u8]> = None;
     let mut close = false;
     for &(ns, ne, vs, ve) in spans {
-        let name = &raw[ns..ne];
         let value = &raw[vs..ve];
-        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        let name = header_name(&raw[ns..ne]).map_err(|_| {
+            H1Error::BadHead(format!(
+                "header name {:?}",
+                String::from_utf8_lossy(&raw[ns..ne])
+            ))
+        })?;
+        if name == header::TRANSFER_ENCODING {
             if let Some(c) = last_coding(value) {
                 last_coding_seen = Some(c);
             }
             continue;
         }
-        if name.eq_ignore_ascii_case(b"connection") {
+        if name == header::CONNECTION {
             close |= has_token(value, b"close");
             continue;
         }
-        if HOP_BY_HOP_OTHERS
-            .iter()
-            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-        {
+        if hop_by_hop_other(&name) {
             continue;
         }
-        let name = HeaderName::from_bytes(name).map_err(|_| {
-            H1Error::BadHead(format!("header name {:?}", String::from_utf8_lossy(name)))
-        })?;
         let value = HeaderValue::from_maybe_shared(raw.slice(vs..ve))
             .map_err(|_| H1Error::BadHead(format!("value of header {name}")))?;
         headers.append(name, value);
@@ -510,8 +510,14 @@ fn build_head(
     })
 }
 
-/// Hop-by-hop headers besides `Connection` and `Transfer-Encoding`.
-const HOP_BY_HOP_OTHERS: [&str; 5] = ["keep-alive", "proxy-connection", "upgrade", "te", "trailer"];
+/// Whether `name` is a hop-by-hop header other than `Connection` and `Transfer-Encoding`.
+fn hop_by_hop_other(name: &HeaderName) -> bool {
+    name == header::UPGRADE
+        || name == header::TE
+        || name == header::TRAILER
+        || name == "keep-alive"
+        || name == "proxy-connection"
+}
 
 /// How the body of a response is delimited (RFC 9112 section 6.3), given the last transfer
 /// coding named.

@@ -6,6 +6,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
+use http::header::{self, HeaderName};
 use http_body::Body as _;
 use http_body_util::Full;
 use thiserror::Error;
@@ -52,6 +53,25 @@ pub fn full_bytes(full: &mut Full<Bytes>) -> Bytes {
         Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
         _ => Bytes::new(),
     }
+}
+
+/// The header named by `raw`. The names servers and clients send on nearly every message, as
+/// they spell them, are matched directly; the rest go through `HeaderName::from_bytes`, which
+/// validates and lower-cases them.
+pub fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    let known = match raw {
+        b"Host" | b"host" => header::HOST,
+        b"Date" | b"date" => header::DATE,
+        b"Server" | b"server" => header::SERVER,
+        b"Accept" | b"accept" => header::ACCEPT,
+        b"Connection" | b"connection" => header::CONNECTION,
+        b"User-Agent" | b"user-agent" => header::USER_AGENT,
+        b"Content-Type" | b"content-type" => header::CONTENT_TYPE,
+        b"Content-Length" | b"content-length" => header::CONTENT_LENGTH,
+        b"Transfer-Encoding" | b"transfer-encoding" => header::TRANSFER_ENCODING,
+        _ => return HeaderName::from_bytes(raw),
+    };
+    Ok(known)
 }
 
 /// Where a header's name and value lie in a head: (name start, name end, value start, value

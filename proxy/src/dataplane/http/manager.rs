@@ -290,19 +290,25 @@ fn request_id() -> String {
 
 /// A random (version 4) UUID in its 36-character text form, made on the stack.
 fn request_id_bytes() -> [u8; 36] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Each byte's two hex digits from one table lookup, written where the text form puts them
+    // (the dashes stay where they were laid).
+    const PAIRS: [[u8; 2]; 256] = {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut t = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+            i += 1;
+        }
+        t
+    };
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
     let mut b: [u8; 16] = fastrand::u128(..).to_le_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let mut out = [b'-'; 36];
-    let mut at = 0;
-    for (i, x) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            at += 1;
-        }
-        out[at] = HEX[usize::from(x >> 4)];
-        out[at + 1] = HEX[usize::from(x & 0xf)];
-        at += 2;
+    for (x, at) in b.iter().zip(AT) {
+        out[at..at + 2].copy_from_slice(&PAIRS[usize::from(*x)]);
     }
     out
 }
@@ -807,9 +813,8 @@ async fn forward(
     {
         headers.insert(header::HOST, v);
     }
-    if !headers.contains_key(X_REQUEST_ID) {
-        headers.insert(X_REQUEST_ID, request_id_value());
-    }
+    // One lookup each: the entry is found (or made) by a single hash of the name.
+    headers.entry(X_REQUEST_ID).or_insert_with(request_id_value);
     // Metadata exchange: only towards mesh services (not passthrough), so that no identity
     // leaks to hosts outside the mesh.
     if ctx.manager.peer_metadata
@@ -828,9 +833,9 @@ async fn forward(
         }
     }
     let headers = &mut parts.headers;
-    if !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
+    headers
+        .entry(X_FORWARDED_PROTO)
+        .or_insert_with(|| HeaderValue::from_static("http"));
     // A body small enough to keep is buffered when the route retries; otherwise the request
     // is sent once.
     let retry = f.retry.as_ref().filter(|p| p.num_retries > 0);
@@ -1009,15 +1014,17 @@ async fn forward(
                 "stream timeout",
             );
         }
+        // Only a retry policy reads the grpc-status: without one the header is not looked up.
         let outcome = match &result {
             None => retry::Outcome::PerTryTimeout,
             Some(Ok(resp)) => retry::Outcome::Response {
                 status: resp.status().as_u16(),
-                grpc: resp
-                    .headers()
-                    .get(GRPC_STATUS)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok()),
+                grpc: retry.and_then(|_| {
+                    resp.headers()
+                        .get(GRPC_STATUS)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                }),
             },
             Some(Err(SendError::Connect(_))) => retry::Outcome::ConnectFailure,
             Some(Err(SendError::Other(_))) => retry::Outcome::Reset,
@@ -1144,9 +1151,15 @@ fn record(
     peer: Option<&crate::stats::Workload>,
 ) {
     use std::hash::{BuildHasher, Hash, Hasher};
-    let grpc_status = resp
+    // gRPC's status label: only a gRPC response (by its content type, a standard header and a
+    // cheap lookup) is searched for a grpc-status, as Istio labels only gRPC requests with it.
+    let grpc = resp
         .headers()
-        .get(GRPC_STATUS)
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let grpc_status = grpc
+        .then(|| resp.headers().get(GRPC_STATUS))
+        .flatten()
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let flags = response_flags(resp);
@@ -1196,12 +1209,6 @@ fn record(
                 .map(|w| crate::stats::Workload::from_istio(&w));
             ("source", me, endpoint.unwrap_or_else(exchanged))
         };
-        let grpc = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"))
-            || !grpc_status.is_empty();
         crate::stats::RequestLabels {
             reporter,
             source,
@@ -1279,9 +1286,9 @@ pub async fn handle(
     }
     let recorded = (!ctx.manager.access_logs.is_empty() || reported.is_some()).then(|| {
         // The request id the upstream will see is decided here, so that the log shows it.
-        if !req.headers().contains_key(X_REQUEST_ID) {
-            req.headers_mut().insert(X_REQUEST_ID, request_id_value());
-        }
+        req.headers_mut()
+            .entry(X_REQUEST_ID)
+            .or_insert_with(request_id_value);
         let path = req
             .uri()
             .path_and_query()
