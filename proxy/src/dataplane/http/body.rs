@@ -23,6 +23,13 @@ pub enum Body {
     Inbound(super::h1_server::Inbound),
 }
 
+impl Body {
+    /// No body.
+    pub fn empty() -> Body {
+        Body::Local(Full::new(Bytes::new()))
+    }
+}
+
 impl From<Incoming> for Body {
     fn from(b: Incoming) -> Body {
         Body::Streamed(b)

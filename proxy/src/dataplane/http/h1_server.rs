@@ -381,8 +381,10 @@ pub async fn serve(ctx: Arc<ConnContext>, mut stream: TcpStream) {
         // In flight until its response is written: the idle timeout counts from then.
         let _active = activity.start(started);
         // Pinned where it is made: the request's future is large, and moving it costs a copy.
-        let mut handled =
-            std::pin::pin!(handle(ctx.clone(), Request::from_parts(head.parts, body)));
+        let mut handled = std::pin::pin!(handle(
+            ctx.clone(),
+            Box::new(Request::from_parts(head.parts, body))
+        ));
         let resp = match pending {
             None => {
                 // While the request runs, the connection is watched: a client that closes it

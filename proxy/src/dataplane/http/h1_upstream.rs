@@ -212,7 +212,7 @@ pub struct Target {
 pub async fn send(
     home: &Home,
     target: &Target,
-    req: Request<Body>,
+    mut req: Box<Request<Body>>,
 ) -> Result<Response<Body>, H1Error> {
     let mut kept = home.affinity.take(target.addr, home.idle);
     let mut out = kept
@@ -220,7 +220,8 @@ pub async fn send(
         .map(|c| std::mem::take(&mut c.wbuf))
         .unwrap_or_default();
     // The head is encoded before any wait, so that it is not held in this future.
-    let (head_only, mut body) = encode_request(req, &mut out);
+    let (head_only, mut body) = encode_request(&mut req, &mut out);
+    drop(req);
     let streamed = body.is_some();
     let (mut conn, mut reused) = match kept {
         Some(c) => (c, true),
@@ -268,18 +269,18 @@ pub async fn send(
 
 /// Writes the request's head into `out`, with its body when that is at hand. Returns whether
 /// the response can have no body (HEAD) and the body still to stream, if any.
-fn encode_request(req: Request<Body>, out: &mut Vec<u8>) -> (bool, Option<Body>) {
-    let (parts, mut body) = req.into_parts();
+fn encode_request(req: &mut Request<Body>, out: &mut Vec<u8>) -> (bool, Option<Body>) {
+    let mut body = std::mem::replace(req.body_mut(), Body::empty());
     out.clear();
     let streamed = match &mut body {
         Body::Local(full) => {
             let data = full_bytes(full);
-            encode_head(&parts, BodyFraming::Fixed(data.len() as u64), out);
+            encode_head(req, BodyFraming::Fixed(data.len() as u64), out);
             out.extend_from_slice(&data);
             false
         }
         b if b.is_end_stream() => {
-            encode_head(&parts, BodyFraming::Fixed(0), out);
+            encode_head(req, BodyFraming::Fixed(0), out);
             false
         }
         b => {
@@ -287,11 +288,11 @@ fn encode_request(req: Request<Body>, out: &mut Vec<u8>) -> (bool, Option<Body>)
                 Some(n) => BodyFraming::Fixed(n),
                 None => BodyFraming::Chunked,
             };
-            encode_head(&parts, framing, out);
+            encode_head(req, framing, out);
             true
         }
     };
-    (parts.method == Method::HEAD, streamed.then_some(body))
+    (req.method() == Method::HEAD, streamed.then_some(body))
 }
 
 impl H1Error {
@@ -318,17 +319,17 @@ enum BodyFraming {
 /// Writes the request line and headers. Hop-by-hop headers are already gone; the framing
 /// headers are written from `framing`, and `Expect` is dropped (the downstream side answers
 /// `100 Continue` itself when the body is read, as Envoy does by default).
-fn encode_head(parts: &http::request::Parts, framing: BodyFraming, out: &mut Vec<u8>) {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+fn encode_head<B>(req: &Request<B>, framing: BodyFraming, out: &mut Vec<u8>) {
+    out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
-    let target = parts
-        .uri
+    let target = req
+        .uri()
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
     out.extend_from_slice(if target.is_empty() { "/" } else { target }.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in req.headers() {
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
             || name == header::EXPECT
@@ -341,8 +342,8 @@ fn encode_head(parts: &http::request::Parts, framing: BodyFraming, out: &mut Vec
         BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         BodyFraming::Fixed(n) => {
             // A body, or a method that is expected to have one, says its length.
-            let expects_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
-            if n > 0 || expects_body || parts.headers.contains_key(header::CONTENT_LENGTH) {
+            let expects_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
+            if n > 0 || expects_body || req.headers().contains_key(header::CONTENT_LENGTH) {
                 out.extend_from_slice(b"content-length: ");
                 out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
                 out.extend_from_slice(b"\r\n");
@@ -772,23 +773,22 @@ mod tests {
             .header("expect", "100-continue")
             .body(())
             .unwrap();
-        let (mut parts, ()) = req.into_parts();
-        parts.uri = "/a/b?q=1".parse().unwrap();
+        let mut req = req;
+        *req.uri_mut() = "/a/b?q=1".parse().unwrap();
         let mut out = Vec::new();
-        encode_head(&parts, BodyFraming::Fixed(5), &mut out);
+        encode_head(&req, BodyFraming::Fixed(5), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /a/b?q=1 HTTP/1.1\r\nhost: svc\r\ncontent-length: 5\r\n\r\n"
         );
         let mut out = Vec::new();
-        encode_head(&parts, BodyFraming::Chunked, &mut out);
+        encode_head(&req, BodyFraming::Chunked, &mut out);
         assert!(
             String::from_utf8(out)
                 .unwrap()
                 .ends_with("transfer-encoding: chunked\r\n\r\n")
         );
-        let (mut get, ()) = Request::get("/").body(()).unwrap().into_parts();
-        get.uri = "/".parse().unwrap();
+        let get = Request::get("/").body(()).unwrap();
         let mut out = Vec::new();
         encode_head(&get, BodyFraming::Fixed(0), &mut out);
         assert_eq!(

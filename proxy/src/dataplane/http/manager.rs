@@ -486,7 +486,7 @@ async fn send_once(
     cluster: &crate::config::cluster::Cluster,
     addr: SocketAddr,
     http2: bool,
-    req: Request<Body>,
+    req: Box<Request<Body>>,
 ) -> Result<Response<Body>, SendError> {
     if http2 {
         let client = ctx
@@ -494,7 +494,7 @@ async fn send_once(
             .client(cluster.bind_source, cluster.connect_timeout, true);
         // Boxed: the multiplexing client's future is large and this branch is the rarer one;
         // inline it would be copied with every HTTP/1.1 request's future too.
-        return match Box::pin(client.request(req)).await {
+        return match Box::pin(client.request(*req)).await {
             Ok(resp) => Ok(resp.map(Body::Streamed)),
             Err(e) if e.is_connect() => Err(SendError::Connect(e.into())),
             Err(e) => Err(SendError::Other(e.into())),
@@ -646,13 +646,24 @@ fn shadow_host(host: &str) -> String {
     format!("{name}-shadow{port}")
 }
 
+/// A copy of `req`'s head, without its body.
+fn copy_head(req: &Request<Body>) -> Request<Body> {
+    let mut copy = Request::new(Body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    copy
+}
+
 /// Sends a copy of the request to an endpoint of `cluster` in the background; its answer is
 /// dropped and its failure only logged, so the primary request never waits for it.
 fn mirror(
     ctx: &ConnContext,
     snap: &Snapshot,
     cluster_name: &str,
-    parts: &http::request::Parts,
+    req: &Request<Body>,
     body: Bytes,
     timeout: Option<Duration>,
 ) {
@@ -670,7 +681,7 @@ fn mirror(
     let Ok(dest) = endpoint(snap, cluster, ctx.original_dst, &pick) else {
         return;
     };
-    let mut parts = parts.clone();
+    let (mut parts, _) = copy_head(req).into_parts();
     parts.version = http::Version::HTTP_11;
     if let Some(host) = parts
         .headers
@@ -730,7 +741,7 @@ fn no_upstream(e: NoUpstream) -> Response<Body> {
 async fn forward(
     ctx: &ConnContext,
     snap: &Arc<Snapshot>,
-    req: Request<Body>,
+    mut req: Box<Request<Body>>,
     f: &Forward,
     matched: &PathMatch,
     head: &RequestHead,
@@ -755,12 +766,13 @@ async fn forward(
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::Downstream => req.version() == http::Version::HTTP_2,
     };
-    let (mut parts, body) = req.into_parts();
+    // The request stays in its box and is changed in place: only its body is taken out.
+    let body = std::mem::replace(req.body_mut(), Body::empty());
     // Consistent hashing: the request's hash by the route's hash policies.
     let hashed = (cluster.lb_policy.hashed() && !f.hash_policies.is_empty()).then(|| {
         super::hash_policy::request_hash(
             &f.hash_policies,
-            &parts.headers,
+            req.headers(),
             Some(head.host.as_str()).filter(|h| !h.is_empty()),
             head.query.as_deref(),
             ctx.downstream,
@@ -773,7 +785,7 @@ async fn forward(
     // upstream connection in origin form (an origin-form request without a rewrite keeps its
     // URI); HTTP/2 through the shared client, which needs the absolute form.
     let rewritten = rewritten_path(f, matched, &head.path);
-    let pq = (http2 || rewritten.is_some() || parts.uri.authority().is_some()).then(|| {
+    let pq = (http2 || rewritten.is_some() || req.uri().authority().is_some()).then(|| {
         let path = rewritten.as_deref().unwrap_or(&head.path);
         match &head.query {
             Some(q) => format!("{path}?{q}"),
@@ -784,7 +796,7 @@ async fn forward(
         && !http2
     {
         match pq.parse() {
-            Ok(u) => parts.uri = u,
+            Ok(u) => *req.uri_mut() = u,
             Err(_) => {
                 return local_reply(
                     StatusCode::BAD_REQUEST,
@@ -794,12 +806,12 @@ async fn forward(
             }
         }
     }
-    parts.version = if http2 {
+    *req.version_mut() = if http2 {
         http::Version::HTTP_2
     } else {
         http::Version::HTTP_11
     };
-    let headers = &mut parts.headers;
+    let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     if let Some(h) = &f.host_rewrite
         && let Ok(v) = HeaderValue::from_str(h)
@@ -825,14 +837,15 @@ async fn forward(
         own.add(headers);
     }
     // The span decided when the request came in.
-    if let Some(hop) = parts.extensions.get::<super::trace::Hop>() {
-        for (name, value) in hop.headers() {
+    if let Some(hop) = req.extensions().get::<super::trace::Hop>() {
+        let hop_headers = hop.headers();
+        for (name, value) in hop_headers {
             if let Ok(v) = HeaderValue::from_str(&value) {
-                parts.headers.insert(HeaderName::from_static(name), v);
+                req.headers_mut().insert(HeaderName::from_static(name), v);
             }
         }
     }
-    let headers = &mut parts.headers;
+    let headers = req.headers_mut();
     headers
         .entry(X_FORWARDED_PROTO)
         .or_insert_with(|| HeaderValue::from_static("http"));
@@ -865,20 +878,20 @@ async fn forward(
     if let Some(bytes) = &replay {
         for m in &f.mirrors {
             if m.chance.hit(fastrand::u32(..1_000_000)) {
-                mirror(ctx, snap, &m.cluster, &parts, bytes.clone(), f.timeout);
+                mirror(ctx, snap, &m.cluster, &req, bytes.clone(), f.timeout);
             }
         }
     }
-    let (timeout, per_try_override) = timeouts(f, &mut parts.headers);
+    let (timeout, per_try_override) = timeouts(f, req.headers_mut());
     let started = head.received;
     let deadline = timeout.map(|t| started + t);
     let breaker = ctx.breakers.get(cluster_name, cluster.limits);
     let outliers = &ctx.telemetry.outliers;
     let mut _retrying = None;
     let mut tried: Vec<super::super::upstream::Dest> = Vec::new();
-    let mut once = retry
-        .is_none()
-        .then(|| std::mem::replace(&mut parts, Request::new(()).into_parts().0));
+    // Without retries the one attempt sends the request itself; with them each attempt sends
+    // a copy of its head and `req` stays as the template.
+    let mut req = Some(req);
     let mut attempt: u32 = 0;
     let loads = &ctx.loads;
     loop {
@@ -957,14 +970,25 @@ async fn forward(
                 return no_upstream(NoUpstream::NoHealthyEndpoint(cluster_name.to_string()));
             }
         };
-        // Without retries there is one attempt: the head moves instead of being copied.
-        let mut attempt_parts = match (retry, once.take()) {
-            (None, Some(p)) => p,
-            _ => parts.clone(),
+        let mut outgoing = match (retry, req.take()) {
+            (None, Some(r)) => r,
+            (Some(_), Some(r)) => {
+                let copy = Box::new(copy_head(&r));
+                req = Some(r);
+                copy
+            }
+            // A request without retries makes one attempt, so its request is always there.
+            (_, None) => {
+                return local_reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ResponseFlag::NR,
+                    "request already sent",
+                );
+            }
         };
         if http2 && let Some(pq) = &pq {
             match format!("http://{addr}{pq}").parse() {
-                Ok(u) => attempt_parts.uri = u,
+                Ok(u) => *outgoing.uri_mut() = u,
                 Err(_) => {
                     return local_reply(
                         StatusCode::BAD_REQUEST,
@@ -975,8 +999,8 @@ async fn forward(
             }
         }
         if retry.is_some() {
-            attempt_parts
-                .headers
+            outgoing
+                .headers_mut()
                 .insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
         }
         let body = match (&replay, streamed.take()) {
@@ -984,7 +1008,7 @@ async fn forward(
             (None, Some(b)) => b,
             (None, None) => Body::Local(Full::new(Bytes::new())),
         };
-        let req = Request::from_parts(attempt_parts, body);
+        *outgoing.body_mut() = body;
         // This attempt's end: the per-try timeout, within the route's deadline. The timers run
         // from the attempt's start (the first attempt's is the request's).
         let per_try = per_try_override.or(retry.and_then(|p| p.per_try_timeout));
@@ -994,7 +1018,7 @@ async fn forward(
         };
         // Pinned where it is made, and raced against its timer in place: wrapping it in a
         // timeout future would copy it, and it is large.
-        let sent = std::pin::pin!(send_once(ctx, cluster, addr, http2, req));
+        let sent = std::pin::pin!(send_once(ctx, cluster, addr, http2, outgoing));
         // The stream idle timeout (the route's, else the connection manager's) ends the wait
         // for the response when it comes first: 408 with flag SI, as Envoy.
         let stream_idle = f
@@ -1250,7 +1274,7 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
 /// Routes and answers one request, and counts it.
 pub async fn handle(
     ctx: Arc<ConnContext>,
-    req: Request<Body>,
+    req: Box<Request<Body>>,
 ) -> Result<Response<Body>, Infallible> {
     let received = Instant::now();
     let mut req = req;
@@ -1493,7 +1517,7 @@ fn access_log(
 /// The response, the request as routing saw it, and where it went when it was forwarded.
 async fn respond(
     ctx: &ConnContext,
-    mut req: Request<Body>,
+    mut req: Box<Request<Body>>,
     received: Instant,
 ) -> (Response<Body>, RequestHead, Option<UpstreamInfo>) {
     let mut info = None;
@@ -1733,7 +1757,7 @@ async fn serve_hyper(ctx: ConnContext, stream: TcpStream) {
             let (ctx, activity) = (ctx.clone(), activity.clone());
             async move {
                 let _active = activity.start(started);
-                handle(ctx, req.map(Body::Streamed)).await
+                handle(ctx, Box::new(req.map(Body::Streamed))).await
             }
         })
     };
