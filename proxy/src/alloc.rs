@@ -15,6 +15,11 @@ use libmimalloc_sys as mi;
 /// page start.
 const WORD: usize = std::mem::size_of::<usize>();
 
+/// Whether a plain block serves `layout`.
+fn plain(layout: Layout) -> bool {
+    layout.align() <= WORD
+}
+
 pub struct Allocator;
 
 // SAFETY: every method hands its arguments to the mimalloc call made for that purpose; a
@@ -25,7 +30,7 @@ unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: mimalloc accepts any size; the alignment is a power of two (Layout's rule).
         unsafe {
-            if layout.align() <= WORD {
+            if plain(layout) {
                 mi::mi_malloc(layout.size()).cast()
             } else {
                 mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
@@ -37,7 +42,7 @@ unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as in `alloc`.
         unsafe {
-            if layout.align() <= WORD {
+            if plain(layout) {
                 mi::mi_zalloc(layout.size()).cast()
             } else {
                 mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
@@ -56,7 +61,7 @@ unsafe impl GlobalAlloc for Allocator {
         // SAFETY: `ptr` came from this allocator with `layout`; the new block keeps its
         // alignment (plain blocks are word-aligned whatever their size).
         unsafe {
-            if layout.align() <= WORD {
+            if plain(layout) {
                 mi::mi_realloc(ptr.cast::<c_void>(), new_size).cast()
             } else {
                 mi::mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align()).cast()

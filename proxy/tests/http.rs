@@ -518,26 +518,25 @@ async fn http_routing_and_local_replies() {
     // still times out on time (the timer is brought forward), and one with a longer timeout
     // outlives the earlier request's deadline (the timer is moved on when it fires early).
     let codes = |first_timeout_ms: &str, second_timeout_ms: Option<&str>| {
-        let mut args = vec![
-            "-s".to_string(),
-            "--max-time".into(),
-            "10".into(),
-            "-o".into(),
-            "/dev/null".into(),
-            "-w".into(),
-            "%{http_code} %{num_connects}\n".into(),
+        // Each request of the pair: bounded, its status and whether it opened a connection.
+        let each = [
+            "-s",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{num_connects}\n",
+        ]
+        .map(String::from);
+        let mut args = each.to_vec();
+        args.extend([
             "-H".into(),
             format!("x-envoy-upstream-rq-timeout-ms: {first_timeout_ms}"),
             format!("{base}/v1/first"),
             "--next".into(),
-            "-s".into(),
-            "--max-time".into(),
-            "10".into(),
-            "-o".into(),
-            "/dev/null".into(),
-            "-w".into(),
-            "%{http_code} %{num_connects}\n".into(),
-        ];
+        ]);
+        args.extend(each);
         if let Some(t) = second_timeout_ms {
             args.extend(["-H".into(), format!("x-envoy-upstream-rq-timeout-ms: {t}")]);
         }

@@ -359,7 +359,7 @@ pub async fn serve(ctx: Arc<ConnContext>, mut stream: TcpStream) {
         let version = head.parts.version;
         let mut keep_alive = head.keep_alive;
         let (body, pending) = match head.framing {
-            Framing::None => (Body::Local(Full::new(Bytes::new())), None),
+            Framing::None => (Body::empty(), None),
             Framing::Length(n) if rbuf.len() as u64 >= n => (
                 Body::Local(Full::new(rbuf.split_to(n as usize).freeze())),
                 None,

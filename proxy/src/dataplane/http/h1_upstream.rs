@@ -560,7 +560,7 @@ fn respond(mut conn: Conn, head: Head, home: &Home) -> Response<Body> {
             if head.keep_alive {
                 home.affinity.put(home.addr, conn, home.idle);
             }
-            Body::Local(Full::new(Bytes::new()))
+            Body::empty()
         }
         Framing::Length(n) if (conn.rbuf.len() as u64) >= n => {
             let data = conn.rbuf.split_to(n as usize).freeze();

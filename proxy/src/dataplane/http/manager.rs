@@ -838,8 +838,7 @@ async fn forward(
     }
     // The span decided when the request came in.
     if let Some(hop) = req.extensions().get::<super::trace::Hop>() {
-        let hop_headers = hop.headers();
-        for (name, value) in hop_headers {
+        for (name, value) in hop.headers() {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 req.headers_mut().insert(HeaderName::from_static(name), v);
             }
@@ -970,21 +969,17 @@ async fn forward(
                 return no_upstream(NoUpstream::NoHealthyEndpoint(cluster_name.to_string()));
             }
         };
-        let mut outgoing = match (retry, req.take()) {
-            (None, Some(r)) => r,
-            (Some(_), Some(r)) => {
-                let copy = Box::new(copy_head(&r));
-                req = Some(r);
-                copy
-            }
-            // A request without retries makes one attempt, so its request is always there.
-            (_, None) => {
-                return local_reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ResponseFlag::NR,
-                    "request already sent",
-                );
-            }
+        let outgoing = match retry {
+            Some(_) => req.as_deref().map(|r| Box::new(copy_head(r))),
+            None => req.take(),
+        };
+        // Without retries there is one attempt, so the request is always still there.
+        let Some(mut outgoing) = outgoing else {
+            return local_reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ResponseFlag::NR,
+                "request already sent",
+            );
         };
         if http2 && let Some(pq) = &pq {
             match format!("http://{addr}{pq}").parse() {
@@ -1006,7 +1001,7 @@ async fn forward(
         let body = match (&replay, streamed.take()) {
             (Some(bytes), _) => Body::Local(Full::new(bytes.clone())),
             (None, Some(b)) => b,
-            (None, None) => Body::Local(Full::new(Bytes::new())),
+            (None, None) => Body::empty(),
         };
         *outgoing.body_mut() = body;
         // This attempt's end: the per-try timeout, within the route's deadline. The timers run
@@ -1274,10 +1269,9 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
 /// Routes and answers one request, and counts it.
 pub async fn handle(
     ctx: Arc<ConnContext>,
-    req: Box<Request<Body>>,
+    mut req: Box<Request<Body>>,
 ) -> Result<Response<Body>, Infallible> {
     let received = Instant::now();
-    let mut req = req;
     // Tracing: this hop's span, decided before routing so that local replies are traced too.
     let hop = ctx.manager.tracing.as_ref().map(|t| {
         let h = req.headers();
