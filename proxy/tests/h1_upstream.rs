@@ -296,8 +296,31 @@ async fn upstream_http1_framing_reuse_and_recovery() {
     assert_eq!(body, b"closedokbyeok");
     assert_eq!(seen.accepted.load(Ordering::SeqCst) - before, 3);
 
+    // A client's own expected timeout is replaced by the proxy's (the route's default 15 s).
+    let (code, _, _) = run(vec![
+        "-H".into(),
+        "X-Envoy-Expected-Rq-Timeout-Ms: 1".into(),
+        url("/expected"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, "200");
+
     // What the upstream saw: origin-form targets, the proxy's headers, no hop-by-hop ones.
     let requests = seen.requests.lock().unwrap();
+    let (_, head, _) = requests
+        .iter()
+        .find(|(_, h, _)| h.starts_with("get /expected "))
+        .unwrap();
+    assert_eq!(
+        head.matches("x-envoy-expected-rq-timeout-ms").count(),
+        1,
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nx-envoy-expected-rq-timeout-ms: 15000\r\n"),
+        "{head}"
+    );
     let (_, head, _) = requests
         .iter()
         .find(|(_, h, _)| h.starts_with("head /after-head "))

@@ -1,5 +1,5 @@
 //! HTTP/1.x from downstream clients, served by the connection's own task: request heads parsed
-//! once with httparse into header values that share the read buffer, a body that arrived with
+//! once (`h1_parse`) into header values that share the read buffer, a body that arrived with
 //! its head handed over whole, a longer one streamed to the request as the connection reads it,
 //! and the response written head and body in one write when the body is at hand. Connections
 //! that open with the HTTP/2 preface (h2c) are served by hyper instead.
@@ -7,7 +7,6 @@
 //! Envoy's limits and answers: 60 KiB of request headers or more than 100 headers get 431, a
 //! malformed head 400, a transfer coding other than chunked 501; each closes the connection.
 
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,10 +23,11 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::body::{Body, BoxError};
+use super::h1_parse::{self, HeadError, RequestHead as Parsed};
 use super::h1_wire::{
     Chunk, Decoded, HEADROOM, MAX_HEADERS, READ_CHUNK, Span, StreamError, content_length,
-    decode_chunked, full_bytes, has_token, header_line, header_name, last_coding, offset,
-    poll_fill, span, stream_body,
+    decode_chunked, full_bytes, has_token, header_line, header_name, last_coding, poll_fill,
+    stream_body,
 };
 use super::manager::{Activity, ConnContext, MAX_REQUEST_HEADERS, handle, idle_for};
 
@@ -55,41 +55,13 @@ impl Refusal {
     }
 }
 
-/// What one parse of a complete request head found.
-struct Parsed {
-    len: usize,
-    method: (usize, usize),
-    target: (usize, usize),
-    version_11: bool,
-}
-
-/// Parses the head at the start of `buf` once, if it is all there, noting where each part is
-/// (the headers in `spans`). The parser's slots start uninitialised and the spans reuse the
-/// connection's vector: nothing is zeroed per request.
+/// Parses the head at the start of `buf` once, if it is all there, noting where each header
+/// is in `spans` (the connection's vector, reused).
 fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<Parsed>, Refusal> {
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut []);
-    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooLarge),
-        Err(e) => return Err(Refusal::Malformed(e.to_string())),
-    };
-    let at = |s: &str| {
-        let start = offset(buf, s.as_bytes());
-        (start, start + s.len())
-    };
-    let (Some(method), Some(path)) = (req.method, req.path) else {
-        return Err(Refusal::Malformed("request line".into()));
-    };
-    spans.clear();
-    spans.extend(req.headers.iter().map(|h| span(buf, h)));
-    Ok(Some(Parsed {
-        len,
-        method: at(method),
-        target: at(path),
-        version_11: req.version == Some(1),
-    }))
+    h1_parse::request(buf, spans).map_err(|e| match e {
+        HeadError::TooManyHeaders => Refusal::TooLarge,
+        e => Refusal::Malformed(e.to_string()),
+    })
 }
 
 /// How the request body is delimited.

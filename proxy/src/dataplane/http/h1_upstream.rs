@@ -6,7 +6,6 @@
 //! Compared with a client that runs each connection as its own task, a request costs no
 //! channel hand-offs and no task wake-ups between the two sides: one write and one read.
 
-use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -23,9 +22,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::body::{Body, BoxError};
+use super::h1_parse::{self, ResponseHead as Parsed};
 use super::h1_wire::{
-    BadChunk, Chunk, Decoded, HEADROOM, MAX_HEADERS, READ_CHUNK, Span, StreamError, content_length,
-    decode_chunked, full_bytes, has_token, header_line, header_name, last_coding, poll_fill, span,
+    BadChunk, Chunk, Decoded, HEADROOM, READ_CHUNK, Span, StreamError, content_length,
+    decode_chunked, full_bytes, has_token, header_line, header_name, last_coding, poll_fill,
     stream_body,
 };
 
@@ -207,12 +207,13 @@ pub struct Target {
 }
 
 /// Sends `req` over a kept connection to the endpoint, else a new one, and returns the response
-/// with its head read. A kept connection that turns out closed before any response byte is
+/// with its head read; `expected_ms` is written as `x-envoy-expected-rq-timeout-ms`. A kept connection that turns out closed before any response byte is
 /// replaced once by a new one when the request can be written again (no streamed body).
 pub async fn send(
     home: &Home,
     target: &Target,
     mut req: Box<Request<Body>>,
+    expected_ms: Option<u64>,
 ) -> Result<Response<Body>, H1Error> {
     let mut kept = home.affinity.take(target.addr, home.idle);
     let mut out = kept
@@ -220,7 +221,7 @@ pub async fn send(
         .map(|c| std::mem::take(&mut c.wbuf))
         .unwrap_or_default();
     // The head is encoded before any wait, so that it is not held in this future.
-    let (head_only, mut body) = encode_request(&mut req, &mut out);
+    let (head_only, mut body) = encode_request(&mut req, expected_ms, &mut out);
     drop(req);
     let streamed = body.is_some();
     let (mut conn, mut reused) = match kept {
@@ -269,18 +270,22 @@ pub async fn send(
 
 /// Writes the request's head into `out`, with its body when that is at hand. Returns whether
 /// the response can have no body (HEAD) and the body still to stream, if any.
-fn encode_request(req: &mut Request<Body>, out: &mut Vec<u8>) -> (bool, Option<Body>) {
+fn encode_request(
+    req: &mut Request<Body>,
+    expected_ms: Option<u64>,
+    out: &mut Vec<u8>,
+) -> (bool, Option<Body>) {
     let mut body = std::mem::replace(req.body_mut(), Body::empty());
     out.clear();
     let streamed = match &mut body {
         Body::Local(full) => {
             let data = full_bytes(full);
-            encode_head(req, BodyFraming::Fixed(data.len() as u64), out);
+            encode_head(req, BodyFraming::Fixed(data.len() as u64), expected_ms, out);
             out.extend_from_slice(&data);
             false
         }
         b if b.is_end_stream() => {
-            encode_head(req, BodyFraming::Fixed(0), out);
+            encode_head(req, BodyFraming::Fixed(0), expected_ms, out);
             false
         }
         b => {
@@ -288,7 +293,7 @@ fn encode_request(req: &mut Request<Body>, out: &mut Vec<u8>) -> (bool, Option<B
                 Some(n) => BodyFraming::Fixed(n),
                 None => BodyFraming::Chunked,
             };
-            encode_head(req, framing, out);
+            encode_head(req, framing, expected_ms, out);
             true
         }
     };
@@ -318,8 +323,14 @@ enum BodyFraming {
 
 /// Writes the request line and headers. Hop-by-hop headers are already gone; the framing
 /// headers are written from `framing`, and `Expect` is dropped (the downstream side answers
-/// `100 Continue` itself when the body is read, as Envoy does by default).
-fn encode_head<B>(req: &Request<B>, framing: BodyFraming, out: &mut Vec<u8>) {
+/// `100 Continue` itself when the body is read, as Envoy does by default). The expected
+/// timeout, which the router decides last, follows the headers.
+fn encode_head<B>(
+    req: &Request<B>,
+    framing: BodyFraming,
+    expected_ms: Option<u64>,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     let target = req
@@ -337,6 +348,11 @@ fn encode_head<B>(req: &Request<B>, framing: BodyFraming, out: &mut Vec<u8>) {
             continue;
         }
         header_line(out, name.as_str(), value.as_bytes());
+    }
+    if let Some(ms) = expected_ms {
+        out.extend_from_slice(b"x-envoy-expected-rq-timeout-ms: ");
+        out.extend_from_slice(itoa::Buffer::new().format(ms).as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     match framing {
         BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -425,33 +441,11 @@ fn take_head(
     build_head(&raw, &parsed, spans, head_only).map(Some)
 }
 
-/// What one parse of a complete head found; the headers are in the spans.
-struct Parsed {
-    len: usize,
-    status: u16,
-    version_11: bool,
-}
-
-/// Parses the head at the start of `buf` once, if it is all there, noting in `spans` where each
-/// header is so that the values can share the buffer once it is split off. The parser's slots
-/// start uninitialised and the spans reuse the connection's vector: nothing is zeroed per head.
+/// Parses the head at the start of `buf` once, if it is all there, noting where each header
+/// is in `spans` (the connection's vector, reused) so that the values can share the buffer
+/// once it is split off.
 fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<Parsed>, H1Error> {
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
-    let len = match parsed {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(H1Error::BadHead(e.to_string())),
-    };
-    spans.clear();
-    spans.extend(resp.headers.iter().map(|h| span(buf, h)));
-    Ok(Some(Parsed {
-        len,
-        status: resp.code.unwrap_or(0),
-        version_11: resp.version == Some(1),
-    }))
+    h1_parse::response(buf, spans).map_err(|e| H1Error::BadHead(e.to_string()))
 }
 
 /// Parses a whole head held in `raw`.
@@ -776,13 +770,14 @@ mod tests {
         let mut req = req;
         *req.uri_mut() = "/a/b?q=1".parse().unwrap();
         let mut out = Vec::new();
-        encode_head(&req, BodyFraming::Fixed(5), &mut out);
+        encode_head(&req, BodyFraming::Fixed(5), Some(15000), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "POST /a/b?q=1 HTTP/1.1\r\nhost: svc\r\ncontent-length: 5\r\n\r\n"
+            "POST /a/b?q=1 HTTP/1.1\r\nhost: svc\r\nx-envoy-expected-rq-timeout-ms: 15000\r\n\
+             content-length: 5\r\n\r\n"
         );
         let mut out = Vec::new();
-        encode_head(&req, BodyFraming::Chunked, &mut out);
+        encode_head(&req, BodyFraming::Chunked, None, &mut out);
         assert!(
             String::from_utf8(out)
                 .unwrap()
@@ -790,7 +785,7 @@ mod tests {
         );
         let get = Request::get("/").body(()).unwrap();
         let mut out = Vec::new();
-        encode_head(&get, BodyFraming::Fixed(0), &mut out);
+        encode_head(&get, BodyFraming::Fixed(0), None, &mut out);
         assert_eq!(
             out, b"GET / HTTP/1.1\r\n\r\n",
             "a GET without a body has no length"

@@ -78,18 +78,6 @@ pub fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeader
 /// end).
 pub type Span = (usize, usize, usize, usize);
 
-/// The offset of `part` (a slice of `whole`) in `whole`.
-pub fn offset(whole: &[u8], part: &[u8]) -> usize {
-    part.as_ptr() as usize - whole.as_ptr() as usize
-}
-
-/// The span of an httparse header within the buffer it was parsed from.
-pub fn span(buf: &[u8], h: &httparse::Header<'_>) -> Span {
-    let ns = offset(buf, h.name.as_bytes());
-    let vs = offset(buf, h.value);
-    (ns, ns + h.name.len(), vs, vs + h.value.len())
-}
-
 /// Whether a comma-separated header value holds `token` (case-insensitive).
 pub fn has_token(value: &[u8], token: &[u8]) -> bool {
     value

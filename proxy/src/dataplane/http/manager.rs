@@ -486,9 +486,14 @@ async fn send_once(
     cluster: &crate::config::cluster::Cluster,
     addr: SocketAddr,
     http2: bool,
-    req: Box<Request<Body>>,
+    mut req: Box<Request<Body>>,
+    expected_ms: Option<u64>,
 ) -> Result<Response<Body>, SendError> {
     if http2 {
+        if let Some(ms) = expected_ms {
+            req.headers_mut()
+                .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, HeaderValue::from(ms));
+        }
         let client = ctx
             .upstreams
             .client(cluster.bind_source, cluster.connect_timeout, true);
@@ -510,7 +515,7 @@ async fn send_once(
         bind: cluster.bind_source,
         connect_timeout: cluster.connect_timeout,
     };
-    super::h1_upstream::send(&home, &target, req)
+    super::h1_upstream::send(&home, &target, req, expected_ms)
         .await
         .map_err(|e| {
             if e.is_connect() {
@@ -566,7 +571,7 @@ pub fn grpc_timeout(v: &str) -> Option<Duration> {
 /// `grpc_timeout_header_max`; `x-envoy-upstream-rq-per-try-timeout-ms` for each try. The
 /// headers are consumed, and the upstream learns the timeout from
 /// `x-envoy-expected-rq-timeout-ms`.
-fn timeouts(f: &Forward, headers: &mut http::HeaderMap) -> (Option<Duration>, Option<Duration>) {
+fn timeouts(f: &Forward, headers: &mut http::HeaderMap) -> Timeouts {
     let mut timeout = f.timeout;
     if let Some(max) = f.grpc_timeout_max
         && let Some(t) = headers
@@ -576,10 +581,14 @@ fn timeouts(f: &Forward, headers: &mut http::HeaderMap) -> (Option<Duration>, Op
     {
         timeout = Some(if max.is_zero() { t } else { t.min(max) });
     }
-    // The override headers are rare: one pass over the names tells whether to look for them.
-    let overridden = headers
-        .keys()
-        .any(|k| k.as_str().starts_with("x-envoy-upstream-rq-"));
+    // The override headers, and an expected timeout a client sent, are rare: one pass over the
+    // names tells whether to look for them.
+    let (mut overridden, mut sent_expected) = (false, false);
+    for k in headers.keys() {
+        let k = k.as_str();
+        overridden |= k.starts_with("x-envoy-upstream-rq-");
+        sent_expected |= k == X_ENVOY_EXPECTED_RQ_TIMEOUT_MS;
+    }
     let mut ms = |name: HeaderName| {
         overridden
             .then(|| headers.remove(name))
@@ -596,10 +605,26 @@ fn timeouts(f: &Forward, headers: &mut http::HeaderMap) -> (Option<Duration>, Op
         (Some(t), Some(p)) => Some(t.min(p)),
         (t, p) => t.or(p),
     };
-    if let Some(e) = expected {
-        headers.insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, millis_value(e));
+    // Replaced by the proxy's own when it has one.
+    if expected.is_some() && sent_expected {
+        headers.remove(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS);
     }
-    (timeout, per_try)
+    Timeouts {
+        timeout,
+        per_try,
+        expected_ms: expected.map(|e| e.as_millis() as u64),
+    }
+}
+
+/// A request's timeouts, by its route and its headers.
+struct Timeouts {
+    timeout: Option<Duration>,
+    per_try: Option<Duration>,
+    /// What `x-envoy-expected-rq-timeout-ms` tells the upstream. It is not put in the request's
+    /// header map: the HTTP/1.1 encoder writes it after the headers (hashing the long custom
+    /// name into the map cost more than the rest of the timeout handling), and the HTTP/2
+    /// path inserts it just before sending.
+    expected_ms: Option<u64>,
 }
 
 /// A number as a header value; the one-digit ones (most upstream service times) are static,
@@ -610,27 +635,6 @@ fn number_value(n: u64) -> HeaderValue {
         Some(d) => HeaderValue::from_static(d),
         None => HeaderValue::from(n),
     }
-}
-
-/// A duration in milliseconds as a header value. Routes mostly share one timeout, so the last
-/// value made on this thread is kept and shared.
-fn millis_value(d: Duration) -> HeaderValue {
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    let ms = d.as_millis() as u64;
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        match &*last {
-            Some((n, v)) if *n == ms => v.clone(),
-            _ => {
-                let v = HeaderValue::from(ms);
-                *last = Some((ms, v.clone()));
-                v
-            }
-        }
-    })
 }
 
 /// `host:port` → `host-shadow:port`, as Envoy marks mirrored requests.
@@ -881,7 +885,11 @@ async fn forward(
             }
         }
     }
-    let (timeout, per_try_override) = timeouts(f, req.headers_mut());
+    let Timeouts {
+        timeout,
+        per_try: per_try_override,
+        expected_ms,
+    } = timeouts(f, req.headers_mut());
     let started = head.received;
     let deadline = timeout.map(|t| started + t);
     let breaker = ctx.breakers.get(cluster_name, cluster.limits);
@@ -1013,7 +1021,7 @@ async fn forward(
         };
         // Pinned where it is made, and raced against its timer in place: wrapping it in a
         // timeout future would copy it, and it is large.
-        let sent = std::pin::pin!(send_once(ctx, cluster, addr, http2, outgoing));
+        let sent = std::pin::pin!(send_once(ctx, cluster, addr, http2, outgoing, expected_ms));
         // The stream idle timeout (the route's, else the connection manager's) ends the wait
         // for the response when it comes first: 408 with flag SI, as Envoy.
         let stream_idle = f

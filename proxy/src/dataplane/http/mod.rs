@@ -1,6 +1,7 @@
 //! HTTP: routing of requests by a route configuration, and the connection manager.
 
 pub mod body;
+pub mod h1_parse;
 pub mod h1_server;
 pub mod h1_upstream;
 pub mod h1_wire;
