@@ -105,9 +105,9 @@ fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
         discovery: Discovery::Static,
         lb_policy: LbPolicy::RoundRobin,
         connect_timeout: Duration::from_secs(1),
-        load_assignment: Some(LoadAssignment {
-            cluster_name: name.into(),
-            localities: vec![LocalityEndpoints {
+        load_assignment: Some(LoadAssignment::new(
+            name.into(),
+            vec![LocalityEndpoints {
                 locality: Locality::default(),
                 priority: 0,
                 weight: None,
@@ -121,7 +121,7 @@ fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
                     })
                     .collect(),
             }],
-        }),
+        )),
         tls: false,
         idle_timeout: None,
         bind_source: None,

@@ -412,6 +412,59 @@ pub struct LocalityEndpoints {
 pub struct LoadAssignment {
     pub cluster_name: String,
     pub localities: Vec<LocalityEndpoints>,
+    /// Set when every endpoint is usable alike (decided once, when the assignment is made).
+    pub uniform: Option<Uniform>,
+}
+
+/// An assignment whose endpoints are all usable alike: one priority, every endpoint routable
+/// and reachable by address or name, all of one weight. Choosing among them needs no list of
+/// candidates: an index into the endpoints is the choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uniform {
+    pub count: usize,
+    pub weight: u32,
+}
+
+impl LoadAssignment {
+    pub fn new(cluster_name: String, localities: Vec<LocalityEndpoints>) -> LoadAssignment {
+        let uniform = uniform(&localities);
+        LoadAssignment {
+            cluster_name,
+            localities,
+            uniform,
+        }
+    }
+
+    /// The `i`th endpoint, counting through the localities in order.
+    pub fn nth(&self, mut i: usize) -> Option<&Endpoint> {
+        for l in &self.localities {
+            match l.endpoints.get(i) {
+                Some(e) => return Some(e),
+                None => i -= l.endpoints.len(),
+            }
+        }
+        None
+    }
+}
+
+/// Whether `localities` are [`Uniform`].
+fn uniform(localities: &[LocalityEndpoints]) -> Option<Uniform> {
+    let priority = localities.first()?.priority;
+    let weight = localities.iter().flat_map(|l| &l.endpoints).next()?.weight;
+    let mut count = 0;
+    for l in localities {
+        if l.priority != priority {
+            return None;
+        }
+        for e in &l.endpoints {
+            let reachable = matches!(e.address, Address::Socket(_) | Address::Dns(..));
+            if !(reachable && e.health.routable() && e.weight == weight) {
+                return None;
+            }
+            count += 1;
+        }
+    }
+    Some(Uniform { count, weight })
 }
 
 impl TryFrom<&ep::ClusterLoadAssignment> for LoadAssignment {
@@ -510,10 +563,7 @@ impl LoadAssignment {
                 })
             })
             .collect::<Result<_, ConfigError>>()?;
-        Ok(LoadAssignment {
-            cluster_name: cla.cluster_name.clone(),
-            localities,
-        })
+        Ok(LoadAssignment::new(cla.cluster_name.clone(), localities))
     }
 }
 

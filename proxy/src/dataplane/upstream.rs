@@ -5,7 +5,9 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use crate::config::Address;
-use crate::config::cluster::{Cluster, Discovery, Endpoint, LbPolicy, LocalityEndpoints};
+use crate::config::cluster::{
+    Cluster, Discovery, Endpoint, LbPolicy, LoadAssignment, LocalityEndpoints, Uniform,
+};
 use crate::config::route::Target;
 use crate::dataplane::hash_lb::HashTables;
 use crate::xds::store::Snapshot;
@@ -315,19 +317,69 @@ pub fn endpoint(
     original_dst: SocketAddr,
     pick: &Pick<'_>,
 ) -> Result<Dest, NoUpstream> {
-    let localities: &[LocalityEndpoints] = match &cluster.discovery {
+    let assignment: Option<&LoadAssignment> = match &cluster.discovery {
         Discovery::OriginalDst => return Ok(Dest::Ip(original_dst)),
-        Discovery::Eds { service_name } => snap
-            .endpoints
-            .get(service_name)
-            .map(|a| a.localities.as_slice())
-            .unwrap_or(&[]),
-        Discovery::Static | Discovery::StrictDns | Discovery::LogicalDns => cluster
-            .load_assignment
-            .as_ref()
-            .map(|a| a.localities.as_slice())
-            .unwrap_or(&[]),
+        Discovery::Eds { service_name } => snap.endpoints.get(service_name).map(|a| a.as_ref()),
+        Discovery::Static | Discovery::StrictDns | Discovery::LogicalDns => {
+            cluster.load_assignment.as_ref()
+        }
     };
+    if let Some(a) = assignment
+        && let Some(u) = a.uniform
+        && let Some(i) = uniform_choice(cluster, u, pick, |i| a.nth(i).and_then(Dest::of))
+        && let Some(dest) = a.nth(i).and_then(Dest::of)
+    {
+        return Ok(dest);
+    }
+    endpoint_listed(
+        assignment.map(|a| a.localities.as_slice()).unwrap_or(&[]),
+        cluster,
+        pick,
+    )
+}
+
+/// The index of the endpoint to use among [`Uniform`] ones, without a list of candidates:
+/// the same choice [`endpoint_listed`] makes, since each endpoint's share of the weight space
+/// is the same. `None` where the list is needed: locality weighting, outlier detection (an
+/// ejection makes the endpoints unequal), consistent hashing (its table is built from the list).
+fn uniform_choice(
+    cluster: &Cluster,
+    u: Uniform,
+    pick: &Pick<'_>,
+    dest: impl Fn(usize) -> Option<Dest>,
+) -> Option<usize> {
+    if cluster.locality_weighted
+        || cluster.outlier.is_some()
+        || cluster.lb_policy.hashed()
+        || u.count == 0
+    {
+        return None;
+    }
+    let w = u64::from(u.weight);
+    let total = u.count as u64 * w;
+    let roll = pick.roll;
+    Some(match cluster.lb_policy {
+        LbPolicy::Random => (roll % total / w) as usize,
+        LbPolicy::LeastRequest if u.count > 1 => {
+            let first = (roll % total / w) as usize;
+            let j = (roll.rotate_left(32).wrapping_mul(0x9E37_79B9_7F4A_7C15) % (total - w) / w)
+                as usize;
+            let second = if j >= first { j + 1 } else { j };
+            match (dest(first), dest(second)) {
+                (Some(a), Some(b)) if (pick.active)(&b) < (pick.active)(&a) => second,
+                _ => first,
+            }
+        }
+        _ => (pick.counter % total / w) as usize,
+    })
+}
+
+/// The endpoint to connect to, chosen from the list of candidates.
+fn endpoint_listed(
+    localities: &[LocalityEndpoints],
+    cluster: &Cluster,
+    pick: &Pick<'_>,
+) -> Result<Dest, NoUpstream> {
     let roll = pick.roll;
     let list = candidates(
         localities,
@@ -438,9 +490,9 @@ mod tests {
         let mut snap = Snapshot::default();
         snap.endpoints.insert(
             "svc".into(),
-            Arc::new(LoadAssignment {
-                cluster_name: "svc".into(),
-                localities: vec![
+            Arc::new(LoadAssignment::new(
+                "svc".into(),
+                vec![
                     LocalityEndpoints {
                         locality: Locality::default(),
                         priority: 0,
@@ -458,7 +510,7 @@ mod tests {
                         endpoints: vec![ep("10.0.1.1:80", Health::Healthy, 1)],
                     },
                 ],
-            }),
+            )),
         );
         let c = cluster(Discovery::Eds {
             service_name: "svc".into(),
@@ -503,14 +555,14 @@ mod tests {
             endpoints: vec![ep(addr, Health::Healthy, 1)],
         };
         let mut c = cluster(Discovery::Static);
-        c.load_assignment = Some(LoadAssignment {
-            cluster_name: "c".into(),
-            localities: vec![
+        c.load_assignment = Some(LoadAssignment::new(
+            "c".into(),
+            vec![
                 group(0, "10.0.0.1:80"),
                 group(1, "10.0.1.1:80"),
                 group(2, "10.0.2.1:80"),
             ],
-        });
+        ));
         assert_eq!(reached(&c, &[]), ["10.0.0.1:80"]);
         assert_eq!(reached(&c, &["10.0.0.1:80"]), ["10.0.1.1:80"]);
         assert_eq!(
@@ -524,8 +576,19 @@ mod tests {
         );
     }
 
-    /// The endpoints 30 picks of `c` reach (sorted, once each), with `out` ejected.
+    /// The endpoints 30 picks of `c` reach (sorted, once each), with `out` ejected (by outlier
+    /// detection, which the cluster then has).
     fn reached(c: &Cluster, out: &[&str]) -> Vec<String> {
+        let mut c = c.clone();
+        c.outlier.get_or_insert(crate::config::cluster::Outlier {
+            consecutive_5xx: Some(5),
+            consecutive_gateway: None,
+            split_local_origin: false,
+            consecutive_local_origin: None,
+            base_ejection: std::time::Duration::from_secs(30),
+            max_ejection_percent: 10,
+        });
+        let c = &c;
         let dst = "1.1.1.1:1".parse().unwrap();
         let t = HashTables::default();
         let ejected = |d: &Dest| out.contains(&d.to_string().as_str());
@@ -548,9 +611,9 @@ mod tests {
     #[test]
     fn the_panic_threshold_decides_when_health_is_ignored() {
         let mut c = cluster(Discovery::Static);
-        c.load_assignment = Some(LoadAssignment {
-            cluster_name: "c".into(),
-            localities: vec![LocalityEndpoints {
+        c.load_assignment = Some(LoadAssignment::new(
+            "c".into(),
+            vec![LocalityEndpoints {
                 locality: Locality::default(),
                 priority: 0,
                 weight: None,
@@ -560,7 +623,7 @@ mod tests {
                     ep("10.0.0.3:80", Health::Healthy, 1),
                 ],
             }],
-        });
+        ));
         // One of three out: 67% × 1.4 is healthy enough.
         assert_eq!(
             reached(&c, &["10.0.0.1:80"]),
@@ -581,9 +644,9 @@ mod tests {
     #[tokio::test]
     async fn dns_endpoints_are_names_resolved_when_connecting() {
         let mut c = cluster(Discovery::StrictDns);
-        c.load_assignment = Some(LoadAssignment {
-            cluster_name: "c".into(),
-            localities: vec![LocalityEndpoints {
+        c.load_assignment = Some(LoadAssignment::new(
+            "c".into(),
+            vec![LocalityEndpoints {
                 locality: Locality::default(),
                 priority: 0,
                 weight: None,
@@ -594,7 +657,7 @@ mod tests {
                     workload: None,
                 }],
             }],
-        });
+        ));
         let dst = "1.1.1.1:1".parse().unwrap();
         let t = HashTables::default();
         let d = endpoint(&Snapshot::default(), &c, dst, &simple(0, 0, &t)).unwrap();
@@ -640,14 +703,80 @@ mod tests {
         }
     }
 
+    /// Endpoints usable alike are chosen by index, without a candidate list; the choice is
+    /// the one the list would have made, for every policy that takes that path.
+    #[test]
+    fn uniform_endpoints_are_chosen_as_the_list_would() {
+        let tables = HashTables::default();
+        let mut rng = fastrand::Rng::with_seed(5);
+        for _ in 0..2_000 {
+            let weight = rng.u32(1..4);
+            let localities: Vec<LocalityEndpoints> = (0..rng.usize(1..4))
+                .map(|l| LocalityEndpoints {
+                    endpoints: (0..rng.usize(1..5))
+                        .map(|e| ep(&format!("10.0.{l}.{e}:80"), Health::Healthy, weight))
+                        .collect(),
+                    ..locality("", None, &[])
+                })
+                .collect();
+            let mut c = cluster(Discovery::Static);
+            c.lb_policy = [
+                LbPolicy::RoundRobin,
+                LbPolicy::Random,
+                LbPolicy::LeastRequest,
+            ][rng.usize(..3)];
+            c.load_assignment = Some(LoadAssignment::new("c".into(), localities.clone()));
+            assert!(c.load_assignment.as_ref().unwrap().uniform.is_some());
+            let busy: Vec<u8> = (0..20).map(|_| rng.u8(..3)).collect();
+            let active = |d: &Dest| match d {
+                Dest::Ip(std::net::SocketAddr::V4(a)) => {
+                    let [_, _, l, e] = a.ip().octets();
+                    usize::from(busy[usize::from(l) * 5 + usize::from(e)])
+                }
+                Dest::Ip(_) => 0,
+                Dest::Name(..) => 0,
+            };
+            let pick = Pick {
+                counter: rng.u64(..),
+                roll: rng.u64(..),
+                active: &active,
+                ..Pick::random(0, &tables)
+            };
+            let fast = endpoint(
+                &Snapshot::default(),
+                &c,
+                "1.1.1.1:1".parse().unwrap(),
+                &pick,
+            );
+            assert_eq!(fast, endpoint_listed(&localities, &c, &pick), "{c:?}");
+        }
+        // An unhealthy endpoint, or unequal weights, make an assignment not uniform.
+        let mixed = |h: Health, w: u32| {
+            LoadAssignment::new(
+                "c".into(),
+                vec![LocalityEndpoints {
+                    endpoints: vec![
+                        ep("10.0.0.1:80", Health::Healthy, 1),
+                        ep("10.0.0.2:80", h, w),
+                    ],
+                    ..locality("", None, &[])
+                }],
+            )
+            .uniform
+        };
+        assert!(mixed(Health::Healthy, 1).is_some());
+        assert!(mixed(Health::Unhealthy, 1).is_none());
+        assert!(mixed(Health::Healthy, 2).is_none());
+    }
+
     #[test]
     fn least_request_prefers_the_less_loaded_of_two_choices() {
         let mut c = cluster(Discovery::Static);
         c.lb_policy = LbPolicy::LeastRequest;
-        c.load_assignment = Some(LoadAssignment {
-            cluster_name: "c".into(),
-            localities: vec![locality("", None, &["10.0.0.1:80", "10.0.0.2:80"])],
-        });
+        c.load_assignment = Some(LoadAssignment::new(
+            "c".into(),
+            vec![locality("", None, &["10.0.0.1:80", "10.0.0.2:80"])],
+        ));
         let busy = Dest::Ip("10.0.0.1:80".parse().unwrap());
         // With .1 busy, the idle .2 always wins: the two choices are distinct.
         assert_eq!(
@@ -663,13 +792,13 @@ mod tests {
     fn locality_weights_pick_the_locality_first() {
         let mut c = cluster(Discovery::Static);
         c.locality_weighted = true;
-        c.load_assignment = Some(LoadAssignment {
-            cluster_name: "c".into(),
-            localities: vec![
+        c.load_assignment = Some(LoadAssignment::new(
+            "c".into(),
+            vec![
                 locality("a", Some(80), &["10.0.0.1:80"]),
                 locality("b", Some(20), &["10.0.0.2:80"]),
             ],
-        });
+        ));
         let b = picks_of(&c, "10.0.0.2:80", &|_| 0);
         assert!((150..=250).contains(&b), "about 20% to zone b: {b}");
     }
@@ -688,10 +817,10 @@ mod tests {
         ] {
             let mut c = cluster(Discovery::Static);
             c.lb_policy = policy;
-            c.load_assignment = Some(LoadAssignment {
-                cluster_name: "c".into(),
-                localities: vec![locality("", None, &addrs)],
-            });
+            c.load_assignment = Some(LoadAssignment::new(
+                "c".into(),
+                vec![locality("", None, &addrs)],
+            ));
             let t = HashTables::default();
             let by_hash = |hash: u64, roll: u64, ejected: &(dyn Fn(&Dest) -> bool + Sync)| {
                 let pick = Pick {
