@@ -490,13 +490,13 @@ enum Out {
 /// connection stays open.
 fn encode_head(
     out: &mut Vec<u8>,
-    parts: &http::response::Parts,
+    status: StatusCode,
+    headers: &HeaderMap,
     size: Option<u64>,
     head_request: bool,
     version: Version,
     keep_alive: bool,
 ) -> (Out, bool) {
-    let status = parts.status;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -506,7 +506,7 @@ fn encode_head(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    for (name, value) in &parts.headers {
+    for (name, value) in headers {
         if name == header::TRANSFER_ENCODING
             || name == header::CONNECTION
             || (name == header::CONTENT_LENGTH && !bodyless)
@@ -515,7 +515,7 @@ fn encode_head(
         }
         header_line(out, name.as_str(), value.as_bytes());
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !headers.contains_key(header::DATE) {
         out.extend_from_slice(b"date: ");
         date(out);
         out.extend_from_slice(b"\r\n");
@@ -551,26 +551,27 @@ fn encode_head(
 async fn write_response(
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
-    resp: Response<Body>,
+    mut resp: Box<Response<Body>>,
     head_request: bool,
     version: Version,
     keep_alive: bool,
 ) -> std::io::Result<bool> {
-    let (parts, mut body) = resp.into_parts();
     out.clear();
     let (framing, keep_alive) = encode_head(
         out,
-        &parts,
-        body.size_hint().exact(),
+        resp.status(),
+        resp.headers(),
+        resp.body().size_hint().exact(),
         head_request,
         version,
         keep_alive,
     );
+    let body = resp.body_mut();
     if framing == Out::Bodyless {
         stream.write_all(out).await?;
         return Ok(keep_alive);
     }
-    if let Body::Local(full) = &mut body {
+    if let Body::Local(full) = body {
         let data = full_bytes(full);
         if data.len() <= COALESCE {
             out.extend_from_slice(&data);
@@ -582,7 +583,7 @@ async fn write_response(
         return Ok(keep_alive);
     }
     stream.write_all(out).await?;
-    stream_body(stream, &mut body, framing == Out::Chunked, out)
+    stream_body(stream, body, framing == Out::Chunked, out)
         .await
         .map_err(|e| match e {
             StreamError::Body(e) => std::io::Error::other(e),
@@ -672,7 +673,15 @@ mod tests {
         version: Version,
     ) -> (String, Out, bool) {
         let mut out = Vec::new();
-        let (framing, keep) = encode_head(&mut out, parts, size, head_request, version, true);
+        let (framing, keep) = encode_head(
+            &mut out,
+            parts.status,
+            &parts.headers,
+            size,
+            head_request,
+            version,
+            true,
+        );
         (String::from_utf8(out).unwrap(), framing, keep)
     }
 

@@ -214,7 +214,7 @@ pub async fn send(
     target: &Target,
     mut req: Box<Request<Body>>,
     expected_ms: Option<u64>,
-) -> Result<Response<Body>, H1Error> {
+) -> Result<Box<Response<Body>>, H1Error> {
     let mut kept = home.affinity.take(target.addr, home.idle);
     let mut out = kept
         .as_mut()
@@ -548,7 +548,7 @@ fn framing(
 
 /// Turns a read head into the response. A body that is already in the buffer is handed over
 /// whole, and the connection goes home at once; otherwise the body streams from the socket.
-fn respond(mut conn: Conn, head: Head, home: &Home) -> Response<Body> {
+fn respond(mut conn: Conn, head: Head, home: &Home) -> Box<Response<Body>> {
     let body = match head.framing {
         Framing::Empty => {
             if head.keep_alive {
@@ -570,7 +570,7 @@ fn respond(mut conn: Conn, head: Head, home: &Home) -> Response<Body> {
             home: home.clone(),
         })),
     };
-    let mut resp = Response::new(body);
+    let mut resp = Box::new(Response::new(body));
     *resp.status_mut() = head.status;
     *resp.version_mut() = Version::HTTP_11;
     *resp.headers_mut() = head.headers;

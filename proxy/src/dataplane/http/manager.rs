@@ -221,13 +221,13 @@ use super::body::BoxError;
 
 pub use super::h1_upstream::Affinity;
 
-fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Body::Local(Full::new(body.into())));
+fn full(status: StatusCode, body: impl Into<Bytes>) -> Box<Response<Body>> {
+    let mut r = Box::new(Response::new(Body::Local(Full::new(body.into()))));
     *r.status_mut() = status;
     r
 }
 
-fn local_reply(status: StatusCode, flag: ResponseFlag, body: &str) -> Response<Body> {
+fn local_reply(status: StatusCode, flag: ResponseFlag, body: &str) -> Box<Response<Body>> {
     let mut r = full(status, body.to_string());
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -488,7 +488,7 @@ async fn send_once(
     http2: bool,
     mut req: Box<Request<Body>>,
     expected_ms: Option<u64>,
-) -> Result<Response<Body>, SendError> {
+) -> Result<Box<Response<Body>>, SendError> {
     if http2 {
         if let Some(ms) = expected_ms {
             req.headers_mut()
@@ -500,7 +500,7 @@ async fn send_once(
         // Boxed: the multiplexing client's future is large and this branch is the rarer one;
         // inline it would be copied with every HTTP/1.1 request's future too.
         return match Box::pin(client.request(*req)).await {
-            Ok(resp) => Ok(resp.map(Body::Streamed)),
+            Ok(resp) => Ok(Box::new(resp.map(Body::Streamed))),
             Err(e) if e.is_connect() => Err(SendError::Connect(e.into())),
             Err(e) => Err(SendError::Other(e.into())),
         };
@@ -729,7 +729,7 @@ fn mirror(
     });
 }
 
-fn no_upstream(e: NoUpstream) -> Response<Body> {
+fn no_upstream(e: NoUpstream) -> Box<Response<Body>> {
     match e {
         NoUpstream::UnknownCluster(_) => {
             local_reply(StatusCode::SERVICE_UNAVAILABLE, ResponseFlag::NC, "")
@@ -750,7 +750,7 @@ async fn forward(
     matched: &PathMatch,
     head: &RequestHead,
     info: &mut Option<UpstreamInfo>,
-) -> Response<Body> {
+) -> Box<Response<Body>> {
     let header_value = match &f.target {
         crate::config::route::Target::Header(h) => head
             .headers
@@ -1278,7 +1278,7 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
 pub async fn handle(
     ctx: Arc<ConnContext>,
     mut req: Box<Request<Body>>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Box<Response<Body>>, Infallible> {
     let received = Instant::now();
     // Tracing: this hop's span, decided before routing so that local replies are traced too.
     let hop = ctx.manager.tracing.as_ref().map(|t| {
@@ -1521,7 +1521,7 @@ async fn respond(
     ctx: &ConnContext,
     mut req: Box<Request<Body>>,
     received: Instant,
-) -> (Response<Body>, RequestHead, Option<UpstreamInfo>) {
+) -> (Box<Response<Body>>, RequestHead, Option<UpstreamInfo>) {
     let mut info = None;
     let mut head = head_of(&req, received);
     let named = req.extensions().get::<NameSpan>().is_some();
@@ -1635,7 +1635,7 @@ fn response_flags(resp: &Response<Body>) -> std::borrow::Cow<'static, str> {
 }
 
 /// A gRPC abort as Envoy's fault filter sends it: HTTP 200, trailers-only, with the status.
-fn grpc_abort(code: u32) -> Response<Body> {
+fn grpc_abort(code: u32) -> Box<Response<Body>> {
     let mut r = full(StatusCode::OK, String::new());
     let h = r.headers_mut();
     h.insert(
@@ -1759,7 +1759,9 @@ async fn serve_hyper(ctx: ConnContext, stream: TcpStream) {
             let (ctx, activity) = (ctx.clone(), activity.clone());
             async move {
                 let _active = activity.start(started);
-                handle(ctx, Box::new(req.map(Body::Streamed))).await
+                handle(ctx, Box::new(req.map(Body::Streamed)))
+                    .await
+                    .map(|resp| *resp)
             }
         })
     };
