@@ -209,6 +209,7 @@ fn routes(routes: Vec<Route>) -> RouteConfig {
         ignore_port_in_host_matching: true,
         headers: HeaderOps::default(),
         ignored: vec![],
+        index: Default::default(),
     }
 }
 
@@ -360,6 +361,7 @@ async fn http_routing_and_local_replies() {
             ..HeaderOps::default()
         },
         ignored: vec![],
+        index: Default::default(),
     };
     let mut snap = Snapshot::default();
     snap.listeners.insert("http".into(), Arc::new(listener));

@@ -1,5 +1,6 @@
 //! Route configurations (RDS): virtual hosts, route matches and actions.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3 as wire;
@@ -21,6 +22,47 @@ pub struct RouteConfig {
     /// the virtual host's).
     pub headers: HeaderOps,
     pub ignored: Vec<Ignored>,
+    /// The virtual hosts by domain, for the search (built on first use).
+    pub index: DomainIndex,
+}
+
+/// Where the virtual host of each exact domain is, and which kinds of domain the virtual hosts
+/// have. Istio's outbound route configurations list every service of the mesh, several domains
+/// each: a request looks its host up once instead of comparing it with all of them.
+#[derive(Debug, Clone, Default)]
+pub struct DomainIndex(std::sync::OnceLock<Domains>);
+
+#[derive(Debug, Clone, Default)]
+pub struct Domains {
+    /// Exact domain to the first virtual host that names it.
+    pub exact: HashMap<String, usize>,
+    pub any_suffix: bool,
+    pub any_prefix: bool,
+    /// The first virtual host with `*`.
+    pub wildcard: Option<usize>,
+}
+
+impl DomainIndex {
+    pub fn get(&self, virtual_hosts: &[VirtualHost]) -> &Domains {
+        self.0.get_or_init(|| {
+            let mut d = Domains::default();
+            for (i, v) in virtual_hosts.iter().enumerate() {
+                for domain in &v.domains {
+                    match domain {
+                        Domain::Any => {
+                            d.wildcard.get_or_insert(i);
+                        }
+                        Domain::Exact(e) => {
+                            d.exact.entry(e.clone()).or_insert(i);
+                        }
+                        Domain::Suffix(_) => d.any_suffix = true,
+                        Domain::Prefix(_) => d.any_prefix = true,
+                    }
+                }
+            }
+            d
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -921,6 +963,7 @@ impl TryFrom<&wire::RouteConfiguration> for RouteConfig {
                 &rc.response_headers_to_remove,
             )?,
             ignored,
+            index: DomainIndex::default(),
         })
     }
 }

@@ -470,6 +470,8 @@ fn build_head(
     // The last transfer coding named, and whether `Connection: close` was said.
     let mut last_coding_seen: Option<&[u8]> = None;
     let mut close = false;
+    // A malformed length only matters to a response that can have a body.
+    let mut length: Result<Option<u64>, &'static str> = Ok(None);
     for &(ns, ne, vs, ve) in spans {
         let value = &raw[vs..ve];
         let name = header_name(&raw[ns..ne]).map_err(|_| {
@@ -491,11 +493,17 @@ fn build_head(
         if hop_by_hop_other(&name) {
             continue;
         }
+        if name == header::CONTENT_LENGTH
+            && let Ok(l) = &mut length
+            && let Err(e) = content_length(value, l)
+        {
+            length = Err(e);
+        }
         let value = HeaderValue::from_maybe_shared(raw.slice(vs..ve))
             .map_err(|_| H1Error::BadHead(format!("value of header {name}")))?;
         headers.append(name, value);
     }
-    let framing = framing(head_only, status, last_coding_seen, &headers)?;
+    let framing = framing(head_only, status, last_coding_seen, length)?;
     let keep_alive = parsed.version_11 && !close && framing != Framing::UntilClose;
     Ok(Head {
         status,
@@ -515,12 +523,12 @@ fn hop_by_hop_other(name: &HeaderName) -> bool {
 }
 
 /// How the body of a response is delimited (RFC 9112 section 6.3), given the last transfer
-/// coding named.
+/// coding named and the content length.
 fn framing(
     head_only: bool,
     status: StatusCode,
     coding: Option<&[u8]>,
-    headers: &HeaderMap,
+    length: Result<Option<u64>, &'static str>,
 ) -> Result<Framing, H1Error> {
     if head_only
         || status.is_informational()
@@ -536,11 +544,7 @@ fn framing(
             Framing::UntilClose
         });
     }
-    let mut length = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        content_length(v.as_bytes(), &mut length).map_err(|e| H1Error::BadHead(e.into()))?;
-    }
-    Ok(match length {
+    Ok(match length.map_err(|e| H1Error::BadHead(e.into()))? {
         Some(n) => Framing::Length(n),
         None => Framing::UntilClose,
     })
@@ -705,6 +709,16 @@ mod tests {
         assert_eq!(h.framing, Framing::Chunked(Chunk::Size));
         let h = head(b"HTTP/1.1 204 No Content\r\n\r\n", false).unwrap();
         assert_eq!(h.framing, Framing::Empty);
+        let h = head(
+            b"HTTP/1.1 204 No Content\r\nContent-Length: x\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            h.framing,
+            Framing::Empty,
+            "a length that cannot apply is not read"
+        );
         let h = head(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
         assert_eq!(h.framing, Framing::UntilClose);
         assert!(

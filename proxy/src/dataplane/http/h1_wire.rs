@@ -96,6 +96,15 @@ pub fn last_coding(value: &[u8]) -> Option<&[u8]> {
 /// Folds a `Content-Length` value (possibly a list of equal numbers) into `length`; `Err` when
 /// it is not a number or disagrees with what was seen before.
 pub fn content_length(value: &[u8], length: &mut Option<u64>) -> Result<(), &'static str> {
+    // The usual value: one number of a few digits.
+    if !value.is_empty() && value.len() <= 18 && value.iter().all(u8::is_ascii_digit) {
+        let n = value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting content-length");
+        }
+        *length = Some(n);
+        return Ok(());
+    }
     for part in value.split(|b| *b == b',') {
         let n = std::str::from_utf8(part.trim_ascii())
             .ok()

@@ -88,34 +88,39 @@ pub fn virtual_host<'a>(rc: &'a RouteConfig, host: &str) -> Option<&'a VirtualHo
     } else {
         host
     };
-    let host = host.to_ascii_lowercase();
-    let exact = rc.virtual_hosts.iter().find(|v| {
-        v.domains
-            .iter()
-            .any(|d| matches!(d, Domain::Exact(e) if *e == host))
-    });
-    exact
+    let host: std::borrow::Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        host.to_ascii_lowercase().into()
+    } else {
+        host.into()
+    };
+    let domains = rc.index.get(&rc.virtual_hosts);
+    let found = domains
+        .exact
+        .get(host.as_ref())
+        .copied()
+        .map(|i| &rc.virtual_hosts[i]);
+    found
         .or_else(|| {
-            longest(rc, |d| match d {
-                Domain::Suffix(s) if host.len() > s.len() && host.ends_with(s.as_str()) => {
-                    Some(s.len())
-                }
-                _ => None,
-            })
+            domains.any_suffix.then(|| {
+                longest(rc, |d| match d {
+                    Domain::Suffix(s) if host.len() > s.len() && host.ends_with(s.as_str()) => {
+                        Some(s.len())
+                    }
+                    _ => None,
+                })
+            })?
         })
         .or_else(|| {
-            longest(rc, |d| match d {
-                Domain::Prefix(p) if host.len() > p.len() && host.starts_with(p.as_str()) => {
-                    Some(p.len())
-                }
-                _ => None,
-            })
+            domains.any_prefix.then(|| {
+                longest(rc, |d| match d {
+                    Domain::Prefix(p) if host.len() > p.len() && host.starts_with(p.as_str()) => {
+                        Some(p.len())
+                    }
+                    _ => None,
+                })
+            })?
         })
-        .or_else(|| {
-            rc.virtual_hosts
-                .iter()
-                .find(|v| v.domains.contains(&Domain::Any))
-        })
+        .or_else(|| domains.wildcard.map(|i| &rc.virtual_hosts[i]))
 }
 
 fn string_matches(m: &StringMatch, value: &str) -> bool {

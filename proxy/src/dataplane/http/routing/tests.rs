@@ -87,6 +87,7 @@ fn virtual_host_search_order() {
         ignore_port_in_host_matching: false,
         headers: Default::default(),
         ignored: vec![],
+        index: Default::default(),
     };
     let pick = |h: &str| virtual_host(&rc, h).map(|v| v.name.as_str());
     assert_eq!(pick("reviews:9080"), Some("exact"));
@@ -102,6 +103,94 @@ fn virtual_host_search_order() {
     assert_eq!(pick("ratings.other.svc.cluster.local"), Some("suffix"));
     assert_eq!(pick("reviewsx"), Some("prefix"));
     assert_eq!(pick("example.com"), Some("any"));
+}
+
+/// The search as Envoy describes it, by scanning every virtual host: exact, longest suffix,
+/// longest prefix, `*`; the first virtual host wins a tie.
+fn scanned<'a>(rc: &'a RouteConfig, host: &str) -> Option<&'a str> {
+    let host = host.to_ascii_lowercase();
+    let best = |fits: &dyn Fn(&Domain) -> Option<usize>| {
+        let mut best: Option<(usize, &VirtualHost)> = None;
+        for v in &rc.virtual_hosts {
+            if let Some(len) = v.domains.iter().filter_map(fits).max()
+                && best.is_none_or(|(b, _)| len > b)
+            {
+                best = Some((len, v));
+            }
+        }
+        best.map(|(_, v)| v)
+    };
+    best(&|d| matches!(d, Domain::Exact(e) if *e == host).then_some(0))
+        .or_else(|| {
+            best(&|d| match d {
+                Domain::Suffix(s) if host.len() > s.len() && host.ends_with(s.as_str()) => {
+                    Some(s.len())
+                }
+                _ => None,
+            })
+        })
+        .or_else(|| {
+            best(&|d| match d {
+                Domain::Prefix(p) if host.len() > p.len() && host.starts_with(p.as_str()) => {
+                    Some(p.len())
+                }
+                _ => None,
+            })
+        })
+        .or_else(|| best(&|d| (*d == Domain::Any).then_some(0)))
+        .map(|v| v.name.as_str())
+}
+
+/// A mesh-sized route configuration (as istiod sends a sidecar for port 80: every service,
+/// under several names each, with some wildcards and repeats): the indexed search finds what
+/// scanning every virtual host finds.
+#[test]
+fn indexed_virtual_host_search_agrees_with_a_scan() {
+    let mut rng = fastrand::Rng::with_seed(80);
+    let names = ["reviews", "ratings", "details", "shop", "cart", "api"];
+    let namespaces = ["default", "prod", "edge"];
+    let mut virtual_hosts = Vec::new();
+    for i in 0..300 {
+        let svc = format!("{}{}", names[i % names.len()], i % 50);
+        let ns = namespaces[rng.usize(..namespaces.len())];
+        let mut domains = vec![
+            format!("{svc}.{ns}.svc.cluster.local"),
+            format!("{svc}.{ns}"),
+            svc.clone(),
+        ];
+        match rng.u8(..10) {
+            0 => domains.push(format!("*.{ns}.svc.cluster.local")),
+            1 => domains.push(format!("{svc}*")),
+            2 => domains.push("*".into()),
+            _ => {}
+        }
+        let domains: Vec<&str> = domains.iter().map(String::as_str).collect();
+        virtual_hosts.push(vh(&format!("vh{i}"), &domains, vec![]));
+    }
+    let rc = RouteConfig {
+        name: "80".into(),
+        virtual_hosts,
+        ignore_port_in_host_matching: false,
+        headers: Default::default(),
+        ignored: vec![],
+        index: Default::default(),
+    };
+    for _ in 0..5_000 {
+        let svc = format!("{}{}", names[rng.usize(..names.len())], rng.usize(..60));
+        let ns = namespaces[rng.usize(..namespaces.len())];
+        let host = match rng.u8(..5) {
+            0 => format!("{svc}.{ns}.svc.cluster.local"),
+            1 => format!("{svc}.{ns}"),
+            2 => svc.to_uppercase(),
+            3 => format!("{svc}x"),
+            _ => format!("other.{ns}.svc.cluster.local"),
+        };
+        assert_eq!(
+            virtual_host(&rc, &host).map(|v| v.name.as_str()),
+            scanned(&rc, &host),
+            "{host}"
+        );
+    }
 }
 
 #[test]
@@ -206,6 +295,7 @@ fn ports_are_ignored_in_host_matching_when_asked() {
         ignore_port_in_host_matching: false,
         headers: Default::default(),
         ignored: vec![],
+        index: Default::default(),
     };
     assert_eq!(
         virtual_host(&rc, "bill:8080").map(|v| v.name.as_str()),
