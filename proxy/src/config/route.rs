@@ -30,7 +30,7 @@ pub struct RouteConfig {
 /// have. Istio's outbound route configurations list every service of the mesh, several domains
 /// each: a request looks its host up once instead of comparing it with all of them.
 #[derive(Debug, Clone, Default)]
-pub struct DomainIndex(std::sync::OnceLock<Domains>);
+pub struct DomainIndex(std::sync::OnceLock<Box<Domains>>);
 
 #[derive(Debug, Clone, Default)]
 pub struct Domains {
@@ -60,7 +60,7 @@ impl DomainIndex {
                     }
                 }
             }
-            d
+            Box::new(d)
         })
     }
 }
