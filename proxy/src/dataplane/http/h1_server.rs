@@ -441,8 +441,10 @@ async fn linger_close(stream: &mut TcpStream) {
     if stream.shutdown().await.is_err() {
         return;
     }
+    // On the heap: a buffer in the future would be part of every connection's task, whose
+    // state is as large as its largest await.
     let drain = async {
-        let mut sink = [0u8; 4096];
+        let mut sink = vec![0u8; 4096];
         let mut total = 0;
         while total < LINGER_BYTES {
             match stream.read(&mut sink).await {
