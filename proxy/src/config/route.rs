@@ -22,7 +22,8 @@ pub struct RouteConfig {
     /// the virtual host's).
     pub headers: HeaderOps,
     pub ignored: Vec<Ignored>,
-    /// The virtual hosts by domain, for the search (built on first use).
+    /// The virtual hosts by domain, for the search (built when the configuration is converted,
+    /// or on first use for one made in place).
     pub index: DomainIndex,
 }
 
@@ -952,7 +953,7 @@ impl TryFrom<&wire::RouteConfiguration> for RouteConfig {
                 reason: "on-demand virtual hosts are not supported; the inline ones are used",
             });
         }
-        Ok(RouteConfig {
+        let converted = RouteConfig {
             name: rc.name.clone(),
             virtual_hosts,
             ignore_port_in_host_matching: rc.ignore_port_in_host_matching,
@@ -964,7 +965,10 @@ impl TryFrom<&wire::RouteConfiguration> for RouteConfig {
             )?,
             ignored,
             index: DomainIndex::default(),
-        })
+        };
+        // Built here, with the configuration, rather than by its first request.
+        converted.index.get(&converted.virtual_hosts);
+        Ok(converted)
     }
 }
 

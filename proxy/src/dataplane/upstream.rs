@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use crate::config::Address;
 use crate::config::cluster::{
-    Cluster, Discovery, Endpoint, LbPolicy, LoadAssignment, LocalityEndpoints, Uniform,
+    Cluster, Discovery, Endpoint, LbPolicy, LoadAssignment, LocalityEndpoints,
 };
 use crate::config::route::Target;
 use crate::dataplane::hash_lb::HashTables;
@@ -324,11 +324,7 @@ pub fn endpoint(
             cluster.load_assignment.as_ref()
         }
     };
-    if let Some(a) = assignment
-        && let Some(u) = a.uniform
-        && let Some(i) = uniform_choice(cluster, u, pick, |i| a.nth(i).and_then(Dest::of))
-        && let Some(dest) = a.nth(i).and_then(Dest::of)
-    {
+    if let Some(dest) = assignment.and_then(|a| uniform_choice(cluster, a, pick)) {
         return Ok(dest);
     }
     endpoint_listed(
@@ -338,40 +334,39 @@ pub fn endpoint(
     )
 }
 
-/// The index of the endpoint to use among [`Uniform`] ones, without a list of candidates:
-/// the same choice [`endpoint_listed`] makes, since each endpoint's share of the weight space
-/// is the same. `None` where the list is needed: locality weighting, outlier detection (an
-/// ejection makes the endpoints unequal), consistent hashing (its table is built from the list).
-fn uniform_choice(
-    cluster: &Cluster,
-    u: Uniform,
-    pick: &Pick<'_>,
-    dest: impl Fn(usize) -> Option<Dest>,
-) -> Option<usize> {
-    if cluster.locality_weighted
+/// The endpoint to use when the assignment's endpoints are [`Uniform`], found by index without
+/// a list of candidates: the same choice [`endpoint_listed`] makes, since each endpoint's share
+/// of the weight space is the same. `None` where the list is needed: locality weighting,
+/// outlier detection (an ejection makes the endpoints unequal), consistent hashing (its table
+/// is built from the list).
+fn uniform_choice(cluster: &Cluster, a: &LoadAssignment, pick: &Pick<'_>) -> Option<Dest> {
+    let u = a.uniform?;
+    let w = u64::from(u.weight);
+    let total = u.count as u64 * w;
+    if total == 0
+        || cluster.locality_weighted
         || cluster.outlier.is_some()
         || cluster.lb_policy.hashed()
-        || u.count == 0
     {
         return None;
     }
-    let w = u64::from(u.weight);
-    let total = u.count as u64 * w;
+    let dest = |i: u64| a.nth(i as usize).and_then(Dest::of);
     let roll = pick.roll;
-    Some(match cluster.lb_policy {
-        LbPolicy::Random => (roll % total / w) as usize,
+    match cluster.lb_policy {
+        LbPolicy::Random => dest(roll % total / w),
         LbPolicy::LeastRequest if u.count > 1 => {
-            let first = (roll % total / w) as usize;
-            let j = (roll.rotate_left(32).wrapping_mul(0x9E37_79B9_7F4A_7C15) % (total - w) / w)
-                as usize;
+            let first = roll % total / w;
+            let j = roll.rotate_left(32).wrapping_mul(0x9E37_79B9_7F4A_7C15) % (total - w) / w;
             let second = if j >= first { j + 1 } else { j };
-            match (dest(first), dest(second)) {
-                (Some(a), Some(b)) if (pick.active)(&b) < (pick.active)(&a) => second,
-                _ => first,
-            }
+            let (a, b) = (dest(first)?, dest(second)?);
+            Some(if (pick.active)(&b) < (pick.active)(&a) {
+                b
+            } else {
+                a
+            })
         }
-        _ => (pick.counter % total / w) as usize,
-    })
+        _ => dest(pick.counter % total / w),
+    }
 }
 
 /// The endpoint to connect to, chosen from the list of candidates.
@@ -742,13 +737,12 @@ mod tests {
                 active: &active,
                 ..Pick::random(0, &tables)
             };
-            let fast = endpoint(
-                &Snapshot::default(),
-                &c,
-                "1.1.1.1:1".parse().unwrap(),
-                &pick,
-            );
-            assert_eq!(fast, endpoint_listed(&localities, &c, &pick), "{c:?}");
+            let assignment = c.load_assignment.as_ref().unwrap();
+            let fast = uniform_choice(&c, assignment, &pick);
+            assert!(fast.is_some(), "chosen without the list: {c:?}");
+            let dst = "1.1.1.1:1".parse().unwrap();
+            assert_eq!(endpoint(&Snapshot::default(), &c, dst, &pick).ok(), fast);
+            assert_eq!(fast, endpoint_listed(&localities, &c, &pick).ok(), "{c:?}");
         }
         // An unhealthy endpoint, or unequal weights, make an assignment not uniform.
         let mixed = |h: Health, w: u32| {

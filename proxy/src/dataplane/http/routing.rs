@@ -99,26 +99,26 @@ pub fn virtual_host<'a>(rc: &'a RouteConfig, host: &str) -> Option<&'a VirtualHo
         .get(host.as_ref())
         .copied()
         .map(|i| &rc.virtual_hosts[i]);
+    // The longest matching suffix or prefix, searched only when some virtual host has one.
+    let affix = |any: bool, fits: &dyn Fn(&Domain) -> Option<usize>| {
+        any.then(|| longest(rc, fits)).flatten()
+    };
     found
         .or_else(|| {
-            domains.any_suffix.then(|| {
-                longest(rc, |d| match d {
-                    Domain::Suffix(s) if host.len() > s.len() && host.ends_with(s.as_str()) => {
-                        Some(s.len())
-                    }
-                    _ => None,
-                })
-            })?
+            affix(domains.any_suffix, &|d| match d {
+                Domain::Suffix(s) if host.len() > s.len() && host.ends_with(s.as_str()) => {
+                    Some(s.len())
+                }
+                _ => None,
+            })
         })
         .or_else(|| {
-            domains.any_prefix.then(|| {
-                longest(rc, |d| match d {
-                    Domain::Prefix(p) if host.len() > p.len() && host.starts_with(p.as_str()) => {
-                        Some(p.len())
-                    }
-                    _ => None,
-                })
-            })?
+            affix(domains.any_prefix, &|d| match d {
+                Domain::Prefix(p) if host.len() > p.len() && host.starts_with(p.as_str()) => {
+                    Some(p.len())
+                }
+                _ => None,
+            })
         })
         .or_else(|| domains.wildcard.map(|i| &rc.virtual_hosts[i]))
 }
