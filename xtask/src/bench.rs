@@ -1,7 +1,15 @@
-//! `cargo xtask bench`: one HTTP/1.1 keep-alive load (wrk) against the same origin directly and
-//! through outrigger-proxy, nginx and haproxy, each configured for the same single route, run
-//! back to back on this machine. Reports latency percentiles, requests/s, and requests per CPU
-//! second of the proxy process, as a Markdown table (with ratios) and a PNG plot in bench/results/.
+//! `cargo xtask bench`: HTTP/1.1 keep-alive against the same origin directly and through
+//! outrigger-proxy, nginx and haproxy, each configured for the same single route, run back to
+//! back on this machine, in two scenarios:
+//!
+//! - closed loop at saturation (wrk): requests/s, latency percentiles, requests per CPU second;
+//! - a fixed rate (Istio's method: 1000 requests/s over 16 connections, open loop, with
+//!   coordinated-omission correction; `loadgen`): added latency p50/p90/p99/p99.9 and the
+//!   proxy's CPU per 1000 requests/s.
+//!
+//! As in `shared/reference/performance.md` §5.4, the load generator runs on CPU 0 and the origin
+//! and proxies on CPU 1, each proxy with one worker. Each writes a Markdown table (with ratios)
+//! and a PNG plot in bench/results/.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -10,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, deps, step};
+use crate::{cargo, deps, loadgen, step};
 
 const ORIGIN: u16 = 18080;
 const OUTRIGGER: u16 = 18081;
@@ -96,15 +104,38 @@ fn wait_port(port: u16) -> Result<()> {
     bail!("nothing listens on 127.0.0.1:{port}")
 }
 
-/// CPU seconds used so far by a process and its children.
+/// CPU seconds used so far by a process and its children: the time their threads have run, to
+/// the nanosecond (`/proc/PID/task/TID/schedstat`), or the 100 Hz tick counts where schedstat
+/// is missing.
 fn cpu_seconds(pid: u32) -> f64 {
-    let ticks: u64 = processes()
+    processes()
         .into_iter()
         .filter(|(p, ppid, _)| *p == pid || *ppid == pid)
-        .map(|(_, _, t)| t)
-        .sum();
-    ticks as f64 / 100.0
+        .map(|(p, _, ticks)| run_ns(p).map_or(ticks as f64 / 100.0, |ns| ns as f64 / 1e9))
+        .sum()
 }
+
+/// Nanoseconds the threads of `pid` have run on a CPU.
+fn run_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// `cmd` pinned to `cpu` with taskset (util-linux).
+fn pinned(cpu: u32, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", &cpu.to_string()]).arg(program);
+    c
+}
+
+/// The CPU the load generators run on; the origin and the proxies run on the other.
+const CLIENT_CPU: u32 = 0;
+const SERVER_CPU: u32 = 1;
 
 #[derive(Debug, Default, Clone)]
 struct Result1 {
@@ -132,7 +163,7 @@ pub fn ms(s: &str) -> f64 {
 }
 
 fn wrk(port: u16, seconds: u32, connections: u32) -> Result<(f64, f64, f64, f64, f64)> {
-    let out = Command::new("wrk")
+    let out = pinned(CLIENT_CPU, "wrk")
         .args([
             "-t1",
             &format!("-c{connections}"),
@@ -226,7 +257,10 @@ fn write_configs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run(seconds: u32, connections: u32, rounds_wanted: u32) -> Result<()> {
+/// A proxied or direct path under test: its name, port and the process whose CPU is measured.
+type Target = (&'static str, u16, Option<u32>);
+
+pub fn run(seconds: u32, connections: u32, rounds_wanted: u32, rate: u32) -> Result<()> {
     let rounds_wanted = rounds_wanted.max(1);
     deps::ensure(NEEDS)?;
     // A server left on one of these ports would be measured in place of the one started here.
@@ -245,15 +279,11 @@ pub fn run(seconds: u32, connections: u32, rounds_wanted: u32) -> Result<()> {
     write_configs(&dir)?;
 
     step(&format!(
-        "starting the origin (nginx, 1 worker) on :{ORIGIN} and the proxies, each with one worker"
+        "starting the origin (nginx, 1 worker) on :{ORIGIN} and the proxies, each with one worker, on CPU {SERVER_CPU}; load from CPU {CLIENT_CPU}"
     ));
-    let _origin = spawn(
-        Command::new("nginx")
-            .args(["-c"])
-            .arg(dir.join("origin.conf")),
-    )?;
+    let _origin = spawn(pinned(SERVER_CPU, "nginx").arg("-c").arg(dir.join("origin.conf")))?;
     let outrigger = spawn(
-        Command::new(&proxy_bin)
+        pinned(SERVER_CPU, &proxy_bin)
             .args(["run", "-c"])
             .arg(dir.join("outrigger.json"))
             .args([
@@ -269,32 +299,65 @@ pub fn run(seconds: u32, connections: u32, rounds_wanted: u32) -> Result<()> {
                 "warn",
             ]),
     )?;
-    let nginx = spawn(
-        Command::new("nginx")
-            .args(["-c"])
-            .arg(dir.join("nginx.conf")),
-    )?;
-    let haproxy = spawn(
-        Command::new("haproxy")
-            .args(["-f"])
-            .arg(dir.join("haproxy.cfg")),
-    )?;
+    let nginx = spawn(pinned(SERVER_CPU, "nginx").arg("-c").arg(dir.join("nginx.conf")))?;
+    let haproxy = spawn(pinned(SERVER_CPU, "haproxy").arg("-f").arg(dir.join("haproxy.cfg")))?;
     for port in [ORIGIN, OUTRIGGER, NGINX, HAPROXY] {
         wait_port(port)?;
     }
-    let targets: [(&'static str, u16, Option<u32>); 4] = [
+    // taskset runs each server in its own process, so these are the servers' pids.
+    let targets: [Target; 4] = [
         ("no proxy", ORIGIN, None),
         ("outrigger-proxy", OUTRIGGER, Some(outrigger.0.id())),
         ("nginx", NGINX, Some(nginx.0.id())),
         ("haproxy", HAPROXY, Some(haproxy.0.id())),
     ];
+    let out_dir = root.join("bench/results");
+    std::fs::create_dir_all(&out_dir)?;
+
+    let rounds = closed_loop(&targets, seconds, connections, rounds_wanted)?;
+    let spread = per_round_ratios(&rounds);
+    let results: Vec<Result1> = rounds.iter().map(|r| median(r)).collect();
+    let mut report = report(&results, seconds, connections, rounds_wanted);
+    report.push_str(&spread);
+    std::fs::write(out_dir.join("http1-keepalive.md"), &report)?;
+    plot(&results, &dir, &out_dir.join("http1-keepalive.png"))?;
+    println!("\n{report}");
+    println!("written: bench/results/http1-keepalive.md, bench/results/http1-keepalive.png");
+
+    if rate > 0 {
+        let fixed_seconds = 10;
+        let fixed_connections = 16;
+        let rounds = fixed_rate(
+            &targets,
+            rate,
+            fixed_connections,
+            fixed_seconds,
+            rounds_wanted,
+        )?;
+        let report = fixed_report(&rounds, rate, fixed_connections, fixed_seconds);
+        std::fs::write(out_dir.join("http1-fixed-rate.md"), &report)?;
+        fixed_plot(&rounds, fixed_seconds, &dir, &out_dir.join("http1-fixed-rate.png"))?;
+        println!("\n{report}");
+        println!("written: bench/results/http1-fixed-rate.md, bench/results/http1-fixed-rate.png");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// wrk at saturation, rounds alternating the targets; each target's rounds.
+fn closed_loop(
+    targets: &[Target],
+    seconds: u32,
+    connections: u32,
+    rounds_wanted: u32,
+) -> Result<Vec<Vec<Result1>>> {
     // Rounds alternate the targets, so that a noisy moment on this shared machine hits them
     // alike; each target's figures are its median round.
     let mut rounds: Vec<Vec<Result1>> = vec![Vec::new(); targets.len()];
     for round in 1..=rounds_wanted {
         for (i, (name, port, pid)) in targets.iter().copied().enumerate() {
             step(&format!(
-                "round {round}/{rounds_wanted}, {name}: {}wrk -t1 -c{connections} -d{seconds}s",
+                "closed loop, round {round}/{rounds_wanted}, {name}: {}wrk -t1 -c{connections} -d{seconds}s",
                 if round == 1 { "warm-up, then " } else { "" }
             ));
             if round == 1 {
@@ -323,18 +386,7 @@ pub fn run(seconds: u32, connections: u32, rounds_wanted: u32) -> Result<()> {
             });
         }
     }
-    let spread = per_round_ratios(&rounds);
-    let results: Vec<Result1> = rounds.iter().map(|r| median(r)).collect();
-    let mut report = report(&results, seconds, connections, rounds_wanted);
-    report.push_str(&spread);
-    let out_dir = root.join("bench/results");
-    std::fs::create_dir_all(&out_dir)?;
-    std::fs::write(out_dir.join("http1-keepalive.md"), &report)?;
-    plot(&results, &dir, &out_dir.join("http1-keepalive.png"))?;
-    println!("\n{report}");
-    println!("written: bench/results/http1-keepalive.md, bench/results/http1-keepalive.png");
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    Ok(rounds)
 }
 
 /// A target's median round: the median of each latency and of req/s, and the CPU reading of
@@ -500,4 +552,214 @@ pub fn gnuplot(dir: &Path, name: &str, script: &str) -> Result<()> {
         bail!("gnuplot failed");
     }
     Ok(())
+}
+
+/// One target's fixed-rate round.
+#[derive(Debug, Clone)]
+struct FixedRound {
+    name: &'static str,
+    load: loadgen::Summary,
+    /// CPU seconds of the proxy during the round.
+    cpu: Option<f64>,
+}
+
+/// `cargo xtask loadgen` on the client CPU against `port`.
+fn loadgen(port: u16, rate: u32, connections: u32, seconds: u32) -> Result<loadgen::Summary> {
+    let exe = std::env::current_exe().context("finding the xtask binary")?;
+    let out = pinned(CLIENT_CPU, exe)
+        .args([
+            "loadgen",
+            "--port",
+            &port.to_string(),
+            "--rate",
+            &rate.to_string(),
+            "--connections",
+            &connections.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the load generator")?;
+    if !out.status.success() {
+        bail!("the load generator failed on port {port}");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(text.trim())
+        .with_context(|| format!("the load generator's output: {text}"))?;
+    let load = loadgen::Summary::from_json(&json)?;
+    if load.errors > 0 {
+        bail!("port {port}: {} requests failed", load.errors);
+    }
+    Ok(load)
+}
+
+/// The fixed-rate load, rounds alternating the targets; each target's rounds.
+fn fixed_rate(
+    targets: &[Target],
+    rate: u32,
+    connections: u32,
+    seconds: u32,
+    rounds_wanted: u32,
+) -> Result<Vec<Vec<FixedRound>>> {
+    let mut rounds: Vec<Vec<FixedRound>> = vec![Vec::new(); targets.len()];
+    for round in 1..=rounds_wanted {
+        for (i, (name, port, pid)) in targets.iter().copied().enumerate() {
+            step(&format!(
+                "fixed rate, round {round}/{rounds_wanted}, {name}: {}{rate} req/s over {connections} connections for {seconds} s",
+                if round == 1 { "warm-up, then " } else { "" }
+            ));
+            if round == 1 {
+                loadgen(port, rate, connections, 2)?;
+            }
+            let before = pid.map(cpu_seconds);
+            let load = loadgen(port, rate, connections, seconds)?;
+            let cpu = pid
+                .zip(before)
+                .map(|(p, b)| cpu_seconds(p) - b)
+                .filter(|c| *c > 0.0);
+            println!(
+                "  {name:<16} {:>7.0} req/s   p50 {:.0} µs   p90 {:.0} µs   p99 {:.0} µs   p99.9 {:.0} µs   proxy CPU {}",
+                load.rps,
+                load.p50,
+                load.p90,
+                load.p99,
+                load.p999,
+                cpu.map(|c| format!("{c:.3} s"))
+                    .unwrap_or_else(|| "-".into())
+            );
+            rounds[i].push(FixedRound { name, load, cpu });
+        }
+    }
+    Ok(rounds)
+}
+
+/// A target's fixed-rate figures: the median over rounds of each percentile, and of its vCPU
+/// per 1000 requests/s (None without a CPU reading).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct FixedMedian {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    rps: f64,
+    vcpu_per_k: Option<f64>,
+}
+
+fn middle(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// vCPU per 1000 requests/s of one round.
+fn vcpu_per_k(r: &FixedRound, seconds: u32) -> Option<f64> {
+    r.cpu
+        .filter(|_| r.load.rps > 0.0)
+        .map(|c| c / f64::from(seconds) / (r.load.rps / 1000.0))
+}
+
+fn fixed_median(rounds: &[FixedRound], seconds: u32) -> FixedMedian {
+    let of = |f: fn(&loadgen::Summary) -> f64| middle(rounds.iter().map(|r| f(&r.load)).collect());
+    let cpus: Vec<f64> = rounds.iter().filter_map(|r| vcpu_per_k(r, seconds)).collect();
+    FixedMedian {
+        p50: of(|l| l.p50),
+        p90: of(|l| l.p90),
+        p99: of(|l| l.p99),
+        p999: of(|l| l.p999),
+        rps: of(|l| l.rps),
+        vcpu_per_k: (!cpus.is_empty()).then(|| middle(cpus)),
+    }
+}
+
+fn fixed_report(rounds: &[Vec<FixedRound>], rate: u32, connections: u32, seconds: u32) -> String {
+    let names: Vec<&str> = rounds
+        .iter()
+        .map(|r| r.first().map_or("?", |x| x.name))
+        .collect();
+    let medians: Vec<FixedMedian> = rounds.iter().map(|r| fixed_median(r, seconds)).collect();
+    let base = medians[0];
+    let mut s = String::new();
+    let _ = writeln!(s, "# HTTP/1.1 keep-alive at a fixed rate, one route\n");
+    let _ = writeln!(
+        s,
+        "{rate} requests/s over {connections} keep-alive connections for {seconds} s (open loop, timed from when each request was due if its connection was still busy: coordinated-omission correction; `cargo xtask loadgen` on CPU {CLIENT_CPU}) against an nginx origin answering `200 ok`, directly and through each proxy (one worker each; origin and proxies on CPU {SERVER_CPU}); {} rounds that alternate the targets, the median of each figure over the rounds shown. This is the shape of Istio's own benchmark (fortio, 1000 requests/s, 16 connections). Added latency is the proxy's percentile minus the direct one; vCPU per 1000 req/s is the proxy's CPU time over the round, per second and per 1000 requests/s.\n",
+        rounds[0].len()
+    );
+    let _ = writeln!(
+        s,
+        "| path | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | added p50 µs | added p90 µs | added p99 µs | vCPU per 1000 req/s |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, m) in names.iter().zip(&medians) {
+        let _ = writeln!(
+            s,
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            m.rps,
+            m.p50,
+            m.p90,
+            m.p99,
+            m.p999,
+            m.p50 - base.p50,
+            m.p90 - base.p90,
+            m.p99 - base.p99,
+            m.vcpu_per_k
+                .map(|v| format!("{v:.4}"))
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    let find = |n: &str| names.iter().position(|x| *x == n).map(|i| medians[i]);
+    let ratio = |a: f64, b: f64| {
+        if a > 0.0 && b > 0.0 {
+            format!("{:.2}", a / b)
+        } else {
+            "n/a".to_string()
+        }
+    };
+    if let (Some(o), Some(n), Some(h)) = (find("outrigger-proxy"), find("nginx"), find("haproxy")) {
+        let added = |m: FixedMedian| (m.p50 - base.p50, m.p90 - base.p90, m.p99 - base.p99);
+        let (o, on, oh) = (added(o), added(n), added(h));
+        let _ = writeln!(
+            s,
+            "\nAdded latency of outrigger-proxy over the other's: p50 vs nginx {}, vs haproxy {}; p90 vs nginx {}, vs haproxy {}; p99 vs nginx {}, vs haproxy {}.",
+            ratio(o.0, on.0),
+            ratio(o.0, oh.0),
+            ratio(o.1, on.1),
+            ratio(o.1, oh.1),
+            ratio(o.2, on.2),
+            ratio(o.2, oh.2),
+        );
+    }
+    let cpu = |n: &str| find(n).and_then(|m| m.vcpu_per_k).unwrap_or(0.0);
+    let _ = writeln!(
+        s,
+        "CPU per request of outrigger-proxy over the other's: vs nginx {}, vs haproxy {}. For scale, Istio publishes 0.20 vCPU per 1000 req/s for its Envoy sidecar (1.24, 2 workers, 1 KB bodies, mTLS: other conditions).",
+        ratio(cpu("outrigger-proxy"), cpu("nginx")),
+        ratio(cpu("outrigger-proxy"), cpu("haproxy")),
+    );
+    s
+}
+
+fn fixed_plot(rounds: &[Vec<FixedRound>], seconds: u32, dir: &Path, png: &Path) -> Result<()> {
+    let base = fixed_median(&rounds[0], seconds);
+    let mut data = String::new();
+    for r in &rounds[1..] {
+        let m = fixed_median(r, seconds);
+        let _ = writeln!(
+            data,
+            "\"{}\" {:.1} {:.1} {:.1} {:.4}",
+            r.first().map_or("?", |x| x.name),
+            m.p50 - base.p50,
+            m.p90 - base.p90,
+            m.p99 - base.p99,
+            m.vcpu_per_k.unwrap_or(0.0)
+        );
+    }
+    let dat = dir.join("fixed.dat");
+    std::fs::write(&dat, data)?;
+    let script = format!(
+        "set terminal png size 1000,420\nset output '{png}'\nset multiplot layout 1,2 title 'HTTP/1.1 keep-alive at a fixed rate through one route (lower is better)'\nset style data histograms\nset style fill solid 0.8 border -1\nset boxwidth 0.8\nset grid ytics\nset key outside top center horizontal\nset ylabel 'added latency (µs)'\nset yrange [0:*]\nplot '{dat}' using 2:xtic(1) title 'p50', '' using 3 title 'p90', '' using 4 title 'p99'\nset ylabel 'vCPU per 1000 req/s'\nplot '{dat}' using 5:xtic(1) title 'proxy CPU' lc rgb '#2a9d8f'\nunset multiplot\n",
+        png = png.display(),
+        dat = dat.display()
+    );
+    gnuplot(dir, "fixed.gp", &script)
 }

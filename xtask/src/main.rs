@@ -14,6 +14,7 @@ mod bench;
 mod capture_bench;
 mod demo;
 mod deps;
+mod loadgen;
 mod mesh_demo;
 mod policies_demo;
 mod vm_test;
@@ -84,6 +85,22 @@ enum Task {
         /// bench/results/capture.{md,png}.
         #[arg(long)]
         capture: bool,
+        /// The fixed-rate scenario's total requests per second (0 skips it).
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+    },
+    /// A fixed-rate HTTP/1.1 keep-alive load on 127.0.0.1:PORT; prints one JSON line of
+    /// latency percentiles (µs). Used by `bench`; runnable alone.
+    Loadgen {
+        #[arg(long)]
+        port: u16,
+        /// Requests per second over all connections.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        #[arg(long, default_value_t = 16)]
+        connections: u32,
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
     },
 }
 
@@ -229,12 +246,28 @@ fn main() -> Result<()> {
             connections,
             rounds,
             capture: false,
-        } => bench::run(seconds, connections, rounds),
+            rate,
+        } => bench::run(seconds, connections, rounds, rate),
         Task::Bench {
             seconds,
             connections,
             capture: true,
             ..
         } => capture_bench::run(seconds, connections),
+        Task::Loadgen {
+            port,
+            rate,
+            connections,
+            seconds,
+        } => {
+            let summary = loadgen::run(loadgen::Plan {
+                port,
+                rate,
+                connections,
+                seconds,
+            })?;
+            println!("{}", summary.to_json());
+            Ok(())
+        }
     }
 }
