@@ -281,7 +281,11 @@ pub fn run(seconds: u32, connections: u32, rounds_wanted: u32, rate: u32) -> Res
     step(&format!(
         "starting the origin (nginx, 1 worker) on :{ORIGIN} and the proxies, each with one worker, on CPU {SERVER_CPU}; load from CPU {CLIENT_CPU}"
     ));
-    let _origin = spawn(pinned(SERVER_CPU, "nginx").arg("-c").arg(dir.join("origin.conf")))?;
+    let _origin = spawn(
+        pinned(SERVER_CPU, "nginx")
+            .arg("-c")
+            .arg(dir.join("origin.conf")),
+    )?;
     let outrigger = spawn(
         pinned(SERVER_CPU, &proxy_bin)
             .args(["run", "-c"])
@@ -299,8 +303,16 @@ pub fn run(seconds: u32, connections: u32, rounds_wanted: u32, rate: u32) -> Res
                 "warn",
             ]),
     )?;
-    let nginx = spawn(pinned(SERVER_CPU, "nginx").arg("-c").arg(dir.join("nginx.conf")))?;
-    let haproxy = spawn(pinned(SERVER_CPU, "haproxy").arg("-f").arg(dir.join("haproxy.cfg")))?;
+    let nginx = spawn(
+        pinned(SERVER_CPU, "nginx")
+            .arg("-c")
+            .arg(dir.join("nginx.conf")),
+    )?;
+    let haproxy = spawn(
+        pinned(SERVER_CPU, "haproxy")
+            .arg("-f")
+            .arg(dir.join("haproxy.cfg")),
+    )?;
     for port in [ORIGIN, OUTRIGGER, NGINX, HAPROXY] {
         wait_port(port)?;
     }
@@ -336,7 +348,12 @@ pub fn run(seconds: u32, connections: u32, rounds_wanted: u32, rate: u32) -> Res
         )?;
         let report = fixed_report(&rounds, rate, fixed_connections, fixed_seconds);
         std::fs::write(out_dir.join("http1-fixed-rate.md"), &report)?;
-        fixed_plot(&rounds, fixed_seconds, &dir, &out_dir.join("http1-fixed-rate.png"))?;
+        fixed_plot(
+            &rounds,
+            fixed_seconds,
+            &dir,
+            &out_dir.join("http1-fixed-rate.png"),
+        )?;
         println!("\n{report}");
         println!("written: bench/results/http1-fixed-rate.md, bench/results/http1-fixed-rate.png");
     }
@@ -660,7 +677,10 @@ fn vcpu_per_k(r: &FixedRound, seconds: u32) -> Option<f64> {
 
 fn fixed_median(rounds: &[FixedRound], seconds: u32) -> FixedMedian {
     let of = |f: fn(&loadgen::Summary) -> f64| middle(rounds.iter().map(|r| f(&r.load)).collect());
-    let cpus: Vec<f64> = rounds.iter().filter_map(|r| vcpu_per_k(r, seconds)).collect();
+    let cpus: Vec<f64> = rounds
+        .iter()
+        .filter_map(|r| vcpu_per_k(r, seconds))
+        .collect();
     FixedMedian {
         p50: of(|l| l.p50),
         p90: of(|l| l.p90),

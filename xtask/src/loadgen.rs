@@ -138,10 +138,12 @@ fn connection(conn: u32, plan: Plan, start: Instant) -> (Vec<u64>, u64) {
             due_at
         };
         if stream.is_none() {
-            stream = TcpStream::connect(("127.0.0.1", plan.port)).ok().inspect(|s| {
-                let _ = s.set_nodelay(true);
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            });
+            stream = TcpStream::connect(("127.0.0.1", plan.port))
+                .ok()
+                .inspect(|s| {
+                    let _ = s.set_nodelay(true);
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                });
         }
         let Some(s) = stream.as_mut() else {
             errors += 1;
