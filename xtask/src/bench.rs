@@ -20,8 +20,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cargo, deps, loadgen, step};
 
-const ORIGIN: u16 = 18080;
-const OUTRIGGER: u16 = 18081;
+pub(crate) const ORIGIN: u16 = 18080;
+pub(crate) const OUTRIGGER: u16 = 18081;
 const NGINX: u16 = 18082;
 const HAPROXY: u16 = 18083;
 
@@ -32,7 +32,7 @@ pub const NEEDS: deps::Needs = &[
     ("gnuplot", "gnuplot-nox"),
 ];
 
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -85,7 +85,7 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-fn spawn(cmd: &mut Command) -> Result<Proc> {
+pub(crate) fn spawn(cmd: &mut Command) -> Result<Proc> {
     let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -94,7 +94,7 @@ fn spawn(cmd: &mut Command) -> Result<Proc> {
     Ok(Proc(child))
 }
 
-fn wait_port(port: u16) -> Result<()> {
+pub(crate) fn wait_port(port: u16) -> Result<()> {
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
@@ -127,15 +127,29 @@ fn run_ns(pid: u32) -> Option<u64> {
 }
 
 /// `cmd` pinned to `cpu` with taskset (util-linux).
-fn pinned(cpu: u32, program: impl AsRef<std::ffi::OsStr>) -> Command {
+pub(crate) fn pinned(cpu: u32, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = Command::new("taskset");
     c.args(["-c", &cpu.to_string()]).arg(program);
     c
 }
 
 /// The CPU the load generators run on; the origin and the proxies run on the other.
-const CLIENT_CPU: u32 = 0;
-const SERVER_CPU: u32 = 1;
+/// outrigger-proxy's flags after `run -c BOOTSTRAP`: one worker, nothing but the listener.
+pub(crate) const PROXY_ARGS: [&str; 10] = [
+    "--concurrency",
+    "1",
+    "--admin-address",
+    "off",
+    "--status-port",
+    "0",
+    "--prometheus-port",
+    "0",
+    "--log",
+    "warn",
+];
+
+pub(crate) const CLIENT_CPU: u32 = 0;
+pub(crate) const SERVER_CPU: u32 = 1;
 
 #[derive(Debug, Default, Clone)]
 struct Result1 {
@@ -162,7 +176,7 @@ pub fn ms(s: &str) -> f64 {
     }
 }
 
-fn wrk(port: u16, seconds: u32, connections: u32) -> Result<(f64, f64, f64, f64, f64)> {
+pub(crate) fn wrk(port: u16, seconds: u32, connections: u32) -> Result<(f64, f64, f64, f64, f64)> {
     let out = pinned(CLIENT_CPU, "wrk")
         .args([
             "-t1",
@@ -204,7 +218,7 @@ fn wrk(port: u16, seconds: u32, connections: u32) -> Result<(f64, f64, f64, f64,
     Ok(r)
 }
 
-fn write_configs(dir: &Path) -> Result<()> {
+pub(crate) fn write_configs(dir: &Path) -> Result<()> {
     let nginx = |name: &str, server: &str| {
         format!(
             "worker_processes 1;\ndaemon off;\npid {d}/{name}.pid;\nerror_log {d}/{name}.err;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/{name}-tmp;\n  proxy_temp_path {d}/{name}-tmp;\n  fastcgi_temp_path {d}/{name}-tmp;\n  uwsgi_temp_path {d}/{name}-tmp;\n  scgi_temp_path {d}/{name}-tmp;\n{server}\n}}\n",
@@ -260,7 +274,7 @@ fn write_configs(dir: &Path) -> Result<()> {
 /// A proxied or direct path under test: its name, port and the process whose CPU is measured.
 type Target = (&'static str, u16, Option<u32>);
 
-pub fn run(seconds: u32, connections: u32, rounds_wanted: u32, rate: u32) -> Result<()> {
+pub fn run(seconds: u32, connections: u32, rounds_wanted: u32, rate: u32, pgo: bool) -> Result<()> {
     let rounds_wanted = rounds_wanted.max(1);
     deps::ensure(NEEDS)?;
     // A server left on one of these ports would be measured in place of the one started here.
@@ -269,10 +283,19 @@ pub fn run(seconds: u32, connections: u32, rounds_wanted: u32, rate: u32) -> Res
             bail!("port {port} is taken by another process: stop it before benchmarking");
         }
     }
-    step("building outrigger-proxy (release)");
-    cargo(&["build", "--release", "--quiet", "-p", "outrigger-proxy"])?;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let proxy_bin = root.join("target/release/outrigger-proxy");
+    let proxy_bin = if pgo {
+        crate::pgo::build()?
+    } else {
+        step("building outrigger-proxy (release)");
+        cargo(&["build", "--release", "--quiet", "-p", "outrigger-proxy"])?;
+        root.join("target/release/outrigger-proxy")
+    };
+    let build = if pgo {
+        "outrigger-proxy built with profile-guided optimisation (`cargo xtask build-pgo`)"
+    } else {
+        "outrigger-proxy from the plain release build (`--no-pgo`)"
+    };
     let dir = std::env::temp_dir().join(format!("outrigger-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -290,18 +313,7 @@ pub fn run(seconds: u32, connections: u32, rounds_wanted: u32, rate: u32) -> Res
         pinned(SERVER_CPU, &proxy_bin)
             .args(["run", "-c"])
             .arg(dir.join("outrigger.json"))
-            .args([
-                "--concurrency",
-                "1",
-                "--admin-address",
-                "off",
-                "--status-port",
-                "0",
-                "--prometheus-port",
-                "0",
-                "--log",
-                "warn",
-            ]),
+            .args(PROXY_ARGS),
     )?;
     let nginx = spawn(
         pinned(SERVER_CPU, "nginx")
@@ -329,7 +341,7 @@ pub fn run(seconds: u32, connections: u32, rounds_wanted: u32, rate: u32) -> Res
     let rounds = closed_loop(&targets, seconds, connections, rounds_wanted)?;
     let spread = per_round_ratios(&rounds);
     let results: Vec<Result1> = rounds.iter().map(|r| median(r)).collect();
-    let mut report = report(&results, seconds, connections, rounds_wanted);
+    let mut report = report(&results, seconds, connections, rounds_wanted, build);
     report.push_str(&spread);
     std::fs::write(out_dir.join("http1-keepalive.md"), &report)?;
     plot(&results, &dir, &out_dir.join("http1-keepalive.png"))?;
@@ -346,7 +358,7 @@ pub fn run(seconds: u32, connections: u32, rounds_wanted: u32, rate: u32) -> Res
             fixed_seconds,
             rounds_wanted,
         )?;
-        let report = fixed_report(&rounds, rate, fixed_connections, fixed_seconds);
+        let report = fixed_report(&rounds, rate, fixed_connections, fixed_seconds, build);
         std::fs::write(out_dir.join("http1-fixed-rate.md"), &report)?;
         fixed_plot(
             &rounds,
@@ -464,13 +476,13 @@ fn per_round_ratios(rounds: &[Vec<Result1>]) -> String {
     )
 }
 
-fn report(results: &[Result1], seconds: u32, connections: u32, rounds: u32) -> String {
+fn report(results: &[Result1], seconds: u32, connections: u32, rounds: u32, build: &str) -> String {
     let base = &results[0];
     let mut s = String::new();
     let _ = writeln!(s, "# HTTP/1.1 keep-alive, one route\n");
     let _ = writeln!(
         s,
-        "wrk -t1 -c{connections} -d{seconds}s against an nginx origin answering `200 ok`, directly and through each proxy (one worker each), on one 2-core machine shared with wrk and the origin; {rounds} rounds that alternate the targets, each target's median round shown. Added latency is the proxy's percentile minus the direct one; requests per CPU second divide the requests served by the CPU time of the proxy's processes during the round.\n"
+        "wrk -t1 -c{connections} -d{seconds}s against an nginx origin answering `200 ok`, directly and through each proxy (one worker each), wrk on CPU {CLIENT_CPU}, the origin and the proxies on CPU {SERVER_CPU} of a 2-core machine; {rounds} rounds that alternate the targets, each target's median round shown; {build}. Added latency is the proxy's percentile minus the direct one; requests per CPU second divide the requests served by the CPU time of the proxy's processes during the round.\n"
     );
     let _ = writeln!(
         s,
@@ -581,7 +593,12 @@ struct FixedRound {
 }
 
 /// `cargo xtask loadgen` on the client CPU against `port`.
-fn loadgen(port: u16, rate: u32, connections: u32, seconds: u32) -> Result<loadgen::Summary> {
+pub(crate) fn loadgen(
+    port: u16,
+    rate: u32,
+    connections: u32,
+    seconds: u32,
+) -> Result<loadgen::Summary> {
     let exe = std::env::current_exe().context("finding the xtask binary")?;
     let out = pinned(CLIENT_CPU, exe)
         .args([
@@ -691,7 +708,13 @@ fn fixed_median(rounds: &[FixedRound], seconds: u32) -> FixedMedian {
     }
 }
 
-fn fixed_report(rounds: &[Vec<FixedRound>], rate: u32, connections: u32, seconds: u32) -> String {
+fn fixed_report(
+    rounds: &[Vec<FixedRound>],
+    rate: u32,
+    connections: u32,
+    seconds: u32,
+    build: &str,
+) -> String {
     let names: Vec<&str> = rounds
         .iter()
         .map(|r| r.first().map_or("?", |x| x.name))
@@ -702,7 +725,7 @@ fn fixed_report(rounds: &[Vec<FixedRound>], rate: u32, connections: u32, seconds
     let _ = writeln!(s, "# HTTP/1.1 keep-alive at a fixed rate, one route\n");
     let _ = writeln!(
         s,
-        "{rate} requests/s over {connections} keep-alive connections for {seconds} s (open loop, timed from when each request was due if its connection was still busy: coordinated-omission correction; `cargo xtask loadgen` on CPU {CLIENT_CPU}) against an nginx origin answering `200 ok`, directly and through each proxy (one worker each; origin and proxies on CPU {SERVER_CPU}); {} rounds that alternate the targets, the median of each figure over the rounds shown. This is the shape of Istio's own benchmark (fortio, 1000 requests/s, 16 connections). Added latency is the proxy's percentile minus the direct one; vCPU per 1000 req/s is the proxy's CPU time over the round, per second and per 1000 requests/s.\n",
+        "{rate} requests/s over {connections} keep-alive connections for {seconds} s (open loop, timed from when each request was due if its connection was still busy: coordinated-omission correction; `cargo xtask loadgen` on CPU {CLIENT_CPU}) against an nginx origin answering `200 ok`, directly and through each proxy (one worker each; origin and proxies on CPU {SERVER_CPU}); {} rounds that alternate the targets, the median of each figure over the rounds shown; {build}. This is the shape of Istio's own benchmark (fortio, 1000 requests/s, 16 connections). Added latency is the proxy's percentile minus the direct one; vCPU per 1000 req/s is the proxy's CPU time over the round, per second and per 1000 requests/s.\n",
         rounds[0].len()
     );
     let _ = writeln!(

@@ -51,7 +51,7 @@ fn is_root() -> bool {
 }
 
 /// Installs the packages of the missing commands, or says what is needed.
-pub fn ensure(needs: Needs) -> Result<()> {
+pub fn ensure(needs: &[(&str, &str)]) -> Result<()> {
     let mut missing: Vec<&str> = needs
         .iter()
         .filter(|(cmd, _)| !have(cmd))

@@ -16,6 +16,7 @@ mod demo;
 mod deps;
 mod loadgen;
 mod mesh_demo;
+mod pgo;
 mod policies_demo;
 mod vm_test;
 
@@ -88,7 +89,13 @@ enum Task {
         /// The fixed-rate scenario's total requests per second (0 skips it).
         #[arg(long, default_value_t = 1000)]
         rate: u32,
+        /// Measure the plain release build instead of the profile-guided one (`build-pgo`).
+        #[arg(long)]
+        no_pgo: bool,
     },
+    /// Build outrigger-proxy with profile-guided optimisation: an instrumented build serves a
+    /// training load, then the proxy is built with its profile (target/pgo/release/).
+    BuildPgo,
     /// A fixed-rate HTTP/1.1 keep-alive load on 127.0.0.1:PORT; prints one JSON line of
     /// latency percentiles (µs). Used by `bench`; runnable alone.
     Loadgen {
@@ -240,6 +247,12 @@ fn main() -> Result<()> {
         Task::Demo { capture: true, .. } => demo::run(),
         Task::Demo { .. } => mesh_demo::run(),
         Task::BuildEbpf => build_ebpf(),
+        Task::BuildPgo => {
+            deps::ensure(bench::NEEDS)?;
+            let built = pgo::build()?;
+            println!("{}", built.display());
+            Ok(())
+        }
         Task::VmTest { kernels, kvm } => vm_test::run_all(&kernels, kvm),
         Task::Bench {
             seconds,
@@ -247,7 +260,8 @@ fn main() -> Result<()> {
             rounds,
             capture: false,
             rate,
-        } => bench::run(seconds, connections, rounds, rate),
+            no_pgo,
+        } => bench::run(seconds, connections, rounds, rate, !no_pgo),
         Task::Bench {
             seconds,
             connections,
