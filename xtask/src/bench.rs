@@ -36,6 +36,9 @@ pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(Some(_))) {
+            return;
+        }
         // Ask politely first (nginx's master stops its workers on SIGTERM), then make sure:
         // workers outlive a killed master and would keep the port.
         let _ = Command::new("kill")
