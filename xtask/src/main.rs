@@ -8,7 +8,9 @@
 //!   namespaces; `--capture` shows outrigger-init's capture alone.
 //! - `cargo xtask build-ebpf`: rebuilds the committed eBPF objects.
 //! - `cargo xtask vm-test`: the eBPF tests under QEMU on Debian's kernels.
-//! - `cargo xtask bench`: HTTP/1.1 through outrigger-proxy, nginx and haproxy, side by side.
+//! - `cargo xtask bench`: HTTP/1.1 through outrigger-proxy, nginx and haproxy, side by side, at
+//!   saturation and at a fixed rate (`cargo xtask loadgen`).
+//! - `cargo xtask build-pgo`: outrigger-proxy built with profile-guided optimisation.
 
 mod bench;
 mod capture_bench;
