@@ -88,6 +88,8 @@ pub fn config_dump(
     resource: Option<&str>,
     mask: Option<&str>,
 ) -> Value {
+    // One descriptor pool for every resource of the dump.
+    let _pool = crate::dump::hold();
     let dump = config_dump_unmasked(snap, node_id, include_eds, resource);
     match mask {
         None => dump,

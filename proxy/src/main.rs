@@ -198,6 +198,9 @@ fn run_proxy(args: RunArgs) -> ExitCode {
     } else {
         builder.init();
     }
+    // Envoy's descriptors, decoded to read the bootstrap and for each /config_dump (about
+    // 20 MB), go back to the system as soon as they are dropped.
+    dump::on_release(alloc::release_free_memory);
     let bootstrap = match &args.config_path {
         None => None,
         Some(path) => match dump::load(path) {

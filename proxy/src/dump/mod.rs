@@ -7,7 +7,7 @@
 mod extras;
 
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use envoy_types::pb::envoy::admin::v3 as admin;
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
@@ -43,18 +43,56 @@ pub enum DumpError {
     },
 }
 
-/// Envoy's descriptors plus the Istio extras, built once.
-pub fn pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let mut pool = DescriptorPool::decode(ENVOY_DESCRIPTORS)
-            .expect("the envoy-types descriptor set decodes");
-        for file in extras::files() {
-            pool.add_file_descriptor_proto(file)
-                .expect("the extra descriptors are consistent");
+/// Envoy's descriptors plus the Istio extras. Decoded, they hold about 20 MB, more than the
+/// rest of an idle proxy, and are only needed to read a bootstrap or config dump and to write
+/// `/config_dump`: so the pool lives while somebody holds it, and is decoded again (some tens
+/// of milliseconds) by the next reader after that. A reader of many messages holds one pool
+/// for all of them with [`hold`] ([`load`] does, and so does the admin's dump).
+pub fn pool() -> Arc<DescriptorPool> {
+    let mut kept = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(pool) = kept.upgrade() {
+        return pool;
+    }
+    let mut pool =
+        DescriptorPool::decode(ENVOY_DESCRIPTORS).expect("the envoy-types descriptor set decodes");
+    for file in extras::files() {
+        pool.add_file_descriptor_proto(file)
+            .expect("the extra descriptors are consistent");
+    }
+    let pool = Arc::new(pool);
+    *kept = Arc::downgrade(&pool);
+    pool
+}
+
+static POOL: Mutex<Weak<DescriptorPool>> = Mutex::new(Weak::new());
+static ON_RELEASE: OnceLock<fn()> = OnceLock::new();
+
+/// What to call once the pool has been let go by its last holder: the binary hands the freed
+/// memory back to the system there (the allocator would otherwise keep it while idle).
+pub fn on_release(f: fn()) {
+    let _ = ON_RELEASE.set(f);
+}
+
+/// The pool, held for a batch of reads until this is dropped.
+pub struct Held(Option<Arc<DescriptorPool>>);
+
+/// Holds the pool (decoding it if nobody does) until the returned guard is dropped.
+pub fn hold() -> Held {
+    Held(Some(pool()))
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        drop(self.0.take());
+        let gone = POOL
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .upgrade()
+            .is_none();
+        if gone && let Some(release) = ON_RELEASE.get() {
+            release();
         }
-        pool
-    })
+    }
 }
 
 /// A resource as it arrives: its name and its packed wire form.
@@ -141,6 +179,8 @@ fn packed(name: &str, any: Option<Any>) -> Option<Packed> {
 
 /// Reads a config dump (`{"configs": [...]}`) or a bootstrap, as JSON or YAML.
 pub fn load(path: &Path) -> Result<Dump, DumpError> {
+    // One pool for every message of the file.
+    let _pool = hold();
     let value = read_value(path)?;
     let p = path.display().to_string();
     if value.get("configs").is_none() {
