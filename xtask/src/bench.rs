@@ -136,7 +136,6 @@ pub(crate) fn pinned(cpu: u32, program: impl AsRef<std::ffi::OsStr>) -> Command 
     c
 }
 
-/// The CPU the load generators run on; the origin and the proxies run on the other.
 /// outrigger-proxy's flags after `run -c BOOTSTRAP`: one worker, nothing but the listener.
 pub(crate) const PROXY_ARGS: [&str; 10] = [
     "--concurrency",
@@ -151,6 +150,7 @@ pub(crate) const PROXY_ARGS: [&str; 10] = [
     "warn",
 ];
 
+/// The CPU the load generators run on; the origin and the proxies run on the other.
 pub(crate) const CLIENT_CPU: u32 = 0;
 pub(crate) const SERVER_CPU: u32 = 1;
 
@@ -376,69 +376,98 @@ pub fn run(seconds: u32, connections: u32, rounds_wanted: u32, rate: u32, pgo: b
     Ok(())
 }
 
-/// wrk at saturation, rounds alternating the targets; each target's rounds.
-fn closed_loop(
+/// One round's result and the CPU seconds the target's proxy used during it.
+type Measured<T> = (T, Option<f64>);
+
+/// Runs `load` on every target, `rounds` times, alternating the targets so that a noisy moment
+/// on this shared machine hits them alike; the first round warms each target up first
+/// (`load(port, true)`, not kept). Each round's figures are printed as `line` shows them. Each
+/// target's rounds, with the CPU seconds its proxy used during each (None for the direct path,
+/// or when its processes were not found).
+fn alternate<T>(
     targets: &[Target],
-    seconds: u32,
-    connections: u32,
-    rounds_wanted: u32,
-) -> Result<Vec<Vec<Result1>>> {
-    // Rounds alternate the targets, so that a noisy moment on this shared machine hits them
-    // alike; each target's figures are its median round.
-    let mut rounds: Vec<Vec<Result1>> = vec![Vec::new(); targets.len()];
-    for round in 1..=rounds_wanted {
+    rounds: u32,
+    what: &str,
+    mut load: impl FnMut(u16, bool) -> Result<T>,
+    line: impl Fn(&T) -> String,
+) -> Result<Vec<Vec<Measured<T>>>> {
+    let mut out: Vec<Vec<Measured<T>>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 1..=rounds {
         for (i, (name, port, pid)) in targets.iter().copied().enumerate() {
             step(&format!(
-                "closed loop, round {round}/{rounds_wanted}, {name}: {}wrk -t1 -c{connections} -d{seconds}s",
-                if round == 1 { "warm-up, then " } else { "" }
+                "{what}, round {round}/{rounds}, {name}{}",
+                if round == 1 { ": warm-up, then" } else { "" }
             ));
             if round == 1 {
-                wrk(port, 2, connections)?;
+                load(port, true)?;
             }
             let before = pid.map(cpu_seconds);
-            let (rps, p50, p90, p99, requests) = wrk(port, seconds, connections)?;
+            let result = load(port, false)?;
             // A reading of zero means the process tree was not found: report it as unavailable.
             let cpu = pid
                 .zip(before)
                 .map(|(p, b)| cpu_seconds(p) - b)
                 .filter(|c| *c > 0.0);
-            println!(
-                "  {name:<16} {rps:>10.0} req/s   p50 {p50:.3} ms   p90 {p90:.3} ms   p99 {p99:.3} ms   proxy CPU {}",
-                cpu.map(|c| format!("{c:.2} s"))
-                    .unwrap_or_else(|| "-".into())
-            );
-            rounds[i].push(Result1 {
-                name,
-                rps,
-                p50,
-                p90,
-                p99,
-                cpu,
-                requests,
-            });
+            let cpu_text = cpu
+                .map(|c| format!("{c:.3} s"))
+                .unwrap_or_else(|| "-".into());
+            println!("  {name:<16} {}   proxy CPU {cpu_text}", line(&result));
+            out[i].push((result, cpu));
         }
     }
-    Ok(rounds)
+    Ok(out)
+}
+
+/// wrk at saturation; each target's rounds.
+fn closed_loop(
+    targets: &[Target],
+    seconds: u32,
+    connections: u32,
+    rounds: u32,
+) -> Result<Vec<Vec<Result1>>> {
+    let what = format!("closed loop (wrk -t1 -c{connections} -d{seconds}s)");
+    let runs = alternate(
+        targets,
+        rounds,
+        &what,
+        |port, warm_up| wrk(port, if warm_up { 2 } else { seconds }, connections),
+        |(rps, p50, p90, p99, _)| {
+            format!("{rps:>10.0} req/s   p50 {p50:.3} ms   p90 {p90:.3} ms   p99 {p99:.3} ms")
+        },
+    )?;
+    Ok(runs
+        .into_iter()
+        .zip(targets)
+        .map(|(runs, (name, _, _))| {
+            runs.into_iter()
+                .map(|((rps, p50, p90, p99, requests), cpu)| Result1 {
+                    name,
+                    rps,
+                    p50,
+                    p90,
+                    p99,
+                    cpu,
+                    requests,
+                })
+                .collect()
+        })
+        .collect())
 }
 
 /// A target's median round: the median of each latency and of req/s, and the CPU reading of
 /// the round whose requests per CPU second is the median.
 fn median(rounds: &[Result1]) -> Result1 {
-    let mid = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let mut by_efficiency: Vec<&Result1> = rounds.iter().collect();
     by_efficiency.sort_by(|a, b| efficiency(a).total_cmp(&efficiency(b)));
-    let middle = by_efficiency[by_efficiency.len() / 2];
+    let central = by_efficiency[by_efficiency.len() / 2];
     Result1 {
-        name: middle.name,
-        rps: mid(rounds.iter().map(|r| r.rps).collect()),
-        p50: mid(rounds.iter().map(|r| r.p50).collect()),
-        p90: mid(rounds.iter().map(|r| r.p90).collect()),
-        p99: mid(rounds.iter().map(|r| r.p99).collect()),
-        cpu: middle.cpu,
-        requests: middle.requests,
+        name: central.name,
+        rps: middle(rounds.iter().map(|r| r.rps).collect()),
+        p50: middle(rounds.iter().map(|r| r.p50).collect()),
+        p90: middle(rounds.iter().map(|r| r.p90).collect()),
+        p99: middle(rounds.iter().map(|r| r.p99).collect()),
+        cpu: central.cpu,
+        requests: central.requests,
     }
 }
 
@@ -631,44 +660,36 @@ pub(crate) fn loadgen(
     Ok(load)
 }
 
-/// The fixed-rate load, rounds alternating the targets; each target's rounds.
+/// The fixed-rate load; each target's rounds.
 fn fixed_rate(
     targets: &[Target],
     rate: u32,
     connections: u32,
     seconds: u32,
-    rounds_wanted: u32,
+    rounds: u32,
 ) -> Result<Vec<Vec<FixedRound>>> {
-    let mut rounds: Vec<Vec<FixedRound>> = vec![Vec::new(); targets.len()];
-    for round in 1..=rounds_wanted {
-        for (i, (name, port, pid)) in targets.iter().copied().enumerate() {
-            step(&format!(
-                "fixed rate, round {round}/{rounds_wanted}, {name}: {}{rate} req/s over {connections} connections for {seconds} s",
-                if round == 1 { "warm-up, then " } else { "" }
-            ));
-            if round == 1 {
-                loadgen(port, rate, connections, 2)?;
-            }
-            let before = pid.map(cpu_seconds);
-            let load = loadgen(port, rate, connections, seconds)?;
-            let cpu = pid
-                .zip(before)
-                .map(|(p, b)| cpu_seconds(p) - b)
-                .filter(|c| *c > 0.0);
-            println!(
-                "  {name:<16} {:>7.0} req/s   p50 {:.0} µs   p90 {:.0} µs   p99 {:.0} µs   p99.9 {:.0} µs   proxy CPU {}",
-                load.rps,
-                load.p50,
-                load.p90,
-                load.p99,
-                load.p999,
-                cpu.map(|c| format!("{c:.3} s"))
-                    .unwrap_or_else(|| "-".into())
-            );
-            rounds[i].push(FixedRound { name, load, cpu });
-        }
-    }
-    Ok(rounds)
+    let what = format!("fixed rate ({rate} req/s over {connections} connections, {seconds} s)");
+    let runs = alternate(
+        targets,
+        rounds,
+        &what,
+        |port, warm_up| loadgen(port, rate, connections, if warm_up { 2 } else { seconds }),
+        |l: &loadgen::Summary| {
+            format!(
+                "{:>7.0} req/s   p50 {:.0} µs   p90 {:.0} µs   p99 {:.0} µs   p99.9 {:.0} µs",
+                l.rps, l.p50, l.p90, l.p99, l.p999
+            )
+        },
+    )?;
+    Ok(runs
+        .into_iter()
+        .zip(targets)
+        .map(|(runs, (name, _, _))| {
+            runs.into_iter()
+                .map(|(load, cpu)| FixedRound { name, load, cpu })
+                .collect()
+        })
+        .collect())
 }
 
 /// A target's fixed-rate figures: the median over rounds of each percentile, and of its vCPU
@@ -683,6 +704,7 @@ struct FixedMedian {
     vcpu_per_k: Option<f64>,
 }
 
+/// The median of `v` (the upper one of an even count), 0 for none.
 fn middle(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)

@@ -279,3 +279,17 @@ pub fn load(path: &Path) -> Result<Dump, DumpError> {
     }
     Ok(dump)
 }
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    #[test]
+    fn readers_under_one_hold_share_one_pool() {
+        let held = hold();
+        let again = pool();
+        let kept = held.0.as_ref().expect("a held pool");
+        assert!(Arc::ptr_eq(kept, &again), "the pool was decoded twice");
+        assert!(again.get_message_by_name("google.protobuf.Any").is_some());
+    }
+}
