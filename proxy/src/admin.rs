@@ -20,8 +20,9 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::config::Address;
+use crate::config::{Raw, Snapshot};
 use crate::dump::pool;
-use crate::xds::store::{Raw, ResourceType, Snapshot};
+use crate::xds::ResourceType;
 
 /// Shared state the admin endpoints read and change.
 pub struct AdminState {
@@ -34,14 +35,14 @@ pub struct AdminState {
     /// Signalled by `/quitquitquit`.
     pub quit: watch::Sender<bool>,
     /// Istio's request metrics, for `/stats/prometheus`.
-    pub metrics: Arc<crate::stats::Metrics>,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// Outlier ejections, for `/clusters`.
-    pub outliers: Arc<crate::dataplane::outlier::Outliers>,
+    pub outliers: Arc<crate::upstream::outlier::Outliers>,
     /// Circuit breakers, for their overflow counters in `/stats`.
-    pub breakers: Arc<crate::dataplane::breaker::Breakers>,
+    pub breakers: Arc<crate::upstream::breaker::Breakers>,
     /// The span reporter, for its `tracing.zipkin.*` and `tracing.opentelemetry.*` counters in
     /// `/stats`.
-    pub spans: Arc<crate::dataplane::http::report::Reporter>,
+    pub spans: Arc<crate::telemetry::report::Reporter>,
 }
 
 /// An `Any` rendered as Envoy renders it in a config dump (`@type`, proto field names).
@@ -227,7 +228,7 @@ fn config_dump_unmasked(
 
 /// `/clusters` in Envoy's text form: one `cluster::host::stat::value` line per host property;
 /// hosts ejected by outlier detection show `/failed_outlier_check`.
-pub fn clusters_text(snap: &Snapshot, outliers: &crate::dataplane::outlier::Outliers) -> String {
+pub fn clusters_text(snap: &Snapshot, outliers: &crate::upstream::outlier::Outliers) -> String {
     let now = std::time::Instant::now();
     let mut out = String::new();
     for (name, c) in &snap.clusters {
@@ -277,7 +278,7 @@ fn listeners_text(snap: &Snapshot) -> String {
 
 /// Envoy's circuit-breaking counters per cluster, as `/stats` lists them
 /// (`cluster.NAME.upstream_rq_pending_overflow: N`).
-pub fn breaker_stats_text(breakers: &crate::dataplane::breaker::Breakers) -> String {
+pub fn breaker_stats_text(breakers: &crate::upstream::breaker::Breakers) -> String {
     let mut out = String::new();
     for s in breakers.stats() {
         out.push_str(&format!(
@@ -289,7 +290,7 @@ pub fn breaker_stats_text(breakers: &crate::dataplane::breaker::Breakers) -> Str
 }
 
 /// The same for Prometheus, as Istio's Envoy exports them.
-fn breaker_prometheus(breakers: &crate::dataplane::breaker::Breakers) -> String {
+fn breaker_prometheus(breakers: &crate::upstream::breaker::Breakers) -> String {
     let stats = breakers.stats();
     if stats.is_empty() {
         return String::new();
@@ -315,8 +316,8 @@ fn breaker_prometheus(breakers: &crate::dataplane::breaker::Breakers) -> String 
 fn prometheus(
     snap: &Snapshot,
     ready: bool,
-    metrics: &crate::stats::Metrics,
-    breakers: &crate::dataplane::breaker::Breakers,
+    metrics: &crate::telemetry::metrics::Metrics,
+    breakers: &crate::upstream::breaker::Breakers,
 ) -> String {
     let active = snap
         .listeners

@@ -1,17 +1,30 @@
 //! `outrigger-proxy`: an Envoy-compatible sidecar proxy configured over xDS.
 //!
-//! So far: reading Envoy configuration (config dumps, bootstraps) into Envoy's wire types
-//! ([`dump`]) and converting those into the proxy's own validated domain types ([`config`]).
+//! How a connection travels, and where each step lives:
+//! - [`app`]: the composition root: builds the shared [`app::Proxy`] context once and owns the
+//!   lifecycle (start, readiness, drain, shutdown);
+//! - [`xds`]: the ADS client, the resource store and the node identity; it publishes
+//!   [`config::Snapshot`]s, the validated domain model of [`config`];
+//! - [`listener`]: binding, accepting, the original destination, filter chain selection,
+//!   protocol sniffing and `tcp_proxy`;
+//! - [`http`]: the HTTP connection manager: the HTTP/1 codec ([`http::h1`]), routing,
+//!   forwarding, retries, mirrors and timeouts;
+//! - [`upstream`]: choosing an endpoint, per-cluster state (circuit breakers, outlier detection,
+//!   hash tables, loads) and connection pools;
+//! - [`telemetry`]: Istio's metrics, access logs, response flags, peer metadata and tracing;
+//! - [`admin`]: Envoy's admin API and the status and Prometheus ports;
+//! - [`dump`] and [`validate`]: reading Envoy's JSON/YAML and checking it offline.
 #![forbid(unsafe_code)]
 
-pub mod accesslog;
 pub mod admin;
-pub mod bootstrap;
+pub mod app;
 pub mod config;
-pub mod dataplane;
 pub mod dump;
-pub mod stats;
+pub mod http;
+pub mod listener;
+pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod upstream;
 pub mod validate;
 pub mod xds;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use outrigger_proxy::admin::{self, AdminState, Role};
 use outrigger_proxy::xds::client::{self, ClientConfig, XdsAddress};
 use outrigger_proxy::xds::node::Identity;
-use outrigger_proxy::{dataplane, dump, validate};
+use outrigger_proxy::{dump, listener, validate};
 
 #[allow(unsafe_code)]
 mod alloc;
@@ -211,7 +211,10 @@ fn run_proxy(args: RunArgs) -> ExitCode {
             }
         },
     };
-    let source = match bootstrap.as_ref().map(outrigger_proxy::bootstrap::source) {
+    let source = match bootstrap
+        .as_ref()
+        .map(outrigger_proxy::config::bootstrap::source)
+    {
         Some(Ok(s)) => s,
         Some(Err(e)) => {
             eprintln!(
@@ -225,10 +228,10 @@ fn run_proxy(args: RunArgs) -> ExitCode {
         }
         None if args.mesh_config.is_some() => {
             // Replaced by the embedded control plane's socket once it is listening.
-            outrigger_proxy::bootstrap::Source::Xds(XdsAddress::Unix(PathBuf::new()))
+            outrigger_proxy::config::bootstrap::Source::Xds(XdsAddress::Unix(PathBuf::new()))
         }
         None => match args.xds_address.parse::<XdsAddress>() {
-            Ok(a) => outrigger_proxy::bootstrap::Source::Xds(a),
+            Ok(a) => outrigger_proxy::config::bootstrap::Source::Xds(a),
             Err(e) => {
                 eprintln!("outrigger-proxy: error: invalid value for --xds-address: {e}");
                 return ExitCode::from(2);
@@ -300,7 +303,7 @@ fn run_proxy(args: RunArgs) -> ExitCode {
         let source = match mesh_config {
             None => source,
             Some(dir) => match embedded_pilot(&dir, &embedded_socket).await {
-                Ok(a) => outrigger_proxy::bootstrap::Source::Xds(a),
+                Ok(a) => outrigger_proxy::config::bootstrap::Source::Xds(a),
                 Err(e) => {
                     eprintln!("outrigger-proxy: error: --mesh-config: {e:#}");
                     return ExitCode::from(2);
@@ -308,7 +311,7 @@ fn run_proxy(args: RunArgs) -> ExitCode {
             },
         };
         let mut handle = match source {
-            outrigger_proxy::bootstrap::Source::Xds(address) => {
+            outrigger_proxy::config::bootstrap::Source::Xds(address) => {
                 tracing::info!(node = %identity.node_id(), xds = ?address, delta = !args.sotw, "starting");
                 client::spawn(ClientConfig {
                     address,
@@ -318,9 +321,9 @@ fn run_proxy(args: RunArgs) -> ExitCode {
                     max_backoff: std::time::Duration::from_secs(30),
                 })
             }
-            outrigger_proxy::bootstrap::Source::Static(snapshot) => {
+            outrigger_proxy::config::bootstrap::Source::Static(snapshot) => {
                 tracing::info!(listeners = snapshot.listeners.len(), clusters = snapshot.clusters.len(), "starting with the bootstrap's static resources");
-                outrigger_proxy::bootstrap::fixed(snapshot)
+                outrigger_proxy::config::bootstrap::fixed(snapshot)
             }
         };
         let (quit_tx, mut quit_rx) = tokio::sync::watch::channel(false);
@@ -335,19 +338,19 @@ fn run_proxy(args: RunArgs) -> ExitCode {
                     .collect()
             })
             .unwrap_or_default();
-        let own_headers = outrigger_proxy::dataplane::http::peer::OwnHeaders::new(
+        let own_headers = outrigger_proxy::telemetry::peer::OwnHeaders::new(
             &identity.node().id,
             &me,
             &identity.pod_name,
             &labels,
         );
-        let telemetry = std::sync::Arc::new(outrigger_proxy::stats::Telemetry {
+        let telemetry = std::sync::Arc::new(outrigger_proxy::telemetry::metrics::Telemetry {
             metrics: Default::default(),
             outliers: Default::default(),
             breakers: Default::default(),
             own_headers,
-            spans: std::sync::Arc::new(outrigger_proxy::dataplane::http::report::Reporter::new(
-                outrigger_proxy::dataplane::http::span::Local {
+            spans: std::sync::Arc::new(outrigger_proxy::telemetry::report::Reporter::new(
+                outrigger_proxy::telemetry::span::Local {
                     // Istio's trace service name: `<app>.<namespace>`.
                     service_name: format!("{}.{}", me.app, me.namespace),
                     ip: identity.instance_ips.first().and_then(|ip| ip.parse().ok()),
@@ -381,7 +384,7 @@ fn run_proxy(args: RunArgs) -> ExitCode {
             _ = async {
                 // Serve nothing until the first listeners and clusters are in.
                 let _ = handle.ready.wait_for(|r| *r).await;
-                dataplane::server::serve_with(handle.snapshot.clone(), telemetry.clone()).await;
+                listener::serve_with(handle.snapshot.clone(), telemetry.clone()).await;
             } => {}
             _ = shutdown() => tracing::info!("shutting down"),
         }
@@ -395,7 +398,7 @@ fn run_proxy(args: RunArgs) -> ExitCode {
 
 /// This proxy's workload for the metrics: pilot-agent's WORKLOAD_NAME, else the pod's
 /// Deployment name; app and version from its labels.
-fn own_workload(id: &Identity) -> outrigger_proxy::stats::Workload {
+fn own_workload(id: &Identity) -> outrigger_proxy::telemetry::metrics::Workload {
     let label = |k: &str| {
         id.extra
             .get("LABELS")
@@ -408,8 +411,10 @@ fn own_workload(id: &Identity) -> outrigger_proxy::stats::Workload {
         .get("WORKLOAD_NAME")
         .and_then(|v| v.as_str())
         .map(String::from)
-        .unwrap_or_else(|| outrigger_proxy::stats::Workload::name_of_pod(&id.pod_name));
-    outrigger_proxy::stats::Workload {
+        .unwrap_or_else(|| {
+            outrigger_proxy::telemetry::metrics::Workload::name_of_pod(&id.pod_name)
+        });
+    outrigger_proxy::telemetry::metrics::Workload {
         app: label("app")
             .or_else(|| label("app.kubernetes.io/name"))
             .unwrap_or_else(|| name.clone()),

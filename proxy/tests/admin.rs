@@ -52,7 +52,7 @@ async fn admin_endpoints() {
         metrics: Default::default(),
         outliers: Default::default(),
         breakers: Default::default(),
-        spans: Arc::new(outrigger_proxy::dataplane::http::report::Reporter::new(
+        spans: Arc::new(outrigger_proxy::telemetry::report::Reporter::new(
             Default::default(),
         )),
         snapshot: handle.snapshot.clone(),

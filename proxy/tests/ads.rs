@@ -5,11 +5,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use outrigger_proxy::config::Snapshot;
 use outrigger_proxy::testing::ads::{Running, WAIT, next_seen, sample_mesh, serve_tcp, serve_unix};
 use outrigger_proxy::testing::*;
 use outrigger_proxy::xds::client::{self, ClientConfig, Handle, XdsAddress};
 use outrigger_proxy::xds::node::Identity;
-use outrigger_proxy::xds::store::{ResourceType, Snapshot};
+use outrigger_proxy::xds::store::ResourceType;
 
 fn client(address: XdsAddress, delta: bool) -> Handle {
     let env = [

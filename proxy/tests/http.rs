@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use outrigger_proxy::config::Address;
+use outrigger_proxy::config::Snapshot;
 use outrigger_proxy::config::cluster::{
     Cluster, Discovery, Endpoint, Health, LbPolicy, LoadAssignment, Locality, LocalityEndpoints,
 };
@@ -21,9 +22,8 @@ use outrigger_proxy::config::route::{
     Action, Domain, Forward, HeaderAction, HeaderCondition, HeaderMatch, HeaderOps, PathMatch,
     Route, RouteConfig, RouteMatch, StringMatch, Target, VirtualHost,
 };
-use outrigger_proxy::dataplane::server;
+use outrigger_proxy::listener;
 use outrigger_proxy::testing::{http_listener, proxy_with};
-use outrigger_proxy::xds::store::Snapshot;
 
 /// Requests the upstreams answered on `/fail…` (always 503) and `/flaky…` (503 twice, then 200).
 static FAILS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -386,7 +386,7 @@ async fn http_routing_and_local_replies() {
         }),
     );
     let (_tx, rx) = tokio::sync::watch::channel(Arc::new(snap));
-    tokio::spawn(server::serve(rx));
+    tokio::spawn(listener::serve(rx));
     let base = format!("http://127.0.0.1:{port}");
     for _ in 0..50 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {

@@ -163,7 +163,7 @@ pub struct HttpManager {
     pub routes: RouteSource,
     pub http_filters: Vec<HttpFilter>,
     /// `access_log`: file (and stdout/stderr) loggers, written once per request.
-    pub access_logs: Vec<crate::accesslog::AccessLog>,
+    pub access_logs: Vec<crate::telemetry::access_log::AccessLog>,
     /// `tracing`: trace headers propagated, new traces sampled, spans reported.
     pub tracing: Option<Tracing>,
     /// `common_http_protocol_options.idle_timeout`: a downstream connection with no request in
@@ -627,7 +627,7 @@ fn http_manager(h: &hcm::HttpConnectionManager) -> Result<HttpManager, ConfigErr
 /// every request).
 fn access_log(
     log: &envoy_types::pb::envoy::config::accesslog::v3::AccessLog,
-) -> Result<Option<crate::accesslog::AccessLog>, ConfigError> {
+) -> Result<Option<crate::telemetry::access_log::AccessLog>, ConfigError> {
     use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType;
     use envoy_types::pb::envoy::extensions::access_loggers::{
         file::v3 as file, stream::v3 as stream,
@@ -673,13 +673,16 @@ fn access_log(
         }
     };
     let format = match format {
-        None => crate::accesslog::LogFormat::Text(
-            crate::accesslog::parse(crate::accesslog::ENVOY_DEFAULT)
+        None => crate::telemetry::access_log::LogFormat::Text(
+            crate::telemetry::access_log::parse(crate::telemetry::access_log::ENVOY_DEFAULT)
                 .map_err(|e| ConfigError::new("log_format", e.to_string()))?,
         ),
         Some(sfs) => log_format(&sfs)?,
     };
-    Ok(Some(crate::accesslog::AccessLog { path, format }))
+    Ok(Some(crate::telemetry::access_log::AccessLog {
+        path,
+        format,
+    }))
 }
 
 #[allow(deprecated)]
@@ -707,15 +710,17 @@ fn json_format(
 
 fn log_format(
     sfs: &envoy_types::pb::envoy::config::core::v3::SubstitutionFormatString,
-) -> Result<crate::accesslog::LogFormat, ConfigError> {
-    use crate::accesslog::{LogFormat, parse};
+) -> Result<crate::telemetry::access_log::LogFormat, ConfigError> {
+    use crate::telemetry::access_log::{LogFormat, parse};
     use envoy_types::pb::envoy::config::core::v3::{
         data_source::Specifier, substitution_format_string::Format,
     };
     use envoy_types::pb::google::protobuf::value::Kind;
     let perr = |field: &str| {
         let field = field.to_string();
-        move |e: crate::accesslog::AccessLogError| ConfigError::new(&field, e.to_string())
+        move |e: crate::telemetry::access_log::AccessLogError| {
+            ConfigError::new(&field, e.to_string())
+        }
     };
     #[allow(deprecated)]
     match &sfs.format {
@@ -751,7 +756,7 @@ fn log_format(
             Ok(LogFormat::Json(fields))
         }
         None => Ok(LogFormat::Text(
-            parse(crate::accesslog::ENVOY_DEFAULT).map_err(perr("log_format"))?,
+            parse(crate::telemetry::access_log::ENVOY_DEFAULT).map_err(perr("log_format"))?,
         )),
     }
 }

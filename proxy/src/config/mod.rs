@@ -5,9 +5,13 @@
 //! but does not act on yet (Istio's stats and metadata-exchange filters, …) are kept as
 //! [`Ignored`] notes with the reason, so that `validate` and the logs can say what was skipped.
 
+pub mod bootstrap;
 pub mod cluster;
 pub mod listener;
 pub mod route;
+mod snapshot;
+
+pub use snapshot::{Raw, Snapshot};
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};

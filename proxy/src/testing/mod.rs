@@ -270,8 +270,8 @@ pub async fn proxy_with(
     clusters: Vec<crate::config::cluster::Cluster>,
 ) -> (
     u16,
-    std::sync::Arc<crate::xds::store::Snapshot>,
-    std::sync::Arc<crate::stats::Telemetry>,
+    std::sync::Arc<crate::config::Snapshot>,
+    std::sync::Arc<crate::telemetry::metrics::Telemetry>,
 ) {
     use std::sync::Arc;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -281,7 +281,7 @@ pub async fn proxy_with(
         .port();
     let mut wire = http_listener("http", u32::from(port), "80");
     wire.address = Some(socket("127.0.0.1", u32::from(port)));
-    let mut snap = crate::xds::store::Snapshot::default();
+    let mut snap = crate::config::Snapshot::default();
     snap.listeners.insert(
         "http".into(),
         Arc::new(crate::config::listener::Listener::try_from(&wire).unwrap()),
@@ -291,9 +291,9 @@ pub async fn proxy_with(
         snap.clusters.insert(c.name.clone(), Arc::new(c));
     }
     let snap = Arc::new(snap);
-    let telemetry = Arc::new(crate::stats::Telemetry::default());
+    let telemetry = Arc::new(crate::telemetry::metrics::Telemetry::default());
     let (tx, rx) = tokio::sync::watch::channel(snap.clone());
-    tokio::spawn(crate::dataplane::server::serve_with(rx, telemetry.clone()));
+    tokio::spawn(crate::listener::serve_with(rx, telemetry.clone()));
     tokio::spawn(async move {
         let _tx = tx;
         std::future::pending::<()>().await

@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::store::{ResourceType, Snapshot, Store, nack_message};
+use super::store::{ResourceType, Store, nack_message};
+use crate::config::Snapshot;
 
 /// gRPC status code INVALID_ARGUMENT, used in NACKs as Envoy does.
 const INVALID_ARGUMENT: i32 = 3;

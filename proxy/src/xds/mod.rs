@@ -3,3 +3,5 @@
 pub mod client;
 pub mod node;
 pub mod store;
+
+pub use store::ResourceType;

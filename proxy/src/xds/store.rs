@@ -1,9 +1,9 @@
-//! The resources received over xDS and the immutable snapshot the data path reads.
+//! The resources received over xDS, converted into the snapshot the data path reads.
 //!
 //! Pure: the client feeds responses in, gets back what was rejected (for the NACK), and publishes
 //! [`Store::snapshot`]. A rejected resource never replaces the last good version of itself.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as WireCluster;
@@ -17,7 +17,7 @@ use prost::Message;
 use crate::config::cluster::{Cluster, Discovery, LoadAssignment};
 use crate::config::listener::{Listener, NetworkFilter, RouteSource};
 use crate::config::route::RouteConfig;
-use crate::config::{ConfigError, type_name};
+use crate::config::{ConfigError, Raw, Snapshot, type_name};
 
 /// The xDS resource types the proxy subscribes to, in istiod's push order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -70,25 +70,6 @@ impl ResourceType {
             ResourceType::Secret => "SDS",
         }
     }
-}
-
-/// One immutable view of the whole configuration; a connection reads one snapshot.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    /// Every accepted resource as it arrived, with the version it came with (for `/config_dump`).
-    pub raw: BTreeMap<(ResourceType, String), Raw>,
-    pub listeners: BTreeMap<String, Arc<Listener>>,
-    pub routes: BTreeMap<String, Arc<RouteConfig>>,
-    pub clusters: BTreeMap<String, Arc<Cluster>>,
-    pub endpoints: BTreeMap<String, Arc<LoadAssignment>>,
-    pub secrets: BTreeSet<String>,
-}
-
-/// An accepted resource in wire form.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Raw {
-    pub version: String,
-    pub any: Any,
 }
 
 /// A resource that was not accepted.

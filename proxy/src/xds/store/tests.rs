@@ -1,5 +1,6 @@
 use super::*;
 use crate::testing::*;
+use std::collections::BTreeMap;
 
 fn names<T>(m: &BTreeMap<String, T>) -> Vec<&str> {
     m.keys().map(String::as_str).collect()

@@ -5,12 +5,12 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use crate::config::Address;
+use crate::config::Snapshot;
 use crate::config::cluster::{
     Cluster, Discovery, Endpoint, LbPolicy, LoadAssignment, LocalityEndpoints,
 };
 use crate::config::route::Target;
-use crate::dataplane::hash_lb::HashTables;
-use crate::xds::store::Snapshot;
+use crate::upstream::hash_lb::HashTables;
 
 /// The index a weighted choice lands on; `roll` is uniform in `0..total weight`.
 fn weighted_index(weights: impl Iterator<Item = u32>, roll: u64) -> Option<usize> {

@@ -13,7 +13,7 @@ use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::body::{Body, BoxError};
+use crate::http::body::{Body, BoxError};
 
 /// The most headers a head may have (Envoy's `max_headers_count` default).
 pub const MAX_HEADERS: usize = 100;

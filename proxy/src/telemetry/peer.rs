@@ -12,7 +12,7 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use prost::Message as _;
 
-use crate::stats::Workload;
+use crate::telemetry::metrics::Workload;
 
 pub const METADATA: HeaderName = HeaderName::from_static("x-envoy-peer-metadata");
 pub const METADATA_ID: HeaderName = HeaderName::from_static("x-envoy-peer-metadata-id");

@@ -4,8 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::Address;
+use crate::config::Snapshot;
 use crate::config::listener::{ChainMatch, FilterChain, Listener};
-use crate::xds::store::Snapshot;
 
 /// What is known about a connection when its filter chain is chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]

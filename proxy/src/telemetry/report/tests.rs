@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::listener::{Collector, ZipkinCollector};
-use crate::dataplane::http::span::sample as span;
+use crate::telemetry::span::sample as span;
 use serde_json::Value;
 
 fn collector(cluster: &str) -> Arc<Collector> {

@@ -21,13 +21,13 @@ use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::body::{Body, BoxError};
-use super::h1_parse::{self, ResponseHead as Parsed};
-use super::h1_wire::{
+use super::parse::{self, ResponseHead as Parsed};
+use super::wire::{
     BadChunk, Chunk, Decoded, HEADROOM, READ_CHUNK, Span, StreamError, content_length,
     decode_chunked, full_bytes, has_token, header_line, header_name, last_coding, poll_fill,
     stream_body,
 };
+use crate::http::body::{Body, BoxError};
 
 /// The largest response head accepted (Envoy's `max_response_headers_kb` default).
 pub const MAX_HEAD: usize = 60 * 1024;
@@ -445,7 +445,7 @@ fn take_head(
 /// is in `spans` (the connection's vector, reused) so that the values can share the buffer
 /// once it is split off.
 fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<Parsed>, H1Error> {
-    h1_parse::response(buf, spans).map_err(|e| H1Error::BadHead(e.to_string()))
+    parse::response(buf, spans).map_err(|e| H1Error::BadHead(e.to_string()))
 }
 
 /// Parses a whole head held in `raw`.

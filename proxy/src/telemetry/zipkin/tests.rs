@@ -1,5 +1,5 @@
 use super::*;
-use crate::dataplane::http::span::{Local, sample as span};
+use crate::telemetry::span::{Local, sample as span};
 use std::time::Duration;
 
 #[test]

@@ -9,7 +9,7 @@
 
 use thiserror::Error;
 
-use super::h1_wire::{MAX_HEADERS, Span};
+use super::wire::{MAX_HEADERS, Span};
 
 /// What makes a head malformed.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]

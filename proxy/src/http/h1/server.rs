@@ -22,14 +22,14 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::body::{Body, BoxError};
-use super::h1_parse::{self, HeadError, RequestHead as Parsed};
-use super::h1_wire::{
+use super::parse::{self, HeadError, RequestHead as Parsed};
+use super::wire::{
     Chunk, Decoded, HEADROOM, MAX_HEADERS, READ_CHUNK, Span, StreamError, content_length,
     decode_chunked, full_bytes, has_token, header_line, header_name, last_coding, poll_fill,
     stream_body,
 };
-use super::manager::{Activity, ConnContext, MAX_REQUEST_HEADERS, handle, idle_for};
+use crate::http::body::{Body, BoxError};
+use crate::http::manager::{Activity, ConnContext, MAX_REQUEST_HEADERS, handle, idle_for};
 
 /// A local body up to this size is copied behind the head, so that both go in one write.
 const COALESCE: usize = 16 * 1024;
@@ -58,7 +58,7 @@ impl Refusal {
 /// Parses the head at the start of `buf` once, if it is all there, noting where each header
 /// is in `spans` (the connection's vector, reused).
 fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<Parsed>, Refusal> {
-    h1_parse::request(buf, spans).map_err(|e| match e {
+    parse::request(buf, spans).map_err(|e| match e {
         HeadError::TooManyHeaders => Refusal::TooLarge,
         e => Refusal::Malformed(e.to_string()),
     })

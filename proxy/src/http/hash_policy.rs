@@ -12,7 +12,7 @@ use http::HeaderMap;
 use xxhash_rust::xxh64::xxh64;
 
 use crate::config::route::{HashKey, HashPolicy};
-use crate::dataplane::hash_lb::xxhash_all;
+use crate::upstream::hash_lb::xxhash_all;
 
 /// The request's hash and, when a cookie was made up, the `Set-Cookie` value for the response.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

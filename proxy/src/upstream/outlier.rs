@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::upstream::Dest;
+use super::Dest;
 use crate::config::cluster::Outlier;
 
 #[derive(Debug, Default, Clone)]

@@ -25,13 +25,13 @@ use super::retry;
 use super::routing::{
     RequestHead, needs_headers, redirect_location, rewritten_path, route, virtual_host,
 };
+use crate::config::Snapshot;
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::listener::{HttpFilter, HttpManager, RouteSource};
 use crate::config::route::{Action, Forward, HeaderAction, HeaderOps, PathMatch};
-use crate::dataplane::outlier;
-use crate::dataplane::upstream::endpoint_count;
-use crate::dataplane::upstream::{NoUpstream, Pick, cluster_of, endpoint};
-use crate::xds::store::Snapshot;
+use crate::upstream::endpoint_count;
+use crate::upstream::outlier;
+use crate::upstream::{NoUpstream, Pick, cluster_of, endpoint};
 
 pub use super::body::Body;
 
@@ -125,17 +125,17 @@ impl Upstreams {
 pub struct SpanPoster {
     pub live: tokio::sync::watch::Receiver<Arc<Snapshot>>,
     pub upstreams: Arc<Upstreams>,
-    pub hash_tables: Arc<crate::dataplane::hash_lb::HashTables>,
+    pub hash_tables: Arc<crate::upstream::hash_lb::HashTables>,
 }
 
-impl super::report::Post for SpanPoster {
+impl crate::telemetry::report::Post for SpanPoster {
     async fn post(
         &self,
         collector: &crate::config::listener::Collector,
         body: Vec<u8>,
-    ) -> super::report::Sent {
-        use super::report::Sent;
+    ) -> crate::telemetry::report::Sent {
         use crate::config::listener::Collector;
+        use crate::telemetry::report::Sent;
         use http_body_util::BodyExt;
         let snap = self.live.borrow().clone();
         let Some(cluster) = snap.clusters.get(collector.cluster()) else {
@@ -157,7 +157,7 @@ impl super::report::Post for SpanPoster {
             Collector::OpenTelemetry(o) => match &o.http_path {
                 Some(p) => (p.as_str(), &o.authority, "application/x-protobuf", false),
                 None => (
-                    super::otlp::EXPORT_PATH,
+                    crate::telemetry::otlp::EXPORT_PATH,
                     &o.authority,
                     "application/grpc",
                     true,
@@ -219,7 +219,7 @@ impl super::report::Post for SpanPoster {
 
 use super::body::BoxError;
 
-pub use super::h1_upstream::Affinity;
+pub use super::h1::client::Affinity;
 
 fn full(status: StatusCode, body: impl Into<Bytes>) -> Box<Response<Body>> {
     let mut r = Box::new(Response::new(Body::Local(Full::new(body.into()))));
@@ -367,11 +367,11 @@ pub struct ConnContext {
     pub downstream: SocketAddr,
     pub upstreams: Arc<Upstreams>,
     pub counter: Arc<std::sync::atomic::AtomicU64>,
-    pub loads: Arc<crate::dataplane::upstream::Loads>,
-    pub breakers: Arc<crate::dataplane::breaker::Breakers>,
+    pub loads: Arc<crate::upstream::Loads>,
+    pub breakers: Arc<crate::upstream::breaker::Breakers>,
     pub affinity: Arc<Affinity>,
-    pub hash_tables: Arc<crate::dataplane::hash_lb::HashTables>,
-    pub telemetry: Arc<crate::stats::Telemetry>,
+    pub hash_tables: Arc<crate::upstream::hash_lb::HashTables>,
+    pub telemetry: Arc<crate::telemetry::metrics::Telemetry>,
     /// Accepted by `virtualInbound`: this proxy reports as the destination.
     pub inbound: bool,
     /// The connection's one request timer, where its requests run one at a time (HTTP/1.x);
@@ -456,7 +456,7 @@ fn head_of(req: &Request<Body>, received: Instant) -> RequestHead {
 struct UpstreamInfo {
     snap: Arc<Snapshot>,
     cluster: Arc<crate::config::cluster::Cluster>,
-    dest: super::super::upstream::Dest,
+    dest: crate::upstream::Dest,
 }
 
 /// Request bodies up to this size are buffered so that a retry can replay them (Envoy's
@@ -505,17 +505,17 @@ async fn send_once(
             Err(e) => Err(SendError::Other(e.into())),
         };
     }
-    let home = super::h1_upstream::Home {
+    let home = super::h1::client::Home {
         affinity: ctx.affinity.clone(),
         addr,
         idle: cluster.idle_timeout,
     };
-    let target = super::h1_upstream::Target {
+    let target = super::h1::client::Target {
         addr,
         bind: cluster.bind_source,
         connect_timeout: cluster.connect_timeout,
     };
-    super::h1_upstream::send(&home, &target, req, expected_ms)
+    super::h1::client::send(&home, &target, req, expected_ms)
         .await
         .map_err(|e| {
             if e.is_connect() {
@@ -841,7 +841,7 @@ async fn forward(
         own.add(headers);
     }
     // The span decided when the request came in.
-    if let Some(hop) = req.extensions().get::<super::trace::Hop>() {
+    if let Some(hop) = req.extensions().get::<crate::telemetry::trace::Hop>() {
         for (name, value) in hop.headers() {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 req.headers_mut().insert(HeaderName::from_static(name), v);
@@ -895,7 +895,7 @@ async fn forward(
     let breaker = ctx.breakers.get(cluster_name, cluster.limits);
     let outliers = &ctx.telemetry.outliers;
     let mut _retrying = None;
-    let mut tried: Vec<super::super::upstream::Dest> = Vec::new();
+    let mut tried: Vec<crate::upstream::Dest> = Vec::new();
     // Without retries the one attempt sends the request itself; with them each attempt sends
     // a copy of its head and `req` stays as the template.
     let mut req = Some(req);
@@ -910,12 +910,12 @@ async fn forward(
             Instant::now()
         };
         // Ejections only matter (and only cost a lookup) where outlier detection is on.
-        let ejected: &(dyn Fn(&super::super::upstream::Dest) -> bool + Sync) =
-            if cluster.outlier.is_some() {
-                &|d| outliers.is_ejected(cluster_name, d, now)
-            } else {
-                &|_| false
-            };
+        let ejected: &(dyn Fn(&crate::upstream::Dest) -> bool + Sync) = if cluster.outlier.is_some()
+        {
+            &|d| outliers.is_ejected(cluster_name, d, now)
+        } else {
+            &|_| false
+        };
         // The endpoint: with previous_hosts, a retry looks for one not tried yet.
         let picks = match retry {
             Some(p) if p.previous_hosts && attempt > 1 => p.host_selection_max_attempts.max(1),
@@ -1175,7 +1175,7 @@ fn record(
     resp: &Response<Body>,
     info: Option<&UpstreamInfo>,
     received: Instant,
-    peer: Option<&crate::stats::Workload>,
+    peer: Option<&crate::telemetry::metrics::Workload>,
 ) {
     use std::hash::{BuildHasher, Hash, Hasher};
     // gRPC's status label: only a gRPC response (by its content type, a standard header and a
@@ -1224,19 +1224,17 @@ fn record(
         // The destination: the endpoint's EDS metadata, else what its sidecar said.
         let exchanged = || {
             peer.cloned()
-                .unwrap_or_else(crate::stats::Workload::unknown)
+                .unwrap_or_else(crate::telemetry::metrics::Workload::unknown)
         };
         let (reporter, source, destination) = if ctx.inbound {
             ("destination", exchanged(), me)
         } else {
             let endpoint = info
-                .and_then(|i| {
-                    crate::dataplane::upstream::endpoint_workload(&i.snap, &i.cluster, &i.dest)
-                })
-                .map(|w| crate::stats::Workload::from_istio(&w));
+                .and_then(|i| crate::upstream::endpoint_workload(&i.snap, &i.cluster, &i.dest))
+                .map(|w| crate::telemetry::metrics::Workload::from_istio(&w));
             ("source", me, endpoint.unwrap_or_else(exchanged))
         };
-        crate::stats::RequestLabels {
+        crate::telemetry::metrics::RequestLabels {
             reporter,
             source,
             destination,
@@ -1247,7 +1245,7 @@ fn record(
             grpc_status: grpc_status.to_string(),
         }
     };
-    let observation = crate::stats::Observation {
+    let observation = crate::telemetry::metrics::Observation {
         duration_ms: received.elapsed().as_secs_f64() * 1000.0,
         request_bytes: head.body_length.unwrap_or(0),
         response_bytes: response_length(resp),
@@ -1283,7 +1281,7 @@ pub async fn handle(
     // Tracing: this hop's span, decided before routing so that local replies are traced too.
     let hop = ctx.manager.tracing.as_ref().map(|t| {
         let h = req.headers();
-        super::trace::next_hop(
+        crate::telemetry::trace::next_hop(
             |name| h.get(name).and_then(|v| v.to_str().ok()).map(String::from),
             || fastrand::f64() * 100.0 < t.sampling,
             || fastrand::u64(..),
@@ -1332,7 +1330,7 @@ pub async fn handle(
     let exchange = ctx.manager.peer_metadata;
     let mut peer = None;
     if exchange && ctx.inbound {
-        peer = super::peer::take(req.headers_mut());
+        peer = crate::telemetry::peer::take(req.headers_mut());
     }
     let (mut resp, head, info) = respond(&ctx, req, received).await;
     if exchange {
@@ -1341,7 +1339,7 @@ pub async fn handle(
                 own.add(resp.headers_mut());
             }
         } else {
-            peer = super::peer::take(resp.headers_mut());
+            peer = crate::telemetry::peer::take(resp.headers_mut());
         }
     }
     let info = info.as_ref();
@@ -1381,7 +1379,7 @@ fn name_span(resp: &mut Response<Body>, operation: Option<&String>, named: bool)
 #[allow(clippy::too_many_arguments)]
 fn span(
     ctx: &ConnContext,
-    hop: super::trace::Hop,
+    hop: crate::telemetry::trace::Hop,
     head: &RequestHead,
     request_headers: &http::HeaderMap,
     version: http::Version,
@@ -1389,7 +1387,7 @@ fn span(
     resp: &Response<Body>,
     info: Option<&UpstreamInfo>,
     received: Instant,
-) -> super::span::Span {
+) -> crate::telemetry::span::Span {
     let header = |name: &str| {
         request_headers
             .get(name)
@@ -1440,17 +1438,17 @@ fn span(
         tags.push(("error", "true".to_string()));
     }
     let (kind, remote) = if ctx.inbound {
-        (super::span::Kind::Server, Some(ctx.downstream))
+        (crate::telemetry::span::Kind::Server, Some(ctx.downstream))
     } else {
         (
-            super::span::Kind::Client,
+            crate::telemetry::span::Kind::Client,
             info.and_then(|i| match &i.dest {
-                crate::dataplane::upstream::Dest::Ip(a) => Some(*a),
-                crate::dataplane::upstream::Dest::Name(..) => None,
+                crate::upstream::Dest::Ip(a) => Some(*a),
+                crate::upstream::Dest::Name(..) => None,
             }),
         )
     };
-    super::span::Span {
+    crate::telemetry::span::Span {
         trace_id: hop.trace_id,
         id: hop.span_id,
         parent_id: hop.parent_id,
@@ -1487,7 +1485,7 @@ fn access_log(
     };
     let bytes_sent = response_length(resp);
     let upstream_host = info.map(|i| i.dest.to_string());
-    let entry = crate::accesslog::Entry {
+    let entry = crate::telemetry::access_log::Entry {
         start,
         method: head.method.as_str(),
         path,
@@ -1724,7 +1722,7 @@ pub async fn serve_connection(ctx: ConnContext, stream: TcpStream, h2: Option<bo
             timer: Some(Arc::new(ConnTimer::new())),
             ..ctx
         };
-        super::h1_server::serve(Arc::new(ctx), stream).await;
+        super::h1::server::serve(Arc::new(ctx), stream).await;
     }
 }
 

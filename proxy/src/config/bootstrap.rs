@@ -8,9 +8,10 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::config::Address;
+use crate::config::Snapshot;
 use crate::config::cluster::LoadAssignment;
 use crate::xds::client::{Handle, XdsAddress};
-use crate::xds::store::{Rejection, ResourceType, Snapshot, Store, nack_message};
+use crate::xds::store::{Rejection, ResourceType, Store, nack_message};
 
 /// Where the configuration comes from.
 pub enum Source {

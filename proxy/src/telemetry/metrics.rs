@@ -317,13 +317,13 @@ impl Metrics {
 pub struct Telemetry {
     pub metrics: std::sync::Arc<Metrics>,
     pub me: Workload,
-    pub outliers: std::sync::Arc<crate::dataplane::outlier::Outliers>,
+    pub outliers: std::sync::Arc<crate::upstream::outlier::Outliers>,
     /// The circuit breakers, whose overflow counters `/stats` reports.
-    pub breakers: std::sync::Arc<crate::dataplane::breaker::Breakers>,
+    pub breakers: std::sync::Arc<crate::upstream::breaker::Breakers>,
     /// This proxy's metadata exchange headers (`None`: not sent).
-    pub own_headers: Option<crate::dataplane::http::peer::OwnHeaders>,
+    pub own_headers: Option<crate::telemetry::peer::OwnHeaders>,
     /// Spans waiting for their report to a collector.
-    pub spans: std::sync::Arc<crate::dataplane::http::report::Reporter>,
+    pub spans: std::sync::Arc<crate::telemetry::report::Reporter>,
     /// The node id, a tag of every span.
     pub node_id: String,
 }
@@ -336,9 +336,7 @@ impl Default for Telemetry {
             outliers: Default::default(),
             breakers: Default::default(),
             own_headers: None,
-            spans: std::sync::Arc::new(crate::dataplane::http::report::Reporter::new(
-                Default::default(),
-            )),
+            spans: std::sync::Arc::new(crate::telemetry::report::Reporter::new(Default::default())),
             node_id: String::new(),
         }
     }
