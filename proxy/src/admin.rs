@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -22,27 +21,18 @@ use tokio::sync::watch;
 use crate::config::Address;
 use crate::config::{Raw, Snapshot};
 use crate::dump::pool;
+use crate::shared::Shared;
+use crate::upstream::breaker::BreakerStats;
+use crate::upstream::state::Clusters;
 use crate::xds::ResourceType;
 
-/// Shared state the admin endpoints read and change.
+/// What the admin endpoints read and change: the proxy's shared context, its start time, and
+/// `/quitquitquit`.
 pub struct AdminState {
-    pub snapshot: watch::Receiver<Arc<Snapshot>>,
-    pub ready: watch::Receiver<bool>,
-    /// Set by `/healthcheck/fail`: readiness reports failure (drain before shutdown).
-    pub failing: AtomicBool,
+    pub shared: Arc<Shared>,
     pub started: Instant,
-    pub node_id: String,
     /// Signalled by `/quitquitquit`.
     pub quit: watch::Sender<bool>,
-    /// Istio's request metrics, for `/stats/prometheus`.
-    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
-    /// Outlier ejections, for `/clusters`.
-    pub outliers: Arc<crate::upstream::outlier::Outliers>,
-    /// Circuit breakers, for their overflow counters in `/stats`.
-    pub breakers: Arc<crate::upstream::breaker::Breakers>,
-    /// The span reporter, for its `tracing.zipkin.*` and `tracing.opentelemetry.*` counters in
-    /// `/stats`.
-    pub spans: Arc<crate::telemetry::report::Reporter>,
 }
 
 /// An `Any` rendered as Envoy renders it in a config dump (`@type`, proto field names).
@@ -228,11 +218,18 @@ fn config_dump_unmasked(
 
 /// `/clusters` in Envoy's text form: one `cluster::host::stat::value` line per host property;
 /// hosts ejected by outlier detection show `/failed_outlier_check`.
-pub fn clusters_text(snap: &Snapshot, outliers: &crate::upstream::outlier::Outliers) -> String {
+pub fn clusters_text(snap: &Snapshot, states: &Clusters) -> String {
     let now = std::time::Instant::now();
     let mut out = String::new();
     for (name, c) in &snap.clusters {
         out.push_str(&format!("{name}::observability_name::{name}\n"));
+        let ejected: Vec<String> = states
+            .find(name)
+            .map(|s| s.outliers.ejected(now))
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let assignment = match &c.discovery {
             crate::config::cluster::Discovery::Eds { service_name } => {
                 snap.endpoints.get(service_name).map(|a| a.as_ref())
@@ -242,10 +239,7 @@ pub fn clusters_text(snap: &Snapshot, outliers: &crate::upstream::outlier::Outli
         for l in assignment.iter().flat_map(|a| a.localities.iter()) {
             for e in &l.endpoints {
                 let host = e.address.to_string();
-                let ejected = outliers
-                    .ejected(name, now)
-                    .iter()
-                    .any(|d| d.to_string() == host);
+                let ejected = ejected.contains(&host);
                 let health = if ejected {
                     "/failed_outlier_check".to_string()
                 } else if e.health.routable() {
@@ -278,9 +272,9 @@ fn listeners_text(snap: &Snapshot) -> String {
 
 /// Envoy's circuit-breaking counters per cluster, as `/stats` lists them
 /// (`cluster.NAME.upstream_rq_pending_overflow: N`).
-pub fn breaker_stats_text(breakers: &crate::upstream::breaker::Breakers) -> String {
+pub fn breaker_stats_text(stats: &[BreakerStats]) -> String {
     let mut out = String::new();
-    for s in breakers.stats() {
+    for s in stats {
         out.push_str(&format!(
             "cluster.{0}.upstream_rq_pending_overflow: {1}\ncluster.{0}.upstream_rq_retry_overflow: {2}\n",
             s.cluster, s.pending_overflow, s.retry_overflow
@@ -290,8 +284,7 @@ pub fn breaker_stats_text(breakers: &crate::upstream::breaker::Breakers) -> Stri
 }
 
 /// The same for Prometheus, as Istio's Envoy exports them.
-fn breaker_prometheus(breakers: &crate::upstream::breaker::Breakers) -> String {
-    let stats = breakers.stats();
+fn breaker_prometheus(stats: &[BreakerStats]) -> String {
     if stats.is_empty() {
         return String::new();
     }
@@ -301,7 +294,7 @@ fn breaker_prometheus(breakers: &crate::upstream::breaker::Breakers) -> String {
         ("envoy_cluster_upstream_rq_retry_overflow", 1),
     ] {
         out.push_str(&format!("# TYPE {name} counter\n"));
-        for s in &stats {
+        for s in stats {
             let v = if pick == 0 {
                 s.pending_overflow
             } else {
@@ -317,7 +310,7 @@ fn prometheus(
     snap: &Snapshot,
     ready: bool,
     metrics: &crate::telemetry::metrics::Metrics,
-    breakers: &crate::upstream::breaker::Breakers,
+    breakers: &[BreakerStats],
 ) -> String {
     let active = snap
         .listeners
@@ -356,8 +349,11 @@ fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
 
 /// Routes one admin request.
 pub fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let snap = state.snapshot.borrow().clone();
-    let ready = *state.ready.borrow();
+    let shared = &state.shared;
+    let lifecycle = &shared.lifecycle;
+    let snap = shared.snapshot();
+    let ready = lifecycle.is_ready();
+    let server_state = server_state(lifecycle);
     let q = query(req);
     let json_format = q.get("format").is_some_and(|f| f == "json");
     match (req.method(), req.uri().path()) {
@@ -365,15 +361,14 @@ pub fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes
         (_, "/ready") => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
-            "PRE_INITIALIZING\n",
+            format!("{server_state}\n"),
         ),
         (_, "/server_info") => {
-            let state_name = if ready { "LIVE" } else { "PRE_INITIALIZING" };
             let body = json!({
                 "version": format!("outrigger/{}", env!("CARGO_PKG_VERSION")),
-                "state": state_name,
+                "state": server_state,
                 "uptime_current_epoch": format!("{}s", state.started.elapsed().as_secs()),
-                "node": {"id": state.node_id},
+                "node": {"id": shared.telemetry.node_id},
                 "command_line_options": {},
             });
             reply(StatusCode::OK, "application/json", body.to_string())
@@ -381,7 +376,7 @@ pub fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes
         (_, "/config_dump") => {
             let dump = config_dump(
                 &snap,
-                &state.node_id,
+                &shared.telemetry.node_id,
                 q.contains_key("include_eds"),
                 q.get("resource").map(String::as_str),
                 q.get("mask").map(String::as_str),
@@ -403,7 +398,7 @@ pub fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes
         (_, "/clusters") => reply(
             StatusCode::OK,
             "text/plain",
-            clusters_text(&snap, &state.outliers),
+            clusters_text(&snap, &shared.upstreams.clusters),
         ),
         (_, "/listeners") if json_format => {
             let statuses: Vec<Value> = snap
@@ -421,7 +416,12 @@ pub fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes
         (_, "/stats/prometheus") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            prometheus(&snap, ready, &state.metrics, &state.breakers),
+            prometheus(
+                &snap,
+                ready,
+                &shared.telemetry.metrics,
+                &shared.upstreams.clusters.breaker_stats(),
+            ),
         ),
         (_, "/stats") => reply(
             StatusCode::OK,
@@ -430,23 +430,36 @@ pub fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes
                 "server.live: {}\ncluster_manager.active_clusters: {}\n{}{}",
                 u8::from(ready),
                 snap.clusters.len(),
-                breaker_stats_text(&state.breakers),
-                state.spans.stats_text()
+                breaker_stats_text(&shared.upstreams.clusters.breaker_stats()),
+                shared.telemetry.spans.stats_text()
             ),
         ),
         (&Method::POST, "/healthcheck/fail") => {
-            state.failing.store(true, Ordering::SeqCst);
+            lifecycle.set_failing(true);
+            tracing::info!(
+                "health check failed by /healthcheck/fail: not ready, connections asked to close"
+            );
             reply(StatusCode::OK, "text/plain", "OK\n")
         }
         (&Method::POST, "/healthcheck/ok") => {
-            state.failing.store(false, Ordering::SeqCst);
+            lifecycle.set_failing(false);
+            reply(StatusCode::OK, "text/plain", "OK\n")
+        }
+        // Envoy's `graceful` waits out the drain time before closing the listeners and
+        // `inboundonly` drains only inbound ones; here every listener stops accepting at once
+        // and open connections are drained as the drain strategy says (pilot-agent sends both
+        // before it stops the proxy, which ends it either way).
+        (&Method::POST, "/drain_listeners") => {
+            if lifecycle.start_drain() {
+                tracing::info!("draining: started by /drain_listeners");
+            }
             reply(StatusCode::OK, "text/plain", "OK\n")
         }
         (&Method::POST, "/quitquitquit") => {
             let _ = state.quit.send(true);
             reply(StatusCode::OK, "text/plain", "OK\n")
         }
-        (_, "/healthcheck/fail" | "/healthcheck/ok" | "/quitquitquit") => {
+        (_, "/healthcheck/fail" | "/healthcheck/ok" | "/quitquitquit" | "/drain_listeners") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n")
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
@@ -455,22 +468,32 @@ pub fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes
 
 /// kubelet's readiness probe on :15021.
 fn status(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let shared = &state.shared;
     match req.uri().path() {
-        "/healthz/ready" if *state.ready.borrow() && !state.failing.load(Ordering::SeqCst) => {
-            reply(StatusCode::OK, "text/plain", "")
-        }
+        "/healthz/ready" if shared.lifecycle.is_ready() => reply(StatusCode::OK, "text/plain", ""),
         "/healthz/ready" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", ""),
         "/stats/prometheus" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
             prometheus(
-                &state.snapshot.borrow(),
-                *state.ready.borrow(),
-                &state.metrics,
-                &state.breakers,
+                &shared.snapshot(),
+                shared.lifecycle.is_ready(),
+                &shared.telemetry.metrics,
+                &shared.upstreams.clusters.breaker_stats(),
             ),
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", ""),
+    }
+}
+
+/// Envoy's server state, as `/ready` and `/server_info` name it.
+fn server_state(lifecycle: &crate::shared::Lifecycle) -> &'static str {
+    if lifecycle.is_ready() {
+        "LIVE"
+    } else if lifecycle.is_draining() || lifecycle.is_failing() {
+        "DRAINING"
+    } else {
+        "PRE_INITIALIZING"
     }
 }
 

@@ -6,10 +6,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use outrigger_proxy::admin::{self, AdminState, Role};
-use outrigger_proxy::xds::client::{self, ClientConfig, XdsAddress};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use outrigger_proxy::admin::Role;
+use outrigger_proxy::app;
+use outrigger_proxy::config::bootstrap::{self, Source};
+use outrigger_proxy::shared::DrainStrategy;
+use outrigger_proxy::xds::client::XdsAddress;
 use outrigger_proxy::xds::node::Identity;
-use outrigger_proxy::{dump, listener, validate};
+use outrigger_proxy::{dump, validate};
 
 #[allow(unsafe_code)]
 mod alloc;
@@ -41,7 +48,7 @@ struct Cli {
 
 /// The flags pilot-agent passes to Envoy, so that `outrigger-proxy` can be started in Envoy's
 /// place unchanged (`outrigger-proxy -c envoy-rev.json --drain-time-s 45 …`). Those without an
-/// effect here are accepted and logged.
+/// effect here (hot restart, log formats) are accepted and logged.
 #[derive(clap::Args, Debug, Default)]
 #[command(next_help_heading = "Envoy compatibility (when run without a subcommand)")]
 struct EnvoyFlags {
@@ -103,6 +110,15 @@ impl EnvoyFlags {
             argv.extend(["--concurrency".into(), n.to_string().into()]);
         }
         argv.extend(["--log".into(), self.log_filter().into()]);
+        if let Some(s) = self.drain_time_s {
+            argv.extend(["--drain-time-s".into(), s.to_string().into()]);
+        }
+        if let Some(s) = &self.drain_strategy {
+            argv.extend(["--drain-strategy".into(), s.into()]);
+        }
+        if let Some(s) = self.parent_shutdown_time_s {
+            argv.extend(["--parent-shutdown-time-s".into(), s.to_string().into()]);
+        }
         if self
             .log_format
             .as_deref()
@@ -178,6 +194,18 @@ struct RunArgs {
     /// Prometheus port (/stats/prometheus); 0 disables it.
     #[arg(long, default_value_t = 15090)]
     prometheus_port: u16,
+    /// How long open connections may take to finish after SIGTERM (Envoy's --drain-time-s):
+    /// the listeners close at once, readiness turns 503, and the proxy exits when the last
+    /// connection closes or this time is over.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    drain_time_s: u64,
+    /// How connections are asked to close during the drain: `gradual` (a growing share of
+    /// responses carry `Connection: close`, Envoy's default) or `immediate` (all of them).
+    #[arg(long, value_name = "gradual|immediate", default_value = "gradual")]
+    drain_strategy: String,
+    /// The hard stop, counted from the drain's start (Envoy's --parent-shutdown-time-s).
+    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+    parent_shutdown_time_s: u64,
     /// Log level filter (e.g. info, debug, outrigger_proxy=debug).
     #[arg(long, env = "OUTRIGGER_LOG", default_value = "info")]
     log: String,
@@ -201,83 +229,16 @@ fn run_proxy(args: RunArgs) -> ExitCode {
     // Envoy's descriptors, decoded to read the bootstrap and for each /config_dump (about
     // 20 MB), go back to the system as soon as they are dropped.
     dump::on_release(alloc::release_free_memory);
-    let bootstrap = match &args.config_path {
-        None => None,
-        Some(path) => match dump::load(path) {
-            Ok(d) => d.bootstrap,
-            Err(e) => {
-                eprintln!("outrigger-proxy: error: {e}");
-                return ExitCode::from(2);
-            }
-        },
-    };
-    let source = match bootstrap
-        .as_ref()
-        .map(outrigger_proxy::config::bootstrap::source)
-    {
-        Some(Ok(s)) => s,
-        Some(Err(e)) => {
-            eprintln!(
-                "outrigger-proxy: error: {}: {e}",
-                args.config_path
-                    .as_deref()
-                    .unwrap_or(std::path::Path::new(""))
-                    .display()
-            );
+    let opts = match options(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("outrigger-proxy: error: {e}");
             return ExitCode::from(2);
         }
-        None if args.mesh_config.is_some() => {
-            // Replaced by the embedded control plane's socket once it is listening.
-            outrigger_proxy::config::bootstrap::Source::Xds(XdsAddress::Unix(PathBuf::new()))
-        }
-        None => match args.xds_address.parse::<XdsAddress>() {
-            Ok(a) => outrigger_proxy::config::bootstrap::Source::Xds(a),
-            Err(e) => {
-                eprintln!("outrigger-proxy: error: invalid value for --xds-address: {e}");
-                return ExitCode::from(2);
-            }
-        },
     };
-    let mut env: Vec<(String, String)> = std::env::vars().collect();
-    for (k, v) in [
-        ("POD_NAME", args.pod_name),
-        ("POD_NAMESPACE", args.pod_namespace),
-        ("INSTANCE_IP", args.instance_ip),
-        ("SERVICE_ACCOUNT", args.service_account),
-    ] {
-        if let Some(v) = v {
-            env.push((k.to_string(), v));
-        }
-    }
-    let identity = Identity::from_env(env);
-    let mut admin_ports: Vec<(std::net::SocketAddr, Role)> = Vec::new();
-    if args.admin_address != "off" {
-        match args.admin_address.parse() {
-            Ok(a) => admin_ports.push((a, Role::Admin)),
-            Err(_) => {
-                eprintln!(
-                    "outrigger-proxy: error: invalid value '{}' for --admin-address: expected ip:port or off",
-                    args.admin_address
-                );
-                return ExitCode::from(2);
-            }
-        }
-    }
-    for port in [args.status_port, args.prometheus_port] {
-        if port != 0 {
-            admin_ports.push((
-                std::net::SocketAddr::from(([0, 0, 0, 0], port)),
-                Role::Status,
-            ));
-        }
-    }
     // Envoy's --concurrency: one worker runs everything on one thread (no work stealing); more
     // get a multi-threaded scheduler with that many workers.
     let built = match args.concurrency {
-        Some(0) => {
-            eprintln!("outrigger-proxy: error: --concurrency must be at least 1");
-            return ExitCode::from(2);
-        }
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
@@ -296,172 +257,78 @@ fn run_proxy(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mesh_config = args.mesh_config.clone();
-    let embedded_socket =
-        std::env::temp_dir().join(format!("outrigger-mesh-{}.sock", std::process::id()));
-    let code = runtime.block_on(async {
-        let source = match mesh_config {
-            None => source,
-            Some(dir) => match embedded_pilot(&dir, &embedded_socket).await {
-                Ok(a) => outrigger_proxy::config::bootstrap::Source::Xds(a),
-                Err(e) => {
-                    eprintln!("outrigger-proxy: error: --mesh-config: {e:#}");
-                    return ExitCode::from(2);
-                }
-            },
-        };
-        let mut handle = match source {
-            outrigger_proxy::config::bootstrap::Source::Xds(address) => {
-                tracing::info!(node = %identity.node_id(), xds = ?address, delta = !args.sotw, "starting");
-                client::spawn(ClientConfig {
-                    address,
-                    delta: !args.sotw,
-                    node: identity.node(),
-                    initial_backoff: std::time::Duration::from_millis(500),
-                    max_backoff: std::time::Duration::from_secs(30),
-                })
-            }
-            outrigger_proxy::config::bootstrap::Source::Static(snapshot) => {
-                tracing::info!(listeners = snapshot.listeners.len(), clusters = snapshot.clusters.len(), "starting with the bootstrap's static resources");
-                outrigger_proxy::config::bootstrap::fixed(snapshot)
-            }
-        };
-        let (quit_tx, mut quit_rx) = tokio::sync::watch::channel(false);
-        let me = own_workload(&identity);
-        let labels: std::collections::BTreeMap<String, String> = identity
-            .extra
-            .get("LABELS")
-            .and_then(|l| l.as_object())
-            .map(|l| {
-                l.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let own_headers = outrigger_proxy::telemetry::peer::OwnHeaders::new(
-            &identity.node().id,
-            &me,
-            &identity.pod_name,
-            &labels,
-        );
-        let telemetry = std::sync::Arc::new(outrigger_proxy::telemetry::metrics::Telemetry {
-            metrics: Default::default(),
-            outliers: Default::default(),
-            breakers: Default::default(),
-            own_headers,
-            spans: std::sync::Arc::new(outrigger_proxy::telemetry::report::Reporter::new(
-                outrigger_proxy::telemetry::span::Local {
-                    // Istio's trace service name: `<app>.<namespace>`.
-                    service_name: format!("{}.{}", me.app, me.namespace),
-                    ip: identity.instance_ips.first().and_then(|ip| ip.parse().ok()),
-                },
-            )),
-            node_id: identity.node_id(),
-            me,
-        });
-        let state = std::sync::Arc::new(AdminState {
-            metrics: telemetry.metrics.clone(),
-            outliers: telemetry.outliers.clone(),
-            breakers: telemetry.breakers.clone(),
-            spans: telemetry.spans.clone(),
-            snapshot: handle.snapshot.clone(),
-            ready: handle.ready.clone(),
-            failing: std::sync::atomic::AtomicBool::new(false),
-            started: std::time::Instant::now(),
-            node_id: identity.node_id(),
-            quit: quit_tx,
-        });
-        for (addr, role) in admin_ports {
-            let state = state.clone();
-            tokio::spawn(async move {
-                if let Err(e) = admin::serve(addr, role, state).await {
-                    tracing::error!(%addr, error = %e, "admin port failed");
-                }
-            });
+    let exit = runtime.block_on(app::run(opts));
+    // What is still open (a TCP stream past the drain time) is closed with the runtime.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match exit {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outrigger-proxy: error: {e}");
+            ExitCode::from(2)
         }
-        tokio::select! {
-            _ = quit_rx.wait_for(|q| *q) => tracing::info!("/quitquitquit: exiting"),
-            _ = async {
-                // Serve nothing until the first listeners and clusters are in.
-                let _ = handle.ready.wait_for(|r| *r).await;
-                listener::serve_with(handle.snapshot.clone(), telemetry.clone()).await;
-            } => {}
-            _ = shutdown() => tracing::info!("shutting down"),
-        }
-        ExitCode::SUCCESS
-    });
-    if args.mesh_config.is_some() {
-        let _ = std::fs::remove_file(&embedded_socket);
     }
-    code
 }
 
-/// This proxy's workload for the metrics: pilot-agent's WORKLOAD_NAME, else the pod's
-/// Deployment name; app and version from its labels.
-fn own_workload(id: &Identity) -> outrigger_proxy::telemetry::metrics::Workload {
-    let label = |k: &str| {
-        id.extra
-            .get("LABELS")
-            .and_then(|l| l.get(k))
-            .and_then(|v| v.as_str())
-            .map(String::from)
+/// The run's options from its flags and environment; an error names the flag or file.
+fn options(args: &RunArgs) -> Result<app::Options, String> {
+    if args.concurrency == Some(0) {
+        return Err("--concurrency must be at least 1".into());
+    }
+    let bootstrap = match &args.config_path {
+        None => None,
+        Some(path) => dump::load(path).map_err(|e| e.to_string())?.bootstrap,
     };
-    let name = id
-        .extra
-        .get("WORKLOAD_NAME")
-        .and_then(|v| v.as_str())
-        .map(String::from)
-        .unwrap_or_else(|| {
-            outrigger_proxy::telemetry::metrics::Workload::name_of_pod(&id.pod_name)
-        });
-    outrigger_proxy::telemetry::metrics::Workload {
-        app: label("app")
-            .or_else(|| label("app.kubernetes.io/name"))
-            .unwrap_or_else(|| name.clone()),
-        version: label("version")
-            .or_else(|| label("app.kubernetes.io/version"))
-            .unwrap_or_else(|| "unknown".into()),
-        name,
-        namespace: id.namespace.clone(),
-        cluster: id.cluster_id.clone(),
-    }
-}
-
-/// Starts outrigger-pilot in this process on a private Unix socket, watching `dir`.
-async fn embedded_pilot(
-    dir: &std::path::Path,
-    socket: &std::path::Path,
-) -> anyhow::Result<XdsAddress> {
-    use outrigger_pilot::{mesh::Loader, server, watch};
-    let mut loader = Loader::default();
-    let (first, findings) = watch::initial(dir, &mut loader)?;
-    watch::log_findings(&findings);
-    tracing::info!(dir = %dir.display(), resources = first.mesh.objects.len(), services = first.mesh.registry.services.len(), "mesh configuration loaded");
-    let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(first));
-    let _server = server::serve(&server::ListenAddr::Unix(socket.to_path_buf()), rx).await?;
-    tokio::spawn(watch::run(
-        dir.to_path_buf(),
-        loader,
-        tx,
-        std::time::Duration::from_millis(200),
-        std::time::Duration::from_millis(100),
-    ));
-    Ok(XdsAddress::Unix(socket.to_path_buf()))
-}
-
-async fn shutdown() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    let source = match bootstrap.as_ref().map(bootstrap::source) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            let path = args.config_path.as_deref().unwrap_or(Path::new(""));
+            return Err(format!("{}: {e}", path.display()));
         }
+        // Replaced by the embedded control plane's socket once it is listening.
+        None if args.mesh_config.is_some() => Source::Xds(XdsAddress::Unix(PathBuf::new())),
+        None => Source::Xds(
+            args.xds_address
+                .parse::<XdsAddress>()
+                .map_err(|e| format!("invalid value for --xds-address: {e}"))?,
+        ),
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    for (k, v) in [
+        ("POD_NAME", &args.pod_name),
+        ("POD_NAMESPACE", &args.pod_namespace),
+        ("INSTANCE_IP", &args.instance_ip),
+        ("SERVICE_ACCOUNT", &args.service_account),
+    ] {
+        if let Some(v) = v {
+            env.push((k.to_string(), v.clone()));
+        }
     }
+    let mut admin_ports: Vec<(SocketAddr, Role)> = Vec::new();
+    if args.admin_address != "off" {
+        let addr = args.admin_address.parse().map_err(|_| {
+            format!(
+                "invalid value '{}' for --admin-address: expected ip:port or off",
+                args.admin_address
+            )
+        })?;
+        admin_ports.push((addr, Role::Admin));
+    }
+    for port in [args.status_port, args.prometheus_port] {
+        if port != 0 {
+            admin_ports.push((SocketAddr::from(([0, 0, 0, 0], port)), Role::Status));
+        }
+    }
+    let drain_strategy: DrainStrategy = args.drain_strategy.parse().map_err(|e| format!("{e}"))?;
+    Ok(app::Options {
+        source,
+        mesh_config: args.mesh_config.clone(),
+        delta: !args.sotw,
+        identity: Identity::from_env(env),
+        admin_ports,
+        drain_strategy,
+        drain_time: Duration::from_secs(args.drain_time_s),
+        parent_shutdown_time: Duration::from_secs(args.parent_shutdown_time_s),
+    })
 }
 
 fn run_validate(file: &std::path::Path, json: bool) -> ExitCode {
@@ -501,9 +368,9 @@ fn main() -> ExitCode {
         // Started as Envoy: serve the bootstrap.
         (None, None | Some("serve"), Some(file)) => match cli.envoy.run_args(&file) {
             Ok(args) => {
-                if cli.envoy.drain_time_s.is_some() || cli.envoy.disable_hot_restart {
+                if cli.envoy.disable_hot_restart || cli.envoy.restart_epoch.is_some() {
                     eprintln!(
-                        "outrigger-proxy: started with Envoy's flags; drain and hot-restart flags have no effect"
+                        "outrigger-proxy: started with Envoy's flags; hot-restart flags have no effect (one process serves until it drains)"
                     );
                 }
                 run_proxy(args)

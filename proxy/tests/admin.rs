@@ -2,7 +2,6 @@
 //! through `validate` with every resource accepted), `/clusters`, health check fail/ok, quit.
 
 use std::process::Command;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,18 +47,15 @@ async fn admin_endpoints() {
         max_backoff: Duration::from_millis(200),
     });
     let (quit, mut quit_rx) = tokio::sync::watch::channel(false);
-    let state = Arc::new(AdminState {
-        metrics: Default::default(),
-        outliers: Default::default(),
-        breakers: Default::default(),
-        spans: Arc::new(outrigger_proxy::telemetry::report::Reporter::new(
-            Default::default(),
-        )),
-        snapshot: handle.snapshot.clone(),
-        ready: handle.ready.clone(),
-        failing: AtomicBool::new(false),
-        started: Instant::now(),
+    let telemetry = outrigger_proxy::telemetry::Telemetry {
         node_id: identity.node_id(),
+        ..Default::default()
+    };
+    let (shared, _background) =
+        outrigger_proxy::app::shared_for(handle.snapshot.clone(), telemetry);
+    let state = Arc::new(AdminState {
+        shared,
+        started: Instant::now(),
         quit,
     });
     let (admin_port, status_port) = (free_port(), free_port());

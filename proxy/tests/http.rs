@@ -386,7 +386,8 @@ async fn http_routing_and_local_replies() {
         }),
     );
     let (_tx, rx) = tokio::sync::watch::channel(Arc::new(snap));
-    tokio::spawn(listener::serve(rx));
+    let (shared, _background) = outrigger_proxy::app::shared_for(rx, Default::default());
+    tokio::spawn(listener::serve(shared));
     let base = format!("http://127.0.0.1:{port}");
     for _ in 0..50 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -847,7 +848,8 @@ async fn circuit_breaker_overflow_answers_503_uo() {
     lines.sort();
     assert_eq!(lines, ["200", "200", "503 true"], "{text}");
     // Counted as Envoy counts it, for `/stats` (what Istio's circuit-breaking task greps).
-    let stats = outrigger_proxy::admin::breaker_stats_text(&telemetry.breakers);
+    let stats =
+        outrigger_proxy::admin::breaker_stats_text(&telemetry.upstreams.clusters.breaker_stats());
     assert!(
         stats.contains("cluster.cb.upstream_rq_pending_overflow: 1\n"),
         "{stats}"
@@ -892,7 +894,7 @@ async fn outlier_detection_ejects_a_failing_endpoint() {
         errors, 2,
         "two consecutive 5xx eject the endpoint; the rest go to the good one: {codes:?}"
     );
-    let text = outrigger_proxy::admin::clusters_text(&snap, &telemetry.outliers);
+    let text = outrigger_proxy::admin::clusters_text(&snap, &telemetry.upstreams.clusters);
     assert!(
         text.contains(&format!(
             "od::{broken}::health_flags::/failed_outlier_check"

@@ -8,16 +8,15 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
-use super::Counters;
 use super::original_dst::original_dst;
 use super::select::{ConnMeta, filter_chain, listener_for};
 use super::sniff::{MAX_PEEK, Sniffed, sniff};
 use super::tcp_proxy::tcp_proxy;
 use crate::config::Snapshot;
 use crate::config::listener::{Listener, ListenerFilter, NetworkFilter};
-use crate::http::manager::{ConnContext, Upstreams, serve_connection};
+use crate::http::{ConnContext, serve_connection};
+use crate::shared::Shared;
 
 /// How long the inspectors wait for a client's first bytes before treating it as opaque TCP
 /// (a server-first protocol sends nothing).
@@ -70,11 +69,9 @@ async fn sniffed(stream: &TcpStream) -> Sniffed {
 /// applies RDS and CDS updates to open connections).
 pub async fn handle(
     snap: Arc<Snapshot>,
-    live: watch::Receiver<Arc<Snapshot>>,
     accepting: Arc<Listener>,
     stream: TcpStream,
-    counters: Arc<Counters>,
-    upstreams: Arc<Upstreams>,
+    shared: Arc<Shared>,
 ) -> Result<(), ConnError> {
     let src = stream.peer_addr().map_err(ConnError::Peer)?;
     let dst = original_dst(&stream).unwrap_or(src);
@@ -111,24 +108,11 @@ pub async fn handle(
         match filter {
             NetworkFilter::TcpProxy(t) => {
                 let inbound = accepting.name == "virtualInbound";
-                return tcp_proxy(&snap, t, stream, src, dst, &counters, inbound).await;
+                return tcp_proxy(&snap, t, stream, src, dst, &shared, inbound).await;
             }
             NetworkFilter::Http(manager) => {
-                let ctx = ConnContext {
-                    live,
-                    manager: manager.clone(),
-                    original_dst: dst,
-                    downstream: src,
-                    upstreams: upstreams.clone(),
-                    counter: counters.http.clone(),
-                    loads: counters.loads.clone(),
-                    hash_tables: counters.hash_tables.clone(),
-                    breakers: counters.telemetry.breakers.clone(),
-                    telemetry: counters.telemetry.clone(),
-                    inbound: accepting.name == "virtualInbound",
-                    affinity: Default::default(),
-                    timer: None,
-                };
+                let inbound = accepting.name == "virtualInbound";
+                let ctx = ConnContext::new(shared, manager.clone(), dst, src, inbound);
                 let h2 = match detected {
                     Sniffed::H2c => Some(true),
                     Sniffed::Http10 | Sniffed::Http11 => Some(false),

@@ -1,5 +1,6 @@
 //! Listeners: binding those of the current snapshot, accepting, and handing each connection to
-//! [`connection::handle`].
+//! [`connection::handle`]. A drain closes every listening socket: new connections are refused
+//! while the open ones finish.
 
 pub mod connection;
 mod original_dst;
@@ -11,28 +12,16 @@ mod tcp_proxy;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Address, Snapshot};
-use crate::http::manager::Upstreams;
+use crate::config::Address;
+use crate::shared::Shared;
 pub use connection::{ConnError, handle};
 pub use original_dst::original_dst;
-
-/// Shared per-proxy counters for round robin and random choices.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub(crate) rr: AtomicU64,
-    pub(crate) http: Arc<AtomicU64>,
-    pub(crate) loads: Arc<crate::upstream::Loads>,
-    pub(crate) hash_tables: Arc<crate::upstream::hash_lb::HashTables>,
-    pub(crate) telemetry: Arc<crate::telemetry::metrics::Telemetry>,
-}
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
@@ -52,31 +41,10 @@ struct Bound {
 }
 
 /// Keeps one accept loop per bound listener of the current snapshot: binds new ones, closes
-/// removed ones, and hands every connection the snapshot of its accept time.
-pub async fn serve(snapshots: watch::Receiver<Arc<Snapshot>>) {
-    serve_with(snapshots, Arc::default()).await
-}
-
-/// The same, reporting Istio's request metrics through `telemetry`.
-pub async fn serve_with(
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    telemetry: Arc<crate::telemetry::metrics::Telemetry>,
-) {
-    let counters = Arc::new(Counters {
-        telemetry,
-        ..Counters::default()
-    });
-    let upstreams = Arc::new(Upstreams::default());
-    // Spans go to their collector in the background, through the same clients.
-    let reporter = tokio::spawn(crate::telemetry::report::run(
-        counters.telemetry.spans.clone(),
-        Arc::new(crate::http::manager::SpanPoster {
-            live: snapshots.clone(),
-            upstreams: upstreams.clone(),
-            hash_tables: counters.hash_tables.clone(),
-        }),
-    ));
-    let _reporter = AbortOnDrop(reporter);
+/// removed ones, and hands every connection the snapshot of its accept time. Returns when the
+/// drain starts, with every listening socket closed.
+pub async fn serve(shared: Arc<Shared>) {
+    let mut snapshots = shared.snapshots.clone();
     let mut bound: BTreeMap<String, Bound> = BTreeMap::new();
     loop {
         let snap = snapshots.borrow_and_update().clone();
@@ -104,13 +72,7 @@ pub async fn serve_with(
             match bind(addr) {
                 Ok(listener) => {
                     tracing::info!(listener = %name, address = %addr, "listening");
-                    let task = tokio::spawn(accept_loop(
-                        name.clone(),
-                        listener,
-                        snapshots.clone(),
-                        counters.clone(),
-                        upstreams.clone(),
-                    ));
+                    let task = tokio::spawn(accept_loop(name.clone(), listener, shared.clone()));
                     bound.insert(name, Bound { addr, task });
                 }
                 Err(e) => {
@@ -118,28 +80,20 @@ pub async fn serve_with(
                 }
             }
         }
-        if snapshots.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { break },
+            () = shared.lifecycle.drain_started() => {
+                tracing::info!(listeners = bound.len(), "draining: listeners closed, open connections may finish");
+                break;
+            }
         }
     }
-}
-
-/// Stops a background task with the function that started it.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+    for (_, b) in bound {
+        b.task.abort();
     }
 }
 
-async fn accept_loop(
-    name: String,
-    listener: TcpListener,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    counters: Arc<Counters>,
-    upstreams: Arc<Upstreams>,
-) {
+async fn accept_loop(name: String, listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -151,13 +105,15 @@ async fn accept_loop(
         };
         // As Envoy: no Nagle delay on proxied connections.
         let _ = stream.set_nodelay(true);
-        let snap = snapshots.borrow().clone();
+        let snap = shared.snapshot();
         let Some(accepting) = snap.listeners.get(&name).cloned() else {
             continue;
         };
-        let (counters, upstreams, live) = (counters.clone(), upstreams.clone(), snapshots.clone());
+        let open = shared.lifecycle.open_connection();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(snap, live, accepting, stream, counters, upstreams).await {
+            let _open = open;
+            if let Err(e) = handle(snap, accepting, stream, shared).await {
                 tracing::info!(%peer, error = %e, "connection closed");
             }
         });

@@ -2,15 +2,14 @@
 //! Istio's TCP metrics.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
 
-use super::Counters;
 use super::connection::ConnError;
 use super::relay::relay;
 use crate::config::Snapshot;
 use crate::config::listener::TcpProxy;
+use crate::shared::Shared;
 use crate::upstream::connect::connect;
 use crate::upstream::{Pick, cluster_of, endpoint};
 
@@ -20,7 +19,7 @@ pub(super) async fn tcp_proxy(
     downstream: TcpStream,
     src: SocketAddr,
     dst: SocketAddr,
-    counters: &Counters,
+    shared: &Shared,
     inbound: bool,
 ) -> Result<(), ConnError> {
     let name = cluster_of(&t.target, fastrand::u64(..), None)
@@ -30,28 +29,25 @@ pub(super) async fn tcp_proxy(
         .clusters
         .get(&name)
         .ok_or_else(|| ConnError::UnknownCluster(name.clone()))?;
+    let state = shared.upstreams.clusters.get(cluster);
     let pick = Pick {
-        counter: counters.rr.fetch_add(1, Ordering::Relaxed),
+        counter: shared.upstreams.next(),
         roll: fastrand::u64(..),
         // tcp_proxy's source IP hash policy, as for HTTP (the address without the port).
         hash: t
             .hash_source_ip
             .then(|| xxhash_rust::xxh64::xxh64(src.ip().to_string().as_bytes(), 0)),
         attempt: 0,
-        active: &|d| counters.loads.get(d),
+        active: &|d| shared.upstreams.loads.get(d),
         ejected: &|d| {
-            cluster.outlier.is_some()
-                && counters
-                    .telemetry
-                    .outliers
-                    .is_ejected(&name, d, std::time::Instant::now())
+            cluster.outlier.is_some() && state.outliers.is_ejected(d, std::time::Instant::now())
         },
-        tables: &counters.hash_tables,
+        tables: &state.hash_table,
     };
     let addr = endpoint(snap, cluster, dst, &pick)
         .map_err(|_| ConnError::NoHealthyUpstream(name.clone()))?;
     let _in_flight = (cluster.lb_policy == crate::config::cluster::LbPolicy::LeastRequest)
-        .then(|| counters.loads.start(&addr));
+        .then(|| shared.upstreams.loads.start(&addr));
     let addr = addr
         .resolve()
         .await
@@ -66,9 +62,9 @@ pub(super) async fn tcp_proxy(
         ("tcp", inbound, &name, addr).hash(&mut h);
         h.finish()
     };
-    let metrics = &counters.telemetry.metrics;
+    let metrics = &shared.telemetry.metrics;
     metrics.tcp_opened(key, || {
-        let me = counters.telemetry.me.clone();
+        let me = shared.telemetry.me.clone();
         let peer =
             crate::upstream::endpoint_workload(snap, cluster, &crate::upstream::Dest::Ip(addr))
                 .map(|w| crate::telemetry::metrics::Workload::from_istio(&w))

@@ -311,37 +311,6 @@ impl Metrics {
     }
 }
 
-/// What the data path shares with the admin API: the metrics, this proxy's own workload, and
-/// the outlier ejections (shown by `/clusters`).
-#[derive(Debug)]
-pub struct Telemetry {
-    pub metrics: std::sync::Arc<Metrics>,
-    pub me: Workload,
-    pub outliers: std::sync::Arc<crate::upstream::outlier::Outliers>,
-    /// The circuit breakers, whose overflow counters `/stats` reports.
-    pub breakers: std::sync::Arc<crate::upstream::breaker::Breakers>,
-    /// This proxy's metadata exchange headers (`None`: not sent).
-    pub own_headers: Option<crate::telemetry::peer::OwnHeaders>,
-    /// Spans waiting for their report to a collector.
-    pub spans: std::sync::Arc<crate::telemetry::report::Reporter>,
-    /// The node id, a tag of every span.
-    pub node_id: String,
-}
-
-impl Default for Telemetry {
-    fn default() -> Telemetry {
-        Telemetry {
-            metrics: Default::default(),
-            me: Workload::unknown(),
-            outliers: Default::default(),
-            breakers: Default::default(),
-            own_headers: None,
-            spans: std::sync::Arc::new(crate::telemetry::report::Reporter::new(Default::default())),
-            node_id: String::new(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

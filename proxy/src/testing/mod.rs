@@ -263,7 +263,7 @@ pub fn not_bound(mut l: listener::Listener) -> listener::Listener {
 }
 
 /// Runs the proxy's data path: one HTTP listener on a free loopback port routing by `rc` (RDS
-/// name "80") to `clusters`. Returns once it accepts, with its port, snapshot and telemetry;
+/// name "80") to `clusters`. Returns once it accepts, with its port, snapshot and shared context;
 /// the configuration stays published for the rest of the test.
 pub async fn proxy_with(
     rc: crate::config::route::RouteConfig,
@@ -271,7 +271,7 @@ pub async fn proxy_with(
 ) -> (
     u16,
     std::sync::Arc<crate::config::Snapshot>,
-    std::sync::Arc<crate::telemetry::metrics::Telemetry>,
+    std::sync::Arc<crate::shared::Shared>,
 ) {
     use std::sync::Arc;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -291,11 +291,11 @@ pub async fn proxy_with(
         snap.clusters.insert(c.name.clone(), Arc::new(c));
     }
     let snap = Arc::new(snap);
-    let telemetry = Arc::new(crate::telemetry::metrics::Telemetry::default());
     let (tx, rx) = tokio::sync::watch::channel(snap.clone());
-    tokio::spawn(crate::listener::serve_with(rx, telemetry.clone()));
+    let (shared, background) = crate::app::shared_for(rx, Default::default());
+    tokio::spawn(crate::listener::serve(shared.clone()));
     tokio::spawn(async move {
-        let _tx = tx;
+        let _kept = (tx, background);
         std::future::pending::<()>().await
     });
     for _ in 0..50 {
@@ -304,5 +304,5 @@ pub async fn proxy_with(
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    (port, snap, telemetry)
+    (port, snap, shared)
 }

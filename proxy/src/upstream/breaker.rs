@@ -3,9 +3,8 @@
 //! response), requests waiting for one (`max_pending_requests`), and concurrent retries
 //! (`max_retries`). Overflow is answered 503 with response flag UO.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
@@ -156,14 +155,6 @@ impl Breaker {
     }
 }
 
-/// The breakers of all clusters; a cluster whose thresholds change gets a new one.
-#[derive(Debug, Default)]
-pub struct Breakers {
-    /// Looked up on every request: hashed with foldhash rather than SipHash (the names are the
-    /// proxy's own configuration, not attacker-chosen keys).
-    by_cluster: Mutex<HashMap<String, Arc<Breaker>, foldhash::fast::FixedState>>,
-}
-
 /// One cluster's overflow counters, as Envoy names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BreakerStats {
@@ -174,33 +165,20 @@ pub struct BreakerStats {
     pub retry_overflow: u64,
 }
 
-impl Breakers {
-    /// Every cluster's counters, sorted by cluster.
-    pub fn stats(&self) -> Vec<BreakerStats> {
-        let m = self.by_cluster.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<BreakerStats> = m
-            .iter()
-            .map(|(cluster, b)| BreakerStats {
-                cluster: cluster.clone(),
-                pending_overflow: b.pending_overflow.load(Ordering::Relaxed)
-                    + b.requests_overflow.load(Ordering::Relaxed),
-                retry_overflow: b.retry_overflow.load(Ordering::Relaxed),
-            })
-            .collect();
-        out.sort_by(|a, b| a.cluster.cmp(&b.cluster));
-        out
+impl Breaker {
+    /// The breaker's limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
-    pub fn get(&self, cluster: &str, limits: Limits) -> Arc<Breaker> {
-        let mut m = self.by_cluster.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(b) = m.get(cluster)
-            && b.limits == limits
-        {
-            return b.clone();
+    /// Its overflow counters, for `cluster`.
+    pub fn stats(&self, cluster: &str) -> BreakerStats {
+        BreakerStats {
+            cluster: cluster.to_string(),
+            pending_overflow: self.pending_overflow.load(Ordering::Relaxed)
+                + self.requests_overflow.load(Ordering::Relaxed),
+            retry_overflow: self.retry_overflow.load(Ordering::Relaxed),
         }
-        let b = Arc::new(Breaker::new(limits));
-        m.insert(cluster.to_string(), b.clone());
-        b
     }
 }
 
@@ -293,13 +271,5 @@ mod tests {
         drop(admitted);
         let idle: Vec<_> = (0..10).filter_map(|_| b.retry()).collect();
         assert_eq!(idle.len(), 2, "back to the minimum");
-    }
-
-    #[test]
-    fn changed_thresholds_replace_the_breaker() {
-        let all = Breakers::default();
-        let a = all.get("c", limits(1, 1, 1, 1));
-        assert!(Arc::ptr_eq(&a, &all.get("c", limits(1, 1, 1, 1))));
-        assert!(!Arc::ptr_eq(&a, &all.get("c", limits(2, 1, 1, 1))));
     }
 }

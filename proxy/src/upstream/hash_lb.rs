@@ -7,7 +7,6 @@
 //! each cluster and rebuilds it only when that cluster's endpoint list (after health and outlier
 //! filtering) changes.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
@@ -187,10 +186,10 @@ struct Built {
     table: Table,
 }
 
-/// The last table built per cluster.
+/// A cluster's last table: part of the cluster's state, rebuilt when its hosts change.
 #[derive(Debug, Default)]
 pub struct HashTables {
-    built: Mutex<HashMap<String, Arc<Built>>>,
+    built: Mutex<Option<Arc<Built>>>,
 }
 
 impl HashTables {
@@ -211,9 +210,7 @@ impl HashTables {
         let fingerprint = h.finish();
         let cached = {
             let m = self.built.lock().unwrap_or_else(|e| e.into_inner());
-            m.get(cluster)
-                .filter(|b| b.fingerprint == fingerprint)
-                .cloned()
+            m.as_ref().filter(|b| b.fingerprint == fingerprint).cloned()
         };
         let built = match cached {
             Some(b) => b,
@@ -233,10 +230,7 @@ impl HashTables {
                 };
                 tracing::debug!(cluster, hosts = hosts.len(), "consistent hash table built");
                 let b = Arc::new(Built { fingerprint, table });
-                self.built
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(cluster.to_string(), b.clone());
+                *self.built.lock().unwrap_or_else(|e| e.into_inner()) = Some(b.clone());
                 b
             }
         };

@@ -29,10 +29,11 @@ pub enum Result {
     Failed,
 }
 
-/// Per cluster, per endpoint (looked up by `&str`, no allocation per request).
+/// One cluster's endpoints as outlier detection sees them. Part of the cluster's state: it goes
+/// with the cluster, and endpoints that leave the cluster are pruned ([`Outliers::retain`]).
 #[derive(Debug, Default)]
 pub struct Outliers {
-    hosts: Mutex<HashMap<String, HashMap<Dest, Host>>>,
+    hosts: Mutex<HashMap<Dest, Host>>,
 }
 
 fn out(hosts: &HashMap<Dest, Host>, now: Instant) -> impl Iterator<Item = &Dest> {
@@ -43,23 +44,36 @@ fn out(hosts: &HashMap<Dest, Host>, now: Instant) -> impl Iterator<Item = &Dest>
 }
 
 impl Outliers {
-    pub fn is_ejected(&self, cluster: &str, d: &Dest, now: Instant) -> bool {
+    pub fn is_ejected(&self, d: &Dest, now: Instant) -> bool {
         let m = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(cluster)
-            .and_then(|c| c.get(d))
+        m.get(d)
             .and_then(|h| h.ejected_until)
             .is_some_and(|until| now < until)
     }
 
-    /// The endpoints of `cluster` ejected now.
-    pub fn ejected(&self, cluster: &str, now: Instant) -> Vec<Dest> {
+    /// The endpoints ejected now.
+    pub fn ejected(&self, now: Instant) -> Vec<Dest> {
         let m = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(cluster)
-            .map(|c| out(c, now).cloned().collect())
-            .unwrap_or_default()
+        out(&m, now).cloned().collect()
     }
 
-    /// Records an attempt's result; `hosts` is the cluster's number of endpoints.
+    /// Forgets the endpoints for which `keep` is false (they left the cluster).
+    pub fn retain(&self, keep: impl Fn(&Dest) -> bool) {
+        let mut m = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|d, _| keep(d));
+    }
+
+    /// How many endpoints are remembered.
+    pub fn len(&self) -> usize {
+        self.hosts.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records an attempt's result; `hosts` is the cluster's number of endpoints (`cluster`
+    /// names it in the log).
     pub fn report(
         &self,
         cluster: &str,
@@ -69,9 +83,8 @@ impl Outliers {
         hosts: usize,
         now: Instant,
     ) {
-        let mut m = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        let c = m.entry(cluster.to_string()).or_default();
-        let out_now = out(c, now).count();
+        let mut c = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let out_now = out(&c, now).count();
         let h = c.entry(d.clone()).or_default();
         let split = policy.split_local_origin;
         let (server_error, gateway, local) = match result {
@@ -144,19 +157,16 @@ mod tests {
         for r in [Result::Status(500), Result::Failed, Result::Status(500)] {
             o.report("c", &p, &a, r, 4, t);
         }
-        assert!(
-            !o.is_ejected("c", &a, t),
-            "a response resets the local count"
-        );
+        assert!(!o.is_ejected(&a, t), "a response resets the local count");
         o.report("c", &p, &a, Result::Status(500), 4, t);
         assert!(
-            o.is_ejected("c", &a, t),
+            o.is_ejected(&a, t),
             "three 5xx: the failure between is not one"
         );
         for _ in 0..2 {
             o.report("c", &p, &b, Result::Failed, 4, t);
         }
-        assert!(o.is_ejected("c", &b, t), "two local-origin failures");
+        assert!(o.is_ejected(&b, t), "two local-origin failures");
     }
 
     #[test]
@@ -169,19 +179,19 @@ mod tests {
         }
         o.report("c", &policy(), &a, Result::Status(200), 4, t0);
         o.report("c", &policy(), &a, Result::Status(503), 4, t0);
-        assert!(!o.is_ejected("c", &a, t0), "a success resets the count");
+        assert!(!o.is_ejected(&a, t0), "a success resets the count");
         o.report("c", &policy(), &a, Result::Failed, 4, t0);
         o.report("c", &policy(), &a, Result::Status(500), 4, t0);
-        assert!(o.is_ejected("c", &a, t0));
-        assert!(o.is_ejected("c", &a, t0 + Duration::from_secs(29)));
-        assert!(!o.is_ejected("c", &a, t0 + Duration::from_secs(31)));
+        assert!(o.is_ejected(&a, t0));
+        assert!(o.is_ejected(&a, t0 + Duration::from_secs(29)));
+        assert!(!o.is_ejected(&a, t0 + Duration::from_secs(31)));
         // The second ejection lasts twice as long.
         let t1 = t0 + Duration::from_secs(31);
         for _ in 0..3 {
             o.report("c", &policy(), &a, Result::Status(500), 4, t1);
         }
-        assert!(o.is_ejected("c", &a, t1 + Duration::from_secs(59)));
-        assert_eq!(o.ejected("c", t1), vec![a]);
+        assert!(o.is_ejected(&a, t1 + Duration::from_secs(59)));
+        assert_eq!(o.ejected(t1), vec![a]);
     }
 
     #[test]
@@ -201,7 +211,7 @@ mod tests {
                 o.report("c", &p, d, Result::Status(500), 2, t);
             }
         }
-        assert!(o.is_ejected("c", &a, t), "10% of 2 hosts still allows one");
-        assert!(!o.is_ejected("c", &b, t), "but not two");
+        assert!(o.is_ejected(&a, t), "10% of 2 hosts still allows one");
+        assert!(!o.is_ejected(&b, t), "but not two");
     }
 }

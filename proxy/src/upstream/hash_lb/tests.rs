@@ -156,7 +156,7 @@ fn tables_are_cached_per_cluster_and_rebuilt_when_hosts_change() {
         .map(|h| t.pick("c", ring, &three, h, 0).unwrap())
         .collect();
     assert_eq!(picks, again);
-    assert_eq!(t.built.lock().unwrap().len(), 1);
+    assert!(t.built.lock().unwrap().is_some());
     // One host fewer: nothing lands on it any more.
     let two = three[..2].to_vec();
     assert!(request_hashes(300).all(|h| t.pick("c", ring, &two, h, 0).unwrap() < 2));

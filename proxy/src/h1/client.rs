@@ -27,7 +27,7 @@ use super::wire::{
     decode_chunked, full_bytes, has_token, header_line, header_name, last_coding, poll_fill,
     stream_body,
 };
-use crate::http::body::{Body, BoxError};
+use crate::h1::body::{Body, BoxError};
 
 /// The largest response head accepted (Envoy's `max_response_headers_kb` default).
 pub const MAX_HEAD: usize = 60 * 1024;

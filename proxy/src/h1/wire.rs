@@ -10,10 +10,9 @@ use http::header::{self, HeaderName};
 use http_body::Body as _;
 use http_body_util::Full;
 use thiserror::Error;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::http::body::{Body, BoxError};
+use crate::h1::body::{Body, BoxError};
 
 /// The most headers a head may have (Envoy's `max_headers_count` default).
 pub const MAX_HEADERS: usize = 100;
@@ -35,8 +34,8 @@ pub struct BadChunk;
 
 /// Reads more of `stream` into `buf`, growing it when little room is left; `Ok(0)` at end of
 /// stream. A short read clears the socket's readiness, so the next wait costs no extra read.
-pub fn poll_fill(
-    stream: &mut TcpStream,
+pub fn poll_fill<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
@@ -155,8 +154,8 @@ pub enum StreamError {
 
 /// Writes `body`'s frames to `stream`, chunked (trailers in the last chunk) or as they are.
 /// `out` is scratch space.
-pub async fn stream_body(
-    stream: &mut TcpStream,
+pub async fn stream_body<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     body: &mut Body,
     chunked: bool,
     out: &mut Vec<u8>,

@@ -18,9 +18,9 @@ pub enum Body {
     /// A body the proxy wrote itself, or one that arrived whole.
     Local(Full<Bytes>),
     /// An HTTP/1.1 upstream response body, read from its connection as it is polled.
-    Upstream(Box<super::h1::client::Streaming>),
+    Upstream(Box<super::client::Streaming>),
     /// An HTTP/1.x request body the downstream connection's task is still reading.
-    Inbound(super::h1::server::Inbound),
+    Inbound(super::server::Inbound),
 }
 
 impl Body {

@@ -8,7 +8,6 @@
 //! malformed head 400, a transfer coding other than chunked 501; each closes the connection.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,18 +17,40 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::Full;
 use thiserror::Error;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::idle::{Activity, MAX_REQUEST_HEADERS, idle_for};
 use super::parse::{self, HeadError, RequestHead as Parsed};
 use super::wire::{
     Chunk, Decoded, HEADROOM, MAX_HEADERS, READ_CHUNK, Span, StreamError, content_length,
     decode_chunked, full_bytes, has_token, header_line, header_name, last_coding, poll_fill,
     stream_body,
 };
-use crate::http::body::{Body, BoxError};
-use crate::http::manager::{Activity, ConnContext, MAX_REQUEST_HEADERS, handle, idle_for};
+use crate::h1::body::{Body, BoxError};
+
+/// What answers the requests of a connection (the connection manager's router), and tells
+/// the codec when the proxy is draining.
+pub trait Handler: Send + Sync {
+    /// The response to one request.
+    fn handle(&self, req: Box<Request<Body>>) -> impl Future<Output = Box<Response<Body>>> + Send;
+
+    /// Whether the connection should close after the response being written (a drain).
+    fn drain_close(&self) -> bool {
+        false
+    }
+
+    /// Resolves when the proxy starts draining: a connection with no request in flight is
+    /// closed then.
+    fn drain_started(&self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+}
+
+/// A stream the codec can serve: plain TCP, TLS, or anything else that reads and writes.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
 
 /// A local body up to this size is copied behind the head, so that both go in one write.
 const COALESCE: usize = 16 * 1024;
@@ -213,14 +234,14 @@ impl http_body::Body for Inbound {
 }
 
 /// Reads more of the connection into `buf`; `Ok(0)` at end of stream.
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+async fn read_more<S: Stream>(stream: &mut S, buf: &mut BytesMut) -> std::io::Result<usize> {
     std::future::poll_fn(|cx| poll_fill(stream, buf, cx)).await
 }
 
 /// Reads a request body that did not arrive with its head and hands it to `tx`. True when the
 /// body was read to its end (the connection can carry another request).
-async fn pump(
-    stream: &mut TcpStream,
+async fn pump<S: Stream>(
+    stream: &mut S,
     rbuf: &mut BytesMut,
     framing: Framing,
     tx: mpsc::Sender<Result<Bytes, BoxError>>,
@@ -285,10 +306,9 @@ async fn pump(
     }
 }
 
-/// Serves HTTP/1.x requests on `stream` until the client closes it, a request or response says
-/// close, or it has been idle for the connection manager's idle timeout.
-pub async fn serve(ctx: Arc<ConnContext>, mut stream: TcpStream) {
-    let idle = ctx.manager.idle_timeout;
+/// Serves HTTP/1.x requests on `stream` with `handler` until the client closes it, a request
+/// or response says close, it has been idle for `idle`, or the proxy drains.
+pub async fn serve<S: Stream, H: Handler>(handler: H, mut stream: S, idle: Option<Duration>) {
     let started = Instant::now();
     let activity = Activity::default();
     let idle_wait = async {
@@ -317,6 +337,10 @@ pub async fn serve(ctx: Arc<ConnContext>, mut stream: TcpStream) {
                     r = read_more(&mut stream, &mut rbuf) => r,
                     () = &mut idle_wait => {
                         tracing::debug!(?idle, "downstream connection idle; closing");
+                        return;
+                    }
+                    () = handler.drain_started() => {
+                        tracing::debug!("draining: idle downstream connection closed");
                         return;
                     }
                 }
@@ -353,10 +377,8 @@ pub async fn serve(ctx: Arc<ConnContext>, mut stream: TcpStream) {
         // In flight until its response is written: the idle timeout counts from then.
         let _active = activity.start(started);
         // Pinned where it is made: the request's future is large, and moving it costs a copy.
-        let mut handled = std::pin::pin!(handle(
-            ctx.clone(),
-            Box::new(Request::from_parts(head.parts, body))
-        ));
+        let mut handled =
+            std::pin::pin!(handler.handle(Box::new(Request::from_parts(head.parts, body))));
         let resp = match pending {
             None => {
                 // While the request runs, the connection is watched: a client that closes it
@@ -392,7 +414,8 @@ pub async fn serve(ctx: Arc<ConnContext>, mut stream: TcpStream) {
                 resp
             }
         };
-        let Ok(resp) = resp;
+        // Draining: this response tells the client to close.
+        keep_alive &= !handler.drain_close();
         match write_response(
             &mut stream,
             &mut wbuf,
@@ -414,7 +437,7 @@ pub async fn serve(ctx: Arc<ConnContext>, mut stream: TcpStream) {
 }
 
 /// Answers a refused request head and closes the connection.
-async fn refuse(stream: &mut TcpStream, why: Refusal) {
+async fn refuse<S: Stream>(stream: &mut S, why: Refusal) {
     tracing::debug!(error = %why, "refusing a request");
     let status = why.status();
     let mut answer = format!(
@@ -436,7 +459,7 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// Closes after a last response: the write side first, then what the client still sends is
 /// read and dropped (bounded in time and bytes) until it closes too. Closing with unread bytes
 /// would make the kernel reset the connection, and the client could lose the response.
-async fn linger_close(stream: &mut TcpStream) {
+async fn linger_close<S: Stream>(stream: &mut S) {
     use tokio::io::AsyncReadExt;
     if stream.shutdown().await.is_err() {
         return;
@@ -550,8 +573,8 @@ fn encode_head(
 }
 
 /// Writes the response; `Ok(true)` when the connection can carry another request.
-async fn write_response(
-    stream: &mut TcpStream,
+async fn write_response<S: Stream>(
+    stream: &mut S,
     out: &mut Vec<u8>,
     mut resp: Box<Response<Body>>,
     head_request: bool,
