@@ -35,9 +35,16 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
+/// A bound listener's accept loop; dropping it closes the listening socket.
 struct Bound {
     addr: SocketAddr,
     task: JoinHandle<()>,
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Keeps one accept loop per bound listener of the current snapshot: binds new ones, closes
@@ -61,7 +68,6 @@ pub async fn serve(shared: Arc<Shared>) {
             let keep = wanted.get(name) == Some(&b.addr);
             if !keep {
                 tracing::info!(listener = %name, address = %b.addr, "listener removed");
-                b.task.abort();
             }
             keep
         });
@@ -87,9 +93,6 @@ pub async fn serve(shared: Arc<Shared>) {
                 break;
             }
         }
-    }
-    for (_, b) in bound {
-        b.task.abort();
     }
 }
 
