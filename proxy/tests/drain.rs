@@ -109,9 +109,9 @@ fn start(drain_s: u64) -> (Ports, Killed, Killed) {
         .spawn()
         .expect("python3");
     let mut line = String::new();
-    BufReader::new(origin.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let stdout = origin.stdout.take();
+    let origin = Killed(origin);
+    BufReader::new(stdout.unwrap()).read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
     let dir =
         std::env::temp_dir().join(format!("outrigger-drain-{}-{}", std::process::id(), p.http));
@@ -140,7 +140,7 @@ fn start(drain_s: u64) -> (Ports, Killed, Killed) {
     let proxy = Killed(proxy);
     for _ in 0..200 {
         if status(p.status) == 200 {
-            return (p, Killed(origin), proxy);
+            return (p, origin, proxy);
         }
         std::thread::sleep(Duration::from_millis(25));
     }

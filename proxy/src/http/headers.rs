@@ -83,64 +83,6 @@ pub(crate) fn request_id_bytes() -> [u8; 36] {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn grpc_timeouts_parse() {
-        use std::time::Duration;
-        assert_eq!(
-            crate::http::timeouts::grpc_timeout("100m"),
-            Some(Duration::from_millis(100))
-        );
-        assert_eq!(
-            crate::http::timeouts::grpc_timeout("5S"),
-            Some(Duration::from_secs(5))
-        );
-        assert_eq!(
-            crate::http::timeouts::grpc_timeout("2H"),
-            Some(Duration::from_secs(7200))
-        );
-        assert_eq!(crate::http::timeouts::grpc_timeout("x"), None);
-        assert_eq!(crate::http::timeouts::grpc_timeout(""), None);
-    }
-
-    #[test]
-    fn shadow_hosts_keep_the_port() {
-        assert_eq!(
-            crate::http::mirror::shadow_host("ratings:9080"),
-            "ratings-shadow:9080"
-        );
-        assert_eq!(
-            crate::http::mirror::shadow_host("ratings"),
-            "ratings-shadow"
-        );
-        assert_eq!(
-            crate::http::mirror::shadow_host("[fd00::1]:80"),
-            "[fd00::1]-shadow:80"
-        );
-    }
-
-    #[test]
-    fn numbers_become_header_values() {
-        for n in [0, 7, 9, 10, 1234, u64::MAX] {
-            assert_eq!(super::number_value(n), n.to_string().as_str());
-        }
-    }
-
-    #[test]
-    fn request_ids_are_v4_uuids() {
-        let id = super::request_id();
-        assert_eq!(id.len(), 36);
-        let parts: Vec<&str> = id.split('-').collect();
-        assert_eq!(
-            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
-            [8, 4, 4, 4, 12]
-        );
-        assert!(parts[2].starts_with('4'));
-        assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'));
-        assert_ne!(id, super::request_id());
-    }
-}
 
 /// A number as a header value; the one-digit ones (most upstream service times) are static,
 /// without an allocation.
@@ -206,4 +148,63 @@ pub(crate) fn content_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn grpc_timeouts_parse() {
+        use std::time::Duration;
+        assert_eq!(
+            crate::http::timeouts::grpc_timeout("100m"),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(
+            crate::http::timeouts::grpc_timeout("5S"),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            crate::http::timeouts::grpc_timeout("2H"),
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(crate::http::timeouts::grpc_timeout("x"), None);
+        assert_eq!(crate::http::timeouts::grpc_timeout(""), None);
+    }
+
+    #[test]
+    fn shadow_hosts_keep_the_port() {
+        assert_eq!(
+            crate::http::mirror::shadow_host("ratings:9080"),
+            "ratings-shadow:9080"
+        );
+        assert_eq!(
+            crate::http::mirror::shadow_host("ratings"),
+            "ratings-shadow"
+        );
+        assert_eq!(
+            crate::http::mirror::shadow_host("[fd00::1]:80"),
+            "[fd00::1]-shadow:80"
+        );
+    }
+
+    #[test]
+    fn numbers_become_header_values() {
+        for n in [0, 7, 9, 10, 1234, u64::MAX] {
+            assert_eq!(super::number_value(n), n.to_string().as_str());
+        }
+    }
+
+    #[test]
+    fn request_ids_are_v4_uuids() {
+        let id = super::request_id();
+        assert_eq!(id.len(), 36);
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'));
+        assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'));
+        assert_ne!(id, super::request_id());
+    }
 }

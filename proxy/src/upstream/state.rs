@@ -201,7 +201,7 @@ mod tests {
     fn state_follows_endpoint_churn_and_cluster_removal() {
         let all = Clusters::default();
         let cluster = eds("churn", Limits::default());
-        let policy = cluster.outlier.clone().unwrap();
+        let policy = cluster.outlier.unwrap();
         let mut snap = Snapshot::default();
         snap.clusters.insert("churn".into(), cluster.clone());
         let now = Instant::now();
