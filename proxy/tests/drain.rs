@@ -111,7 +111,9 @@ fn start(drain_s: u64) -> (Ports, Killed, Killed) {
     let mut line = String::new();
     let stdout = origin.stdout.take();
     let origin = Killed(origin);
-    BufReader::new(stdout.unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(stdout.unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert_eq!(line.trim(), "ready");
     let dir =
         std::env::temp_dir().join(format!("outrigger-drain-{}-{}", std::process::id(), p.http));

@@ -83,7 +83,6 @@ pub(crate) fn request_id_bytes() -> [u8; 36] {
     out
 }
 
-
 /// A number as a header value; the one-digit ones (most upstream service times) are static,
 /// without an allocation.
 pub(crate) fn number_value(n: u64) -> HeaderValue {
