@@ -8,8 +8,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::Snapshot;
-use crate::config::cluster::Discovery;
-use crate::config::listener::{NetworkFilter, RouteSource};
 
 /// Envoy's default `initial_fetch_timeout`: after it, what has not arrived is not waited for.
 pub const INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
@@ -18,29 +16,16 @@ pub const INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 /// use that it does not have. Empty when warmed.
 pub fn warmed(snap: &Snapshot) -> Vec<String> {
     let routes = snap
-        .listeners
-        .values()
-        .flat_map(|l| l.filter_chains.iter().chain(l.default_filter_chain.iter()))
-        .flat_map(|c| c.filters.iter())
-        .filter_map(|f| match f {
-            NetworkFilter::Http(h) => match &h.routes {
-                RouteSource::Rds(name) if !snap.routes.contains_key(name) => {
-                    Some(format!("RDS {name}"))
-                }
-                _ => None,
-            },
-            _ => None,
-        });
-    let endpoints = snap.clusters.values().filter_map(|c| match &c.discovery {
-        Discovery::Eds { service_name } if !snap.endpoints.contains_key(service_name) => {
-            Some(format!("EDS {service_name}"))
-        }
-        _ => None,
-    });
-    let mut missing: Vec<String> = routes.chain(endpoints).collect();
-    missing.sort();
-    missing.dedup();
-    missing
+        .rds_names()
+        .into_iter()
+        .filter(|n| !snap.routes.contains_key(n))
+        .map(|n| format!("RDS {n}"));
+    let endpoints = snap
+        .eds_names()
+        .into_iter()
+        .filter(|n| !snap.endpoints.contains_key(n))
+        .map(|n| format!("EDS {n}"));
+    routes.chain(endpoints).collect()
 }
 
 /// Resolves once the current snapshot is warmed, or after `timeout` (what is missing then is

@@ -240,13 +240,13 @@ mod tests {
         let conn = l.open_connection();
         assert!(l.start_drain() && !l.start_drain());
         assert!(!l.is_ready() && l.drain_close());
-        let waiting = tokio::spawn(async move {
-            tokio::time::timeout(Duration::from_secs(5), async {
-                drop(conn);
-            })
-            .await
-        });
-        let _ = waiting.await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), l.all_closed())
+                .await
+                .is_err(),
+            "a connection is open"
+        );
+        drop(conn);
         tokio::time::timeout(Duration::from_secs(5), l.all_closed())
             .await
             .expect("no connection is open");

@@ -244,28 +244,15 @@ fn candidates(
 
 /// How many endpoints `cluster` has (all priorities).
 pub fn endpoint_count(snap: &Snapshot, cluster: &Cluster) -> usize {
-    let localities: &[LocalityEndpoints] = match &cluster.discovery {
-        Discovery::Eds { service_name } => snap
-            .endpoints
-            .get(service_name)
-            .map(|a| a.localities.as_slice())
-            .unwrap_or(&[]),
-        _ => cluster
-            .load_assignment
-            .as_ref()
-            .map(|a| a.localities.as_slice())
-            .unwrap_or(&[]),
-    };
-    localities.iter().map(|l| l.endpoints.len()).sum()
+    snap.localities(cluster)
+        .iter()
+        .map(|l| l.endpoints.len())
+        .sum()
 }
 
 /// The Istio workload (`istio.workload` metadata) of the endpoint `dest` of `cluster`.
 pub fn endpoint_workload(snap: &Snapshot, cluster: &Cluster, dest: &Dest) -> Option<String> {
-    let localities: &[LocalityEndpoints] = match &cluster.discovery {
-        Discovery::Eds { service_name } => snap.endpoints.get(service_name)?.localities.as_slice(),
-        _ => cluster.load_assignment.as_ref()?.localities.as_slice(),
-    };
-    localities
+    snap.localities(cluster)
         .iter()
         .flat_map(|l| &l.endpoints)
         .find(|e| match (&e.address, dest) {

@@ -13,7 +13,7 @@ use super::hash_lb::HashTables;
 use super::outlier::Outliers;
 use crate::config::Address;
 use crate::config::Snapshot;
-use crate::config::cluster::{Cluster, Discovery, LocalityEndpoints};
+use crate::config::cluster::Cluster;
 
 /// One cluster's runtime state.
 #[derive(Debug)]
@@ -114,19 +114,7 @@ impl Clusters {
 
 /// The endpoints `cluster` has in `snap`, as outlier detection keys them.
 fn endpoints(snap: &Snapshot, cluster: &Cluster) -> HashSet<Dest> {
-    let localities: &[LocalityEndpoints] = match &cluster.discovery {
-        Discovery::Eds { service_name } => snap
-            .endpoints
-            .get(service_name)
-            .map(|a| a.localities.as_slice())
-            .unwrap_or(&[]),
-        _ => cluster
-            .load_assignment
-            .as_ref()
-            .map(|a| a.localities.as_slice())
-            .unwrap_or(&[]),
-    };
-    localities
+    snap.localities(cluster)
         .iter()
         .flat_map(|l| &l.endpoints)
         .filter_map(|e| match &e.address {

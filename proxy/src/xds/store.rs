@@ -14,8 +14,8 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
-use crate::config::cluster::{Cluster, Discovery, LoadAssignment};
-use crate::config::listener::{Listener, NetworkFilter, RouteSource};
+use crate::config::cluster::{Cluster, LoadAssignment};
+use crate::config::listener::Listener;
 use crate::config::route::RouteConfig;
 use crate::config::{ConfigError, Raw, Snapshot, type_name};
 
@@ -265,31 +265,12 @@ impl Store {
 
     /// EDS names the current clusters need.
     pub fn eds_names(&self) -> BTreeSet<String> {
-        self.snapshot
-            .clusters
-            .values()
-            .filter_map(|c| match &c.discovery {
-                Discovery::Eds { service_name } => Some(service_name.clone()),
-                _ => None,
-            })
-            .collect()
+        self.snapshot.eds_names()
     }
 
     /// Route configurations the current listeners reference through RDS.
     pub fn rds_names(&self) -> BTreeSet<String> {
-        self.snapshot
-            .listeners
-            .values()
-            .flat_map(|l| l.filter_chains.iter().chain(l.default_filter_chain.iter()))
-            .flat_map(|c| c.filters.iter())
-            .filter_map(|f| match f {
-                NetworkFilter::Http(h) => match &h.routes {
-                    RouteSource::Rds(name) => Some(name.clone()),
-                    RouteSource::Inline(_) => None,
-                },
-                _ => None,
-            })
-            .collect()
+        self.snapshot.rds_names()
     }
 }
 
